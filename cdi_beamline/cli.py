@@ -1,0 +1,77 @@
+"""The ``cdi-beamline`` command.
+
+Each subcommand lives in ``cdi_beamline.commands.<module>`` and exposes
+``add_parser(subparsers)`` (which registers it and sets ``func``) — so ``--help``
+stays fast and one subsystem's import errors never break another's command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+
+# (subcommand, module under cdi_beamline.commands)
+COMMANDS = [
+    ("simulate", "simulate"),
+    ("gallery", "gallery"),
+    ("reconstruct", "reconstruct"),
+    ("train", "train"),
+    ("evaluate", "evaluate"),
+    ("demo", "demo"),
+    ("serve", "serve"),
+    ("results", "results"),
+    ("reprocess", "reprocess"),
+    ("worker", "worker"),
+    ("tango-server", "tango_server"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdi-beamline",
+        description="Live coherent diffraction imaging: simulate, reconstruct, train, and "
+        "run the Bluesky/Tiled live pipeline.",
+    )
+    parser.add_argument("--version", action="version", version=f"cdi-beamline {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS:
+        try:
+            mod = importlib.import_module(f"cdi_beamline.commands.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"cdi_beamline.commands.{module}":
+                raise
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # Clear, specific errors for the user; tracebacks with -v.
+        if args.verbose:
+            raise
+        print(f"cdi-beamline {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

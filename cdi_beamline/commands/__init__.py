@@ -1,0 +1,1 @@
+"""Subcommands of ``cdi-beamline``; each module exposes ``add_parser(subparsers)``."""

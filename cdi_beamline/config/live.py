@@ -1,0 +1,7 @@
+"""LiveConfig (callback, queue policy) and StoreConfig (Tiled)."""
+
+from __future__ import annotations
+
+from ._base import FrozenModel  # noqa: F401
+
+__all__: list[str] = []

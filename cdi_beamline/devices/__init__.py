@@ -1,0 +1,1 @@
+"""cdi_beamline.devices"""

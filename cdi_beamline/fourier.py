@@ -1,0 +1,76 @@
+"""The one place where FFT conventions live.
+
+Convention: real-space objects and detector patterns are both *centred*: the origin
+(zero frequency / object centre) sits at pixel ``(H // 2, W // 2)``. The transform is
+unitary (``norm="ortho"``), so Parseval holds without factors:
+``sum |to_detector(o)|**2 == sum |o|**2``.
+
+    to_detector(o) = fftshift(fft2(ifftshift(o), norm="ortho"))
+    to_object(F)   = fftshift(ifft2(ifftshift(F), norm="ortho"))
+
+All functions act on the last two axes of torch tensors shaped (..., H, W).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "FFT_CONVENTION",
+    "to_detector",
+    "to_object",
+    "fourier_modulus",
+    "embed_centre",
+    "crop_centre",
+]
+
+FFT_CONVENTION = (
+    "detector = fftshift(fft2(ifftshift(object), norm='ortho')); "
+    "origin at pixel (H//2, W//2) in both spaces; modulus = |detector|, intensity = modulus**2"
+)
+
+_DIMS = (-2, -1)
+
+
+def to_detector(obj: torch.Tensor) -> torch.Tensor:
+    """Centred unitary 2D FFT: object (..., H, W) -> complex detector field (..., H, W)."""
+    x = torch.fft.ifftshift(obj, dim=_DIMS)
+    return torch.fft.fftshift(torch.fft.fft2(x, norm="ortho"), dim=_DIMS)
+
+
+def to_object(field: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_detector`: detector field (..., H, W) -> object (..., H, W)."""
+    x = torch.fft.ifftshift(field, dim=_DIMS)
+    return torch.fft.fftshift(torch.fft.ifft2(x, norm="ortho"), dim=_DIMS)
+
+
+def fourier_modulus(obj: torch.Tensor) -> torch.Tensor:
+    """|to_detector(obj)|, real (..., H, W)."""
+    return to_detector(obj).abs()
+
+
+def _offsets(small: tuple[int, int], big: tuple[int, int]) -> tuple[int, int]:
+    # The small array's centre pixel (h//2, w//2) lands on the big one's (H//2, W//2).
+    return big[0] // 2 - small[0] // 2, big[1] // 2 - small[1] // 2
+
+
+def embed_centre(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Zero-pad (..., h, w) into (..., H, W) keeping the centre pixel at (H//2, W//2)."""
+    h, w = x.shape[-2:]
+    H, W = shape
+    if h > H or w > W:
+        raise ValueError(f"cannot embed {(h, w)} into smaller {(H, W)}")
+    r0, c0 = _offsets((h, w), (H, W))
+    out = x.new_zeros((*x.shape[:-2], H, W))
+    out[..., r0 : r0 + h, c0 : c0 + w] = x
+    return out
+
+
+def crop_centre(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Centre crop (..., H, W) to (..., h, w); inverse of :func:`embed_centre`."""
+    H, W = x.shape[-2:]
+    h, w = shape
+    if h > H or w > W:
+        raise ValueError(f"cannot crop {(H, W)} to larger {(h, w)}")
+    r0, c0 = _offsets((h, w), (H, W))
+    return x[..., r0 : r0 + h, c0 : c0 + w]
