@@ -1,7 +1,56 @@
-"""RefineConfig (ER/HIO/RAAR schedule, shrink-wrap, initialisation)."""
+"""RefineConfig (ER/HIO/RAAR schedule, shrink-wrap, initial support)."""
 
 from __future__ import annotations
 
-from ._base import FrozenModel  # noqa: F401
+from pydantic import Field, field_validator
 
-__all__: list[str] = []
+from ._base import FrozenModel
+
+__all__ = ["RefineConfig", "DEFAULT_SCHEDULE"]
+
+#: The paper's ER/HIO switching (Appendix B), 600 iterations, read left to right in time.
+DEFAULT_SCHEDULE = "(HIO**130 * ER**20)**4"
+
+
+class RefineConfig(FrozenModel):
+    """Iterative refinement: algorithm schedule, shrink-wrap and supports.
+
+    Sizes given as fractions are fractions of the frame's smaller side.
+    """
+
+    schedule: str = DEFAULT_SCHEDULE
+    """Algorithms in time order, left to right: ``"(HIO**130 * ER**20)**4"``.
+    Operators ``ER``, ``HIO``, ``RAAR``, optionally with their own beta: ``HIO(0.7)**50``."""
+
+    beta: float = Field(0.9, gt=0.0, le=1.0)
+    """Feedback parameter of HIO and RAAR when the schedule does not give one."""
+
+    shrinkwrap: bool = True
+    """Update the support by shrink-wrap (Marchesini et al. 2003)."""
+
+    shrinkwrap_start: int = Field(100, ge=0)
+    """First iteration (0-based) at which the support is updated."""
+
+    shrinkwrap_every: int = Field(10, ge=1)
+    """Iterations between support updates."""
+
+    shrinkwrap_sigma: float = Field(1.0, gt=0.0, le=20.0)
+    """Standard deviation (pixels) of the Gaussian blur of the amplitude."""
+
+    shrinkwrap_threshold: float = Field(0.1, gt=0.0, lt=1.0)
+    """New support: blurred amplitude above this fraction of its maximum (per frame)."""
+
+    support2_size: float = Field(0.5, gt=0.0, le=1.0)
+    """Side of the fixed square Support 2 that bounds the shrink-wrapped support."""
+
+    init_support_size: float = Field(0.375, gt=0.0, le=1.0)
+    """Side of the rectangular initial support used when no support is given."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _parsable(cls, value: str) -> str:
+        # Parsing lives in the phasing package; validate lazily to keep config import-free.
+        from ..phasing.schedule import parse_schedule
+
+        parse_schedule(value)
+        return value

@@ -1,1 +1,23 @@
-"""cdi_beamline.phasing"""
+"""Phase retrieval: projections and algorithms (ER, HIO, RAAR), shrink-wrap, schedules,
+chi², alignment of solutions, nearest-neighbour search and phase unwrapping.
+
+All arrays are centred (see :mod:`cdi_beamline.fourier`), shaped (B, H, W).
+"""
+
+from .refine import InitialEstimate, RefineResult, chi2, random_initial_object, refine, square_support
+from .schedule import ER, HIO, RAAR, Schedule, Step, parse_schedule
+
+__all__ = [
+    "ER",
+    "HIO",
+    "RAAR",
+    "InitialEstimate",
+    "RefineResult",
+    "Schedule",
+    "Step",
+    "chi2",
+    "parse_schedule",
+    "random_initial_object",
+    "refine",
+    "square_support",
+]

@@ -1,0 +1,302 @@
+"""Batched iterative phase retrieval: ER, HIO, RAAR with shrink-wrap, masks and chi².
+
+Internally the loop runs in *FFT order* (origin at pixel (0, 0) in both spaces), so that
+no shift is needed per iteration: the centred arrays of :mod:`cdi_beamline.fourier` are
+moved into FFT order once on entry (:func:`_to_fft_order`) and back once on exit.
+``to_detector(o) == fftshift(fft2(ifftshift(o)))``, hence with ``o_u = ifftshift(o)``
+and ``F_u = ifftshift(F)`` the loop simply computes ``F_u = fft2(o_u, norm="ortho")``.
+
+All three algorithms are one update ``x <- a * x + b * P_M(x)`` with real
+coefficient maps built from the support S (recomputed only when S changes):
+
+=====  ===================  =====================================
+ alg    a (outside S only)   b
+=====  ===================  =====================================
+ ER     0                    S
+ HIO    1 - S                S - beta (1 - S)
+ RAAR   beta (1 - S)         S + (1 - 2 beta)(1 - S)
+=====  ===================  =====================================
+
+chi² (eq. 5 of Wu et al. 2021) is scale invariant: before comparing, the model modulus
+is multiplied by the scale ``s`` that minimises the error in closed form,
+``s = Σ m|F|M / Σ m|F|²``, which gives ``chi² = 1 - (Σ m|F|M)² / (Σ m|F|² Σ m M²)``
+over measured pixels ``m``. The history costs two reductions per iteration on the
+``|F|`` that the modulus projection computes anyway; it is the chi² of the iterate
+entering each iteration, and ``RefineResult.chi2`` is that of the returned object.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..config import RefineConfig
+from .schedule import parse_schedule
+
+__all__ = [
+    "InitialEstimate",
+    "RefineResult",
+    "chi2",
+    "refine",
+    "square_support",
+    "random_initial_object",
+]
+
+_EPS = 1e-12
+
+
+@dataclass
+class InitialEstimate:
+    """A starting point for :func:`refine`, on the pattern's grid (centred).
+
+    object : (B, H, W) complex64, or None for random phases (amplitude 1 in the support)
+    support : (B, H, W) bool, or None for the rectangular initial support
+    """
+
+    object: torch.Tensor | None = None
+    support: torch.Tensor | None = None
+
+
+@dataclass
+class RefineResult:
+    """Result of :func:`refine`, centred, on the device of the input.
+
+    object : (B, H, W) complex64, zero outside the support, on the data's scale
+    support : (B, H, W) bool
+    chi2 : (B,) float32, chi² (eq. 5) of ``|to_detector(object)|`` against the data
+    chi2_history : (B, T) float32, chi² of the iterate entering each of the T iterations
+    schedule : the schedule run, as a string
+    """
+
+    object: torch.Tensor
+    support: torch.Tensor
+    chi2: torch.Tensor
+    chi2_history: torch.Tensor
+    schedule: str
+
+
+def chi2(pred_modulus: torch.Tensor, modulus: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scale-invariant chi² of eq. 5 per frame.
+
+    ``Σ_m (s·pred - M)² / Σ_m M²`` with the optimal scale ``s`` (closed form), over
+    measured pixels ``m`` (``mask`` True, all pixels if None).
+
+    Parameters
+    ----------
+    pred_modulus, modulus : (B, H, W) or (H, W) real tensors
+    mask : bool, broadcastable to ``modulus``, True = measured
+
+    Returns
+    -------
+    (B,) tensor (a 0-d tensor for 2-D input)
+    """
+    if pred_modulus.shape != modulus.shape:
+        raise ValueError(f"chi2: model modulus shape {tuple(pred_modulus.shape)} != data shape {tuple(modulus.shape)}")
+    p = pred_modulus.double()
+    m = modulus.double()
+    if mask is not None:
+        w = mask.to(p.dtype).expand_as(m)
+        p, m = p * w, m * w
+    dims = (-2, -1)
+    spm = (p * m).sum(dims)
+    spp = (p * p).sum(dims)
+    smm = (m * m).sum(dims)
+    out = 1.0 - spm**2 / (spp * smm).clamp_min(1e-300)
+    return out.clamp_min(0.0).to(torch.float32)
+
+
+def square_support(shape: tuple[int, int], size: float, device=None) -> torch.Tensor:
+    """Centred square (rectangle for non-square frames) of side ``size·min(H, W)``, (H, W) bool."""
+    H, W = shape
+    side = max(1, int(round(size * min(H, W))))
+    out = torch.zeros((H, W), dtype=torch.bool, device=device)
+    r0, c0 = H // 2 - side // 2, W // 2 - side // 2
+    out[max(r0, 0) : r0 + side, max(c0, 0) : c0 + side] = True
+    return out
+
+
+def random_initial_object(support: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Unit amplitude with uniformly random phase inside ``support`` (B, H, W) -> complex64.
+
+    Drawn on the CPU with ``generator`` so that a seed gives the same start on any device.
+    """
+    phase = torch.rand(support.shape, generator=generator) * (2 * math.pi)
+    obj = torch.polar(torch.ones_like(phase), phase).to(support.device)
+    return obj * support
+
+
+def _to_fft_order(x: torch.Tensor) -> torch.Tensor:
+    # Centred (origin at (H//2, W//2)) -> FFT order (origin at (0, 0)); see module doc.
+    return torch.fft.ifftshift(x, dim=(-2, -1))
+
+
+def _from_fft_order(x: torch.Tensor) -> torch.Tensor:
+    return torch.fft.fftshift(x, dim=(-2, -1))
+
+
+def _gaussian_transfer(shape: tuple[int, int], sigma: float, device) -> torch.Tensor:
+    """rfft2 of a unit-sum periodic Gaussian of std ``sigma`` px: (H, W//2+1) real."""
+    H, W = shape
+    fy = torch.fft.fftfreq(H, device=device)[:, None]
+    fx = torch.fft.rfftfreq(W, device=device)[None, :]
+    return torch.exp(-2.0 * (math.pi * sigma) ** 2 * (fy**2 + fx**2)).to(torch.float32)
+
+
+def _coefficients(alg: str, beta: float, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real maps (a, b) of the update ``x <- a x + b P_M(x)`` for support ``s`` (float)."""
+    out = 1.0 - s
+    if alg == "ER":
+        return torch.zeros_like(s), s
+    if alg == "HIO":
+        return out, s - beta * out
+    return beta * out, s + (1.0 - 2.0 * beta) * out  # RAAR
+
+
+def _check_inputs(modulus, mask, init):
+    if modulus.ndim != 3:
+        raise ValueError(f"modulus must be (B, H, W), got shape {tuple(modulus.shape)}")
+    if modulus.is_complex() or not modulus.is_floating_point():
+        raise ValueError(f"modulus must be a real floating tensor, got {modulus.dtype}")
+    if not torch.isfinite(modulus).all():
+        raise ValueError("modulus contains NaN or inf")
+    if (modulus < 0).any():
+        raise ValueError("modulus contains negative values (pass sqrt(intensity))")
+    B, H, W = modulus.shape
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be bool (True = measured), got {mask.dtype}")
+        if mask.shape not in ((H, W), (B, H, W)):
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match the frames: expected {(H, W)} or {(B, H, W)}")
+    if init is not None:
+        for name in ("object", "support"):
+            t = getattr(init, name)
+            if t is not None and tuple(t.shape) != (B, H, W):
+                raise ValueError(f"initial {name} shape {tuple(t.shape)} != frames {(B, H, W)}")
+
+
+@torch.no_grad()
+def refine(
+    modulus: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    init: InitialEstimate | None = None,
+    config: RefineConfig | None = None,
+    seed: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RefineResult:
+    """Refine a batch of objects against measured Fourier moduli.
+
+    Parameters
+    ----------
+    modulus : (B, H, W) float tensor, centred sqrt(intensity), on the device to run on
+    mask : (H, W) or (B, H, W) bool, True = measured; unmeasured pixels keep the
+        current estimate's Fourier value. None = all measured.
+    init : starting object and/or support; missing parts are random phases (seeded)
+        and the rectangular support of ``config.init_support_size``.
+    config : schedule, beta, shrink-wrap and support sizes (default :class:`RefineConfig`)
+    seed : seed of the random initial phases (None = 0)
+    progress : called as ``progress(iterations_done, total)`` after each schedule step
+
+    Returns
+    -------
+    RefineResult
+    """
+    config = config or RefineConfig()
+    _check_inputs(modulus, mask, init)
+    schedule = parse_schedule(config.schedule)
+    steps = list(schedule)
+    T = len(steps)
+    B, H, W = modulus.shape
+    device = modulus.device
+    gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+
+    # Data in FFT order, normalised per frame (scale restored on exit).
+    M = _to_fft_order(modulus.to(torch.float32))
+    measured = None if mask is None else _to_fft_order(mask.expand(B, H, W)).contiguous()
+    Mm = M if measured is None else M * measured
+    scale = Mm.square().sum((-2, -1)).sqrt().clamp_min(_EPS)  # (B,)
+    Mm = (Mm / scale[:, None, None]).contiguous()
+    smm = Mm.square().sum((-2, -1))
+    unmeasured = None if measured is None else (~measured).to(torch.float32)
+
+    support2 = _to_fft_order(square_support((H, W), config.support2_size, device))
+    if init is not None and init.support is not None:
+        S = _to_fft_order(init.support.to(device=device, dtype=torch.bool))
+    else:
+        S = _to_fft_order(square_support((H, W), config.init_support_size, device)).expand(B, H, W)
+    S = S.contiguous()
+    if init is not None and init.object is not None:
+        x = _to_fft_order(init.object.to(device=device, dtype=torch.complex64)).clone()
+        # Put the given object on the data's scale with the optimal factor.
+        a = torch.fft.fft2(x, norm="ortho").abs()
+        w = 1.0 if measured is None else measured
+        s = (a * Mm * w).sum((-2, -1)) / (a.square() * w).sum((-2, -1)).clamp_min(_EPS)
+        x *= s[:, None, None]
+    else:
+        x = _to_fft_order(random_initial_object(_from_fft_order(S), gen)).contiguous()
+        x *= (1.0 / x.abs().square().sum((-2, -1)).sqrt().clamp_min(_EPS))[:, None, None]
+
+    blur = _gaussian_transfer((H, W), config.shrinkwrap_sigma, device) if config.shrinkwrap else None
+    history = torch.empty((T, B), dtype=torch.float32, device=device)
+    xr = torch.view_as_real(x)
+    coeff_key = None
+    for it, (alg, beta) in enumerate(steps):
+        beta = config.beta if beta is None else beta
+        if (
+            blur is not None
+            and it >= config.shrinkwrap_start
+            and (it - config.shrinkwrap_start) % config.shrinkwrap_every == 0
+        ):
+            S = _shrinkwrap(x, blur, config.shrinkwrap_threshold, support2, S)
+            coeff_key = None
+        if coeff_key != (alg, beta):
+            sf = S.to(torch.float32)
+            ca, cb = (c.unsqueeze(-1) for c in _coefficients(alg, beta, sf))
+            coeff_key = (alg, beta)
+
+        F = torch.fft.fft2(x, norm="ortho")
+        amp = F.abs()
+        # chi² history from the |F| we need anyway: two reductions.
+        spm = (amp * Mm).sum((-2, -1))
+        spp = (amp.square() if measured is None else amp.square() * measured).sum((-2, -1))
+        history[it] = 1.0 - spm.square() / (spp * smm).clamp_min(_EPS)
+        # Modulus projection: F *= M/|F| on measured pixels, 1 elsewhere.
+        amp.add_(_EPS)
+        ratio = Mm / amp if unmeasured is None else torch.addcmul(Mm, unmeasured, amp).div_(amp)
+        torch.view_as_real(F).mul_(ratio.unsqueeze(-1))
+        y = torch.fft.ifft2(F, norm="ortho")
+        if alg == "ER":
+            torch.view_as_real(y).mul_(cb)
+            x = y
+            xr = torch.view_as_real(x)
+        else:
+            xr.mul_(ca).addcmul_(torch.view_as_real(y), cb)
+        if progress is not None and (it + 1 == T or steps[it + 1] != steps[it]):
+            progress(it + 1, T)
+
+    obj = x * S
+    final = chi2(torch.fft.fft2(obj, norm="ortho").abs(), Mm, measured)
+    obj *= scale[:, None, None]
+    return RefineResult(
+        object=_from_fft_order(obj),
+        support=_from_fft_order(S),
+        chi2=final,
+        chi2_history=history.T.clamp_min(0.0).contiguous(),
+        schedule=str(schedule),
+    )
+
+
+def _shrinkwrap(x, blur, threshold, support2, previous):
+    """Marchesini shrink-wrap: blurred |x| above ``threshold``·max, inside Support 2.
+
+    Frames whose new support would be empty keep their previous support.
+    """
+    H, W = x.shape[-2:]
+    smooth = torch.fft.irfft2(torch.fft.rfft2(x.abs()) * blur, s=(H, W))
+    peak = smooth.amax((-2, -1), keepdim=True)
+    new = (smooth > threshold * peak) & support2
+    empty = ~new.any(dim=(-2, -1), keepdim=True)
+    return torch.where(empty, previous, new)
