@@ -1,7 +1,42 @@
-"""ReconstructorConfig (CNN + refinement, device, batching)."""
+"""ReconstructorConfig (initialisation + refinement, batching, input quantity)."""
 
 from __future__ import annotations
 
-from ._base import FrozenModel  # noqa: F401
+from typing import Literal
 
-__all__: list[str] = []
+from pydantic import Field
+
+from ._base import FrozenModel
+from .refine import RefineConfig
+
+__all__ = ["ReconstructorConfig"]
+
+
+class ReconstructorConfig(FrozenModel):
+    """How :class:`cdi_beamline.pipeline.Reconstructor` turns frames into objects."""
+
+    init: Literal["cnn", "random", "support", "nns"] = "random"
+    """Start of the refinement (the paper's Fig. 5): the CNN's object and support,
+    random phases in a rectangle, random phases in a given support, or the nearest
+    neighbour of a simulated set."""
+
+    refine: RefineConfig = Field(default_factory=RefineConfig)
+    """Schedule, shrink-wrap and supports of the iterative refinement."""
+
+    iterations: int | None = Field(None, ge=1, le=100_000)
+    """Total iterations; the schedule's counts are scaled to it. None = the schedule's own."""
+
+    weights: str = "DEFAULT"
+    """Name of the CNN weights (``init="cnn"``)."""
+
+    nns_index: str | None = None
+    """HDF5 of ``simulate`` indexed for ``init="nns"``."""
+
+    batch_size: int = Field(64, ge=1, le=65_536)
+    """Frames refined together on the device."""
+
+    quantity: Literal["intensity", "modulus"] = "intensity"
+    """What the frames hold: counts (the modulus is their square root) or the modulus."""
+
+    saturation: float | None = Field(None, gt=0)
+    """Frames with a pixel at or above this value (in ``quantity`` units) are refused."""

@@ -1,0 +1,292 @@
+"""One reconstruction engine for every door: the CLI, the Bluesky callback, Tango, benchmarks.
+
+``Reconstructor.reconstruct(frames)`` validates each frame, starts the good ones
+(CNN, random, given support or nearest neighbour), refines them in batches on the
+device and returns a numpy :class:`ReconstructionBatch` with one row per input frame,
+bad frames included (status ``"bad"`` and a specific reason) — it never raises for a
+bad frame, so a live scan keeps running.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import ReconstructorConfig
+from .device import resolve_device
+from .fourier import FFT_CONVENTION, embed_centre
+from .phasing import InitialEstimate, parse_schedule, refine
+
+__all__ = ["MIN_SIZE", "MAX_SIZE", "Reconstructor", "ReconstructionBatch", "validate_frame"]
+
+#: Supported frame sides (pixels), inclusive.
+MIN_SIZE, MAX_SIZE = 32, 1024
+
+
+@dataclass
+class ReconstructionBatch:
+    """Results, numpy, one row per input frame (bad frames: zeros, NaN chi²).
+
+    object : (B, H, W) complex64, centred, on the data's modulus scale, global phase
+        fixed so that the intensity-weighted mean phase is zero
+    amplitude, phase : (B, H, W) float32, ``|object|`` and its angle (radians, wrapped)
+    support : (B, H, W) bool
+    chi2 : (B,) float64, eq. 5 (scale invariant) of ``|to_detector(object)|`` vs the data
+    chi2_history : (B, T) float32, per iteration
+    status : "ok" | "bad" per frame;  reason : "" or why the frame was refused
+    init : how each good frame was started (e.g. ``"random (cnn needs 64x64 ...)"``)
+    """
+
+    object: np.ndarray
+    amplitude: np.ndarray
+    phase: np.ndarray
+    support: np.ndarray
+    chi2: np.ndarray
+    chi2_history: np.ndarray
+    status: list[str] = field(default_factory=list)
+    reason: list[str] = field(default_factory=list)
+    init: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+
+def validate_frame(
+    frame: np.ndarray, expected_shape: tuple[int, int] | None = None, *, saturation: float | None = None
+) -> str | None:
+    """Why ``frame`` cannot be reconstructed, or None if it can.
+
+    Checks, in order: numeric real dtype, rank 2, size within [MIN_SIZE, MAX_SIZE],
+    ``expected_shape``, NaN/inf, negative values, all zero, saturation.
+    """
+    frame = np.asarray(frame)
+    if np.iscomplexobj(frame):
+        return f"frame is complex ({frame.dtype}); expected real intensities or moduli"
+    if not (np.issubdtype(frame.dtype, np.number) or frame.dtype == np.bool_):
+        return f"frame has non-numeric dtype {frame.dtype}"
+    if frame.ndim != 2:
+        return f"frame has rank {frame.ndim} (shape {frame.shape}); expected a 2-D (H, W) pattern"
+    H, W = frame.shape
+    if not (MIN_SIZE <= H <= MAX_SIZE and MIN_SIZE <= W <= MAX_SIZE):
+        return f"frame size {H}x{W} is not supported: each side must be in [{MIN_SIZE}, {MAX_SIZE}]"
+    if expected_shape is not None and tuple(expected_shape) != (H, W):
+        return f"frame shape {H}x{W} differs from the batch's {expected_shape[0]}x{expected_shape[1]}"
+    finite = np.isfinite(frame)
+    if not finite.all():
+        n_nan = int(np.isnan(frame).sum())
+        n_inf = int((~finite).sum()) - n_nan
+        what = " and ".join(s for s in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else "") if s)
+        return f"frame contains {what} pixel(s)"
+    n_neg = int((frame < 0).sum())
+    if n_neg:
+        return f"frame contains {n_neg} negative pixel(s) (min {frame.min():.3g}); intensities must be >= 0"
+    if not frame.any():
+        return "frame is all zero"
+    if saturation is not None:
+        n_sat = int((frame >= saturation).sum())
+        if n_sat:
+            return f"frame has {n_sat} pixel(s) at or above the saturation level {saturation:g}"
+    return None
+
+
+class Reconstructor:
+    """Frames in, complex objects out: initialisation + batched refinement on one device.
+
+    Parameters
+    ----------
+    config : ReconstructorConfig (default: random init, the paper's 600-iteration schedule)
+    device : "auto" | "cpu" | "cuda[:n]"
+    """
+
+    def __init__(self, config: ReconstructorConfig | None = None, device="auto"):
+        self.config = config or ReconstructorConfig()
+        self.device = resolve_device(device)
+        refine_cfg = self.config.refine
+        if self.config.iterations is not None:
+            sched = parse_schedule(refine_cfg.schedule).resized(self.config.iterations)
+            refine_cfg = refine_cfg.model_copy(update={"schedule": str(sched)})
+        self.refine_config = refine_cfg
+        self.iterations = len(parse_schedule(refine_cfg.schedule))
+        self._net = None
+        self._nns = None
+
+    # ------------------------------------------------------------------ public
+    def reconstruct(
+        self,
+        frames: np.ndarray | Sequence[np.ndarray],
+        *,
+        mask: np.ndarray | None = None,
+        seed: int | None = None,
+        support: np.ndarray | None = None,
+    ) -> ReconstructionBatch:
+        """Reconstruct frames (B, H, W) or one frame (H, W).
+
+        Parameters
+        ----------
+        frames : intensities (or moduli, per ``config.quantity``), centred patterns
+        mask : (H, W) or (B, H, W), True/nonzero = measured pixel
+        seed : seed of the random starts (None = 0); chunk k uses ``seed + k``
+        support : (H, W) or (B, H, W) real-space support for ``init="support"``
+
+        Raises
+        ------
+        ValueError
+            only for problems of the whole call (frames not 2-D/3-D, mask or support of
+            the wrong shape, ``init="support"`` without a support); bad frames are
+            reported in the result instead.
+        """
+        frame_list = self._as_frame_list(frames)
+        B = len(frame_list)
+        first = next((np.shape(f) for f in frame_list if np.ndim(f) == 2), None)
+        reasons = [validate_frame(f, first, saturation=self.config.saturation) for f in frame_list]
+        good = [i for i, r in enumerate(reasons) if r is None]
+        H, W = first or (0, 0)
+        mask_t = self._per_frame("mask", mask, B, (H, W)) if good else None
+        support_t = self._per_frame("support", support, B, (H, W)) if good else None
+        if self.config.init == "support" and support is None:
+            raise ValueError("init='support' needs a support: pass support=(H, W) or (B, H, W) array")
+
+        T = self.iterations
+        out = ReconstructionBatch(
+            object=np.zeros((B, H, W), np.complex64),
+            amplitude=np.zeros((B, H, W), np.float32),
+            phase=np.zeros((B, H, W), np.float32),
+            support=np.zeros((B, H, W), bool),
+            chi2=np.full(B, np.nan),
+            chi2_history=np.full((B, T), np.nan, np.float32),
+            status=["ok" if r is None else "bad" for r in reasons],
+            reason=[r or "" for r in reasons],
+            init=["" for _ in range(B)],
+        )
+        bs = self.config.batch_size
+        for k, start in enumerate(range(0, len(good), bs)):
+            idx = good[start : start + bs]
+            data = torch.from_numpy(np.stack([np.asarray(frame_list[i], np.float32) for i in idx]))
+            modulus = (data.sqrt() if self.config.quantity == "intensity" else data).to(self.device)
+            m = None if mask_t is None else mask_t[idx].to(self.device)
+            s = None if support_t is None else support_t[idx].to(self.device)
+            init, how = self._initial_estimate(modulus, s)
+            res = refine(
+                modulus,
+                mask=m,
+                init=init,
+                config=self.refine_config,
+                seed=(0 if seed is None else int(seed)) + k,
+            )
+            obj = _fix_global_phase(res.object)
+            out.object[idx] = obj.cpu().numpy()
+            out.amplitude[idx] = obj.abs().cpu().numpy()
+            out.phase[idx] = obj.angle().cpu().numpy()
+            out.support[idx] = res.support.cpu().numpy()
+            out.chi2[idx] = res.chi2.double().cpu().numpy()
+            out.chi2_history[idx] = res.chi2_history.cpu().numpy()
+            for i in idx:
+                out.init[i] = how
+        return out
+
+    def describe(self) -> dict:
+        """JSON-able description for derived start documents."""
+        info = {
+            "engine": "cdi_beamline.pipeline.Reconstructor",
+            "config": self.config.model_dump(mode="json"),
+            "schedule": self.refine_config.schedule,
+            "iterations": self.iterations,
+            "device": str(self.device),
+            "fft_convention": FFT_CONVENTION,
+            "software": {"cdi_beamline": __version__, "torch": torch.__version__, "numpy": np.__version__},
+        }
+        if self.config.init == "cnn":
+            info["weights"] = self._weights_info()
+        return info
+
+    # ----------------------------------------------------------------- helpers
+    @staticmethod
+    def _as_frame_list(frames) -> list:
+        if isinstance(frames, (list, tuple)):
+            return list(frames)
+        arr = np.asarray(frames)
+        if arr.ndim == 2:
+            return [arr]
+        if arr.ndim == 3:
+            return list(arr)
+        raise ValueError(f"frames must be one pattern (H, W) or a stack (B, H, W), got shape {arr.shape}")
+
+    @staticmethod
+    def _per_frame(name, value, B, shape):
+        if value is None:
+            return None
+        arr = np.asarray(value)
+        if arr.shape == tuple(shape):
+            arr = np.broadcast_to(arr, (B, *shape))
+        if arr.shape != (B, *shape):
+            raise ValueError(f"{name} shape {arr.shape} does not match the frames: expected {tuple(shape)} or {(B, *shape)}")
+        if np.iscomplexobj(arr) or not np.isfinite(arr).all():
+            raise ValueError(f"{name} must be real and finite (True/nonzero = {'measured' if name == 'mask' else 'inside'})")
+        t = torch.from_numpy(np.ascontiguousarray(arr != 0))
+        if not t.flatten(1).any(1).all():
+            raise ValueError(f"{name} is empty (all False) for at least one frame")
+        return t
+
+    def _initial_estimate(self, modulus, support):
+        init = self.config.init
+        H, W = modulus.shape[-2:]
+        if init == "random":
+            return None, "random"
+        if init == "support":
+            return InitialEstimate(support=support), "support"
+        if init == "cnn":
+            if (H, W) != (64, 64):
+                return None, f"random (cnn needs 64x64 frames, got {H}x{W})"
+            from .models import initial_estimate
+
+            est = initial_estimate(self._cnn(), modulus)
+            return InitialEstimate(object=est.object, support=est.support), f"cnn ({self.config.weights})"
+        index = self._index()
+        if (H, W) != index.pattern_shape:
+            return None, f"random (nns index holds {index.pattern_shape[0]}x{index.pattern_shape[1]} patterns, got {H}x{W})"
+        match = index.query(modulus)
+        obj = torch.polar(match.amplitude, match.phase) * match.support
+        return (
+            InitialEstimate(object=embed_centre(obj, (H, W)).to(self.device), support=embed_centre(match.support, (H, W)).to(self.device)),
+            "nns",
+        )
+
+    def _cnn(self):
+        if self._net is None:
+            try:
+                from .models import cdinet
+            except ImportError as exc:
+                raise RuntimeError(f"init='cnn' needs cdi_beamline.models.cdinet, which is not available: {exc}") from exc
+            self._net = cdinet(weights=self.config.weights).to(self.device).eval()
+        return self._net
+
+    def _index(self):
+        if self._nns is None:
+            if self.config.nns_index is None:
+                raise ValueError("init='nns' needs ReconstructorConfig.nns_index (an HDF5 written by `simulate`)")
+            from .phasing.nns import NearestNeighbourIndex
+
+            self._nns = NearestNeighbourIndex.from_h5(self.config.nns_index, device=self.device)
+        return self._nns
+
+    def _weights_info(self) -> dict:
+        info = {"name": self.config.weights}
+        try:
+            from .models import CDINetWeights
+
+            meta = CDINetWeights[self.config.weights].meta
+            info.update({k: meta[k] for k in ("sha256", "file") if k in meta})
+        except (ImportError, KeyError, AttributeError) as exc:
+            info["error"] = f"weights metadata unavailable: {exc}"
+        return info
+
+
+def _fix_global_phase(obj: torch.Tensor) -> torch.Tensor:
+    """Rotate each object so that its intensity-weighted mean phase is zero."""
+    c = (obj * obj.abs()).sum((-2, -1), keepdim=True)
+    return obj * (c.conj() / c.abs().clamp_min(1e-30))
