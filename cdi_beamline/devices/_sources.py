@@ -80,16 +80,6 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, int], what: str) -> np.ndarr
     return mask.astype(bool)
 
 
-def default_mask(shape: tuple[int, int]) -> np.ndarray:
-    """A fixed detector mask, True = measured: a beamstop of radius 2 px on the centre and a
-    2-row module gap 8 rows below it, as on a tiled pixel detector. (H, W) bool."""
-    h, w = shape
-    rr, cc = np.mgrid[:h, :w]
-    measured = (rr - h // 2) ** 2 + (cc - w // 2) ** 2 > 4
-    measured[h // 2 + 8 : h // 2 + 10, :] = False
-    return measured
-
-
 class SyntheticSource(FrameSource):
     """Patterns from the simulator (``cdi_beamline.physics.simulate_batch``), made on the fly.
 
@@ -105,11 +95,11 @@ class SyntheticSource(FrameSource):
     seed : int
         Base seed; chunk ``k`` is simulated with a seed derived from ``(seed, k)``.
     photons : float, optional
-        Scale each pattern to this many photons in total and draw Poisson counts.
-        None: noiseless intensities ``modulus**2``.
-    mask : bool or (H, W) bool array
-        True: the fixed :func:`default_mask` (beamstop + module gap); an array: that mask.
-        Masked pixels read 0.
+        Expected photons per pattern: Poisson counts (sets ``config.detector.photons``).
+        None: the config's detector (noiseless intensities ``modulus**2`` by default).
+    mask : bool
+        True: the beamstop and module gaps of ``cdi-beamline simulate --mask``
+        (``DEFAULT_MASK``); masked pixels read 0. False: the config's detector mask, if any.
     chunk : int
         Frames simulated per call of the simulator.
     device : str
@@ -122,68 +112,64 @@ class SyntheticSource(FrameSource):
         config=None,
         seed: int = 0,
         photons: float | None = None,
-        mask: bool | np.ndarray = False,
+        mask: bool = False,
         chunk: int = 256,
         device: str = "cpu",
     ):
         if n is not None and int(n) < 1:
             raise ValueError(f"SyntheticSource: n must be >= 1 or None (endless), got {n}")
-        if photons is not None and not photons > 0:
-            raise ValueError(f"SyntheticSource: photons must be > 0, got {photons}")
         if int(chunk) < 1:
             raise ValueError(f"SyntheticSource: chunk must be >= 1, got {chunk}")
-        from ..physics import simulate_batch  # the simulator imports torch: load it lazily
+        # the simulator imports torch: load it only when a synthetic source is made
+        from ..config import DEFAULT_MASK, SimulationConfig
+        from ..physics import detector_mask, simulate_batch
 
+        config = SimulationConfig() if config is None else config
+        detector = config.detector.model_dump()
+        detector.update({"photons": photons} if photons is not None else {})
+        detector.update(DEFAULT_MASK if mask else {})
+        self.config = SimulationConfig.build(**{**config.model_dump(), "detector": detector})
         self._simulate = simulate_batch
         self.n_frames = None if n is None else int(n)
-        self.config = config
         self.seed = int(seed)
-        self.photons = photons
         self.chunk = int(chunk)
         self.device = device
         self._lock = threading.Lock()  # Tango and ophyd-async may read from other threads
         self._cached: tuple[int, np.ndarray] | None = None
-        first = self._chunk(0)
-        self.shape = tuple(first.shape[-2:])
-        if mask is True:
-            self.mask = default_mask(self.shape)
-        elif mask is False or mask is None:
-            self.mask = None
-        else:
-            self.mask = _check_mask(mask, self.shape, "SyntheticSource")
+        self.shape = tuple(self._chunk(0).shape[-2:])
+        measured = detector_mask(self.config.detector, "cpu")
+        self.mask = None if measured is None else measured.numpy()
+
+    def chunk_seed(self, k: int) -> int:
+        """The simulator seed of chunk ``k`` (frames ``k*chunk .. (k+1)*chunk - 1``)."""
+        return int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0])
 
     def _chunk(self, k: int) -> np.ndarray:
         with self._lock:
             if self._cached is not None and self._cached[0] == k:
                 return self._cached[1]
-            chunk_seed = int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0])
+            chunk_seed = self.chunk_seed(k)
             batch = self._simulate(self.chunk, self.config, seed=chunk_seed, device=self.device)
             intensity = (batch.modulus.double() ** 2).cpu().numpy()
-            if self.photons is not None:
-                total = intensity.sum(axis=(-2, -1), keepdims=True)
-                rng = np.random.default_rng(chunk_seed)
-                intensity = rng.poisson(intensity * (self.photons / total))
+            if self.config.detector.photons is not None:
+                intensity = np.round(intensity)  # counts: undo sqrt's float rounding
             intensity = intensity.astype(np.float32)
             self._cached = (k, intensity)
             return intensity
 
     def _frame(self, i: int) -> np.ndarray:
-        frame = self._chunk(i // self.chunk)[i % self.chunk].copy()
-        if self.mask is not None:
-            frame[~self.mask] = 0.0
-        return frame
+        return self._chunk(i // self.chunk)[i % self.chunk].copy()
 
     def describe(self) -> dict[str, Any]:
-        config = self.config
         return {
             "source": "synthetic",
             "n_frames": self.n_frames,
             "shape": list(self.shape),
             "seed": self.seed,
-            "photons": self.photons,
+            "photons": self.config.detector.photons,
             "masked": self.mask is not None,
             "chunk": self.chunk,
-            "simulation_config": None if config is None else config.model_dump(mode="json"),
+            "simulation_config": self.config.model_dump(mode="json"),
         }
 
 
