@@ -25,3 +25,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# --- live pipeline fixtures (live engineer): one real Tiled server per test session ------
+
+
+@pytest.fixture(scope="session")
+def tiled_server(tmp_path_factory):
+    """A real embedded Tiled server (``cdi_beamline.store.EmbeddedTiled``) for the session.
+
+    Yields the server: ``.client()``, ``.uri``, ``.api_key``, ``.data_dir``,
+    ``.results_dir`` (readable by the server), ``.spool_dir``.
+    """
+    from cdi_beamline.store import EmbeddedTiled
+
+    server = EmbeddedTiled(tmp_path_factory.mktemp("tiled-data"))
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def run_engine():
+    """A fresh real ``bluesky.RunEngine`` (no metadata persistence), closed afterwards."""
+    from bluesky import RunEngine
+
+    RE = RunEngine({}, call_returns_result=True)
+    yield RE
+    if RE.state != "idle":
+        RE.halt()

@@ -1,7 +1,68 @@
-"""LiveConfig (callback, queue policy) and StoreConfig (Tiled)."""
+"""LiveConfig (callback, worker, queue policy) and StoreConfig (Tiled)."""
 
 from __future__ import annotations
 
-from ._base import FrozenModel  # noqa: F401
+from pathlib import Path
+from typing import Literal
 
-__all__: list[str] = []
+from pydantic import Field
+
+from ._base import FrozenModel
+
+__all__ = ["LiveConfig", "StoreConfig"]
+
+
+class LiveConfig(FrozenModel):
+    """How the live callback feeds frames to the reconstruction worker."""
+
+    image_key: str | None = None
+    """Data key of the detector image; ``None`` picks the first 2D field of the stream
+    (in the event, or external HDF5 through stream_resource/stream_datum)."""
+
+    stream: str = "primary"
+    """Name of the raw event stream whose frames are reconstructed."""
+
+    batch_size: int = Field(16, ge=1, le=65536)
+    """Frames per Reconstructor call (and per HDF5 append / StreamDatum)."""
+
+    max_wait_s: float = Field(0.5, gt=0, le=3600)
+    """A partial batch is reconstructed once its oldest frame waited this long."""
+
+    queue_size: int = Field(4096, ge=1)
+    """Capacity of the queue between the RunEngine thread and the worker (frames)."""
+
+    queue_policy: Literal["block", "drop"] = "block"
+    """Full queue: ``"block"`` holds the scan until there is room (replay, nothing lost);
+    ``"drop"`` drops the frame, counts it and records it in the derived run (live)."""
+
+    seed: int | None = 0
+    """Seed of random-start refinement; the same seed reproduces a result offline."""
+
+    data_dir: Path = Path("cdi-data")
+    """Where the result HDF5 files (``results/``) and the document spool live."""
+
+
+class StoreConfig(FrozenModel):
+    """Where runs are stored: the embedded Tiled server under ``data_dir``, or any Tiled
+    server by ``uri`` (+ ``api_key``)."""
+
+    data_dir: Path = Path("cdi-data")
+    """Embedded server's catalog and files, result HDF5 files and the spool."""
+
+    uri: str | None = None
+    """A running Tiled server (``http://host:port``); ``None`` starts the embedded one."""
+
+    api_key: str | None = None
+    """API key for ``uri`` (the embedded server keeps its own key in ``data_dir``)."""
+
+    port: int = Field(0, ge=0, le=65535)
+    """Port of the embedded server; 0 picks a free one."""
+
+    retry_s: float = Field(2.0, gt=0)
+    """While Tiled is unreachable, documents are spooled; resending is tried this often."""
+
+    raw_batch_size: int = Field(10000, ge=1)
+    """TiledWriter batch for raw runs (rows cached, written in bulk)."""
+
+    derived_batch_size: int = Field(64, ge=1)
+    """TiledWriter batch for derived runs (results become visible every this many)."""

@@ -1,0 +1,488 @@
+"""Tiled storage: the embedded server, writers that survive outages, result queries.
+
+Layout of a data directory (``StoreConfig.data_dir``)::
+
+    DIR/tiled/      catalog (SQLite), internal data, logs, ``api_key``, ``server.json``
+    DIR/results/    result HDF5 files of derived runs (readable by the server)
+    DIR/spool/      JSON Lines of runs whose documents could not be written yet
+
+Raw and derived runs are written with ``bluesky_tiled_plugins.TiledWriter`` wrapped in a
+:class:`SpoolingWriter`: if Tiled is unreachable, a run's documents go to a JSONL spool
+and are resent, in order, when the server answers again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "EmbeddedTiled",
+    "SpoolingWriter",
+    "connect",
+    "make_writer",
+    "derived_runs",
+    "load_results",
+    "load_raw_frames",
+    "DERIVED_KIND",
+]
+
+logger = logging.getLogger(__name__)
+
+DERIVED_KIND = "cdi_reconstruction"
+"""Value of ``start.cdi_kind`` in every derived run (search key for all results)."""
+
+
+def _dirs(data_dir: str | Path) -> tuple[Path, Path, Path, Path]:
+    root = Path(data_dir).expanduser().resolve()
+    return root, root / "tiled", root / "results", root / "spool"
+
+
+class EmbeddedTiled:
+    """A local Tiled server (SQLite catalog + files) serving ``data_dir``.
+
+    The API key is kept in ``data_dir/tiled/api_key`` so that a data directory keeps one
+    key across restarts; ``server.json`` tells other processes where the server listens.
+
+    Parameters
+    ----------
+    data_dir : path
+        Created if missing; the results folder is listed in the server's readable storage.
+    port : int
+        0 picks a free port.
+
+    Examples
+    --------
+    >>> with EmbeddedTiled("cdi-data") as server:        # doctest: +SKIP
+    ...     client = server.client()
+    """
+
+    def __init__(self, data_dir: str | Path, port: int = 0):
+        from tiled.server import SimpleTiledServer
+
+        self.data_dir, self.tiled_dir, self.results_dir, self.spool_dir = _dirs(data_dir)
+        for d in (self.tiled_dir, self.results_dir, self.spool_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        key_file = self.tiled_dir / "api_key"
+        if not key_file.exists():
+            key_file.write_text(secrets.token_hex(16))
+            key_file.chmod(0o600)
+        self.api_key = key_file.read_text().strip()
+        self._server = SimpleTiledServer(
+            directory=self.tiled_dir,
+            api_key=self.api_key,
+            port=port,
+            readable_storage=[self.results_dir],
+        )
+        self.port = self._server.port
+        self.uri = f"http://127.0.0.1:{self.port}"
+        (self.tiled_dir / "server.json").write_text(
+            json.dumps({"uri": self.uri, "pid": os.getpid()})
+        )
+
+    def client(self):
+        """A new Tiled client of this server (``CatalogOfBlueskyRuns`` at the root)."""
+        from tiled.client import from_uri
+
+        return from_uri(self.uri, api_key=self.api_key)
+
+    def close(self) -> None:
+        """Stop the server; the data stay in ``data_dir``."""
+        server_json = self.tiled_dir / "server.json"
+        if server_json.exists():
+            server_json.unlink()
+        self._server.close()
+
+    def __enter__(self) -> EmbeddedTiled:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedTiled({str(self.data_dir)!r}, uri={self.uri!r})"
+
+
+_EMBEDDED: dict[Path, EmbeddedTiled] = {}
+
+
+def connect(uri: str | None = None, api_key: str | None = None, data_dir: str | Path | None = None):
+    """A Tiled client: of the server at ``uri``, or of ``data_dir``'s embedded server.
+
+    With ``data_dir``, a server already serving it (``cdi-beamline serve``) is reused;
+    otherwise one is started in this process and stopped at exit.
+
+    Raises
+    ------
+    ValueError
+        When neither ``uri`` nor ``data_dir`` is given, or ``data_dir`` does not exist
+        and holds no catalog.
+    """
+    from tiled.client import from_uri
+
+    if uri is not None:
+        return from_uri(uri, api_key=api_key)
+    if data_dir is None:
+        raise ValueError("connect: give a Tiled server uri or a data_dir")
+    root, tiled_dir, _, _ = _dirs(data_dir)
+    server_json = tiled_dir / "server.json"
+    if server_json.exists():
+        info = json.loads(server_json.read_text())
+        key = (tiled_dir / "api_key").read_text().strip()
+        if _reachable(info["uri"]):
+            return from_uri(info["uri"], api_key=key)
+    if root not in _EMBEDDED:
+        if not (tiled_dir / "catalog.db").exists():
+            raise ValueError(f"no Tiled catalog in data_dir {str(root)!r} (run `cdi-beamline demo` first?)")
+        import atexit
+
+        _EMBEDDED[root] = server = EmbeddedTiled(root)
+        atexit.register(server.close)
+    return _EMBEDDED[root].client()
+
+
+def _reachable(uri: str, timeout: float = 1.0) -> bool:
+    """True when an HTTP server answers at ``uri`` (no retries)."""
+    import httpx
+
+    try:
+        httpx.get(uri, timeout=timeout, trust_env=False)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+# --- writing, with a spool for outages ---------------------------------------------------
+
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return {
+            "__ndarray__": base64.b64encode(np.ascontiguousarray(obj).tobytes()).decode("ascii"),
+            "dtype": obj.dtype.str,
+            "shape": list(obj.shape),
+        }
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot spool {type(obj).__name__}")
+
+
+def _decode(obj: dict) -> Any:
+    if "__ndarray__" in obj:
+        data = base64.b64decode(obj["__ndarray__"])
+        return np.frombuffer(data, dtype=obj["dtype"]).reshape(obj["shape"]).copy()
+    return obj
+
+
+class _Run:
+    __slots__ = ("uid", "writer", "buffer", "spool", "complete", "lock")
+
+    def __init__(self, uid: str, writer: Callable):
+        self.uid = uid
+        self.writer = writer
+        self.buffer: list[tuple[str, dict]] = []
+        self.spool: Path | None = None
+        self.complete = False
+        self.lock = threading.Lock()
+
+
+class SpoolingWriter:
+    """Document callback that writes runs through a fresh writer per run and never loses one.
+
+    Every document of a run is kept until the run's stop document is written. If the
+    writer raises (Tiled unreachable, ...), the run so far goes to ``spool_dir/<uid>.jsonl``
+    and the rest of the run is appended there; once the run is complete and the server
+    answers again, the partial copy in Tiled is deleted and the spool resent in order by a
+    background thread (every ``retry_s``). Nothing raises into the caller.
+
+    Parameters
+    ----------
+    factory : callable () -> callable(name, doc)
+        Builds the per-run writer, e.g. ``lambda: TiledWriter(client)``.
+    spool_dir : path
+    client : tiled client, optional
+        Used to delete a partial run before it is resent and to probe the server.
+    retry_s : float
+    probe : callable () -> bool, optional
+        True when the server answers; by default an HTTP GET of the client's API root.
+
+    Attributes
+    ----------
+    stats : collections.Counter
+        ``documents`` received, ``written`` directly, ``spooled``, ``resent``,
+        ``runs_spooled``, ``runs_resent``.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], Callable[[str, dict], Any]],
+        spool_dir: str | Path,
+        *,
+        client=None,
+        retry_s: float = 2.0,
+        probe: Callable[[], bool] | None = None,
+    ):
+        self._factory = factory
+        self.spool_dir = Path(spool_dir)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._client = client
+        self.retry_s = retry_s
+        if probe is None and client is not None:
+            api = str(client.context.api_uri)
+            probe = lambda: _reachable(api)  # noqa: E731
+        self._probe = probe or (lambda: True)
+        self._lock = threading.Lock()
+        self._runs: dict[str, _Run] = {}
+        self._owner: dict[str, str] = {}  # descriptor / resource uid -> run uid
+        self._offline = False
+        self._pending: list[Path] = sorted(self.spool_dir.glob("*.jsonl"))
+        self.stats: Counter = Counter()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if self._pending:
+            self._start_thread()
+
+    # -- routing -------------------------------------------------------------------------
+    def _run_uid(self, name: str, doc: dict) -> str | None:
+        if name == "start":
+            return doc["uid"]
+        if name in ("stop", "descriptor"):
+            return doc["run_start"]
+        if name in ("event", "event_page", "stream_datum"):
+            return self._owner.get(doc["descriptor"])
+        if name in ("stream_resource", "resource"):
+            return doc.get("run_start") or None
+        if name == "datum":
+            return self._owner.get(doc["resource"])
+        if name == "datum_page":
+            return self._owner.get(doc["resource"])
+        return None
+
+    def __call__(self, name: str, doc: dict) -> None:
+        with self._lock:
+            self.stats["documents"] += 1
+            uid = self._run_uid(name, doc)
+            if uid is None and name in ("stream_resource", "resource") and len(self._runs) == 1:
+                uid = next(iter(self._runs))
+            if name == "start":
+                self._runs[uid] = _Run(uid, self._factory())
+            run = self._runs.get(uid) if uid else None
+            if run is None:
+                logger.error("spooling writer: %s document of an unknown run dropped", name)
+                self.stats["orphans"] += 1
+                return
+            if name == "descriptor":
+                self._owner[doc["uid"]] = uid
+            elif name in ("stream_resource", "resource"):
+                self._owner[doc["uid"]] = uid
+            offline = self._offline
+        with run.lock:
+            if run.spool is None and offline and name == "start" and not self._probe():
+                self._to_spool(run, [(name, doc)], reason="server unreachable")
+            elif run.spool is None:
+                run.buffer.append((name, doc))
+                try:
+                    run.writer(name, doc)
+                    self.stats["written"] += 1
+                    self._offline = False
+                except Exception as exc:  # noqa: BLE001 - any writer failure is spooled
+                    self._offline = True
+                    self._to_spool(run, run.buffer, reason=f"{type(exc).__name__}: {exc}")
+                    run.buffer = []
+            else:
+                self._append(run.spool, [(name, doc)])
+                self.stats["spooled"] += 1
+            if name == "stop":
+                run.complete = True
+                with self._lock:
+                    del self._runs[uid]
+                    for k in [k for k, v in self._owner.items() if v == uid]:
+                        del self._owner[k]
+                    if run.spool is not None:
+                        self._pending.append(run.spool)
+                        self._start_thread()
+                        self._wake.set()
+
+    def _to_spool(self, run: _Run, docs: list[tuple[str, dict]], reason: str) -> None:
+        run.spool = self.spool_dir / f"{run.uid}.jsonl"
+        logger.warning("Tiled write failed (%s): spooling run %s to %s", reason, run.uid, run.spool)
+        self._append(run.spool, docs)
+        self.stats["spooled"] += len(docs)
+        self.stats["runs_spooled"] += 1
+
+    @staticmethod
+    def _append(path: Path, docs: list[tuple[str, dict]]) -> None:
+        with open(path, "a") as f:
+            for name, doc in docs:
+                f.write(json.dumps([name, doc], default=_encode) + "\n")
+
+    # -- resending -----------------------------------------------------------------------
+    def _start_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._retry_loop, name="tiled-spool", daemon=True)
+            self._thread.start()
+
+    def _retry_loop(self) -> None:
+        while not self._closed:
+            self.resend()
+            with self._lock:
+                if not self._pending:
+                    return
+            self._wake.wait(self.retry_s)
+            self._wake.clear()
+
+    def resend(self) -> int:
+        """Try to resend every complete spooled run now; returns how many remain."""
+        with self._lock:
+            pending = list(self._pending)
+        for path in pending:
+            if not self._probe():
+                break
+            try:
+                n = self._resend_one(path)
+            except Exception as exc:  # noqa: BLE001 - retried later
+                logger.warning("resending %s failed (%s); will retry", path.name, exc)
+                break
+            path.unlink()
+            with self._lock:
+                self._pending.remove(path)
+                self.stats["resent"] += n
+                self.stats["runs_resent"] += 1
+            logger.info("resent spooled run %s (%d documents)", path.stem, n)
+        with self._lock:
+            return len(self._pending)
+
+    def _resend_one(self, path: Path) -> int:
+        docs = [json.loads(line, object_hook=_decode) for line in path.read_text().splitlines() if line]
+        uid = docs[0][1]["uid"]
+        if self._client is not None and uid in self._client:
+            self._client[uid].delete(recursive=True, external_only=False)
+        writer = self._factory()
+        for name, doc in docs:
+            writer(name, doc)
+        return len(docs)
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Resend spooled runs until none is left or ``timeout`` passes; True if none left."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.resend() == 0:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(min(self.retry_s, 0.5))
+
+    @property
+    def pending(self) -> int:
+        """Complete runs waiting in the spool."""
+        with self._lock:
+            return len(self._pending)
+
+    def close(self) -> None:
+        """Stop the retry thread (spool files stay and are resent by the next writer)."""
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def make_writer(client, spool_dir: str | Path, *, batch_size: int = 10000, retry_s: float = 2.0) -> SpoolingWriter:
+    """A :class:`SpoolingWriter` around ``bluesky_tiled_plugins.TiledWriter(client)``.
+
+    ``batch_size`` rows (events / stream datums) are cached before each Tiled write.
+    """
+    from bluesky_tiled_plugins import TiledWriter
+
+    return SpoolingWriter(
+        lambda: TiledWriter(client, batch_size=batch_size),
+        spool_dir,
+        client=client,
+        retry_s=retry_s,
+    )
+
+
+# --- queries ------------------------------------------------------------------------------
+
+
+def derived_runs(client, raw_uid: str | None = None) -> list:
+    """Derived (reconstruction) runs, oldest first; only those of ``raw_uid`` if given."""
+    from tiled.queries import Key
+
+    results = client.search(Key("start.cdi_kind") == DERIVED_KIND)
+    if raw_uid is not None:
+        results = results.search(Key("start.parent_uid") == raw_uid)
+    runs = [results[uid] for uid in results]
+    return sorted(runs, key=lambda r: r.metadata["start"]["time"])
+
+
+def load_results(client, derived_uid: str, stream: str = "primary") -> dict[str, Any]:
+    """All results of a derived run as numpy arrays.
+
+    Returns
+    -------
+    dict
+        ``amplitude``, ``phase`` (N, H, W) float32; ``support`` (N, H, W) bool;
+        ``chi2`` (N,) float64; ``raw_seq_num`` (N,) int; ``status``, ``reason`` (N,) str;
+        ``start``, ``stop``: the run's documents (metadata).
+    """
+    run = client[derived_uid]
+    md = run.metadata
+    if md["start"].get("cdi_kind") != DERIVED_KIND:
+        raise ValueError(f"run {derived_uid!r} is not a derived reconstruction run")
+    out: dict[str, Any] = {"start": dict(md["start"]), "stop": dict(md.get("stop") or {})}
+    if stream not in run:
+        empty = np.zeros((0, 0, 0), np.float32)
+        out.update(amplitude=empty, phase=empty, support=empty.astype(bool), chi2=np.zeros(0),
+                   raw_seq_num=np.zeros(0, int), status=np.array([], str), reason=np.array([], str))
+        return out
+    node = run[stream]
+    table = node.read()
+    out["chi2"] = np.asarray(table["chi2"], dtype=np.float64)
+    out["raw_seq_num"] = np.asarray(table["raw_seq_num"], dtype=np.int64)
+    out["status"] = np.asarray(table["status"]).astype(str)
+    out["reason"] = np.asarray(table["reason"]).astype(str)
+    for key, dtype in (("amplitude", np.float32), ("phase", np.float32), ("support", bool)):
+        out[key] = np.asarray(table[key]).astype(dtype)
+    return out
+
+
+def load_raw_frames(client, raw_uid: str, image_key: str | None = None, stream: str = "primary"):
+    """The detector frames of a raw run, for reprocessing.
+
+    Returns
+    -------
+    frames : np.ndarray (N, H, W) float32
+    seq_num : np.ndarray (N,) int
+    image_key : str
+        The data key read (``image_key``, or the first 2D field of the stream).
+    """
+    run = client[raw_uid]
+    if stream not in run:
+        raise ValueError(f"raw run {raw_uid!r} has no stream {stream!r}")
+    node = run[stream]
+    data_keys = node.metadata.get("data_keys", {})
+    if image_key is None:
+        image_key = next(
+            (k for k, v in data_keys.items() if len([s for s in v.get("shape", []) if s not in (1, None)]) == 2),
+            None,
+        )
+        if image_key is None:
+            raise ValueError(f"raw run {raw_uid!r}: no 2D image field in stream {stream!r}")
+    elif image_key not in data_keys:
+        raise ValueError(f"raw run {raw_uid!r}: no field {image_key!r} in stream {stream!r} (has {sorted(data_keys)})")
+    frames = np.asarray(node[image_key].read(), dtype=np.float32)
+    frames = frames.reshape(frames.shape[0], *frames.shape[-2:])
+    seq_num = np.asarray(node["seq_num"].read(), dtype=np.int64) if "seq_num" in node else np.arange(1, len(frames) + 1)
+    return frames, seq_num, image_key
