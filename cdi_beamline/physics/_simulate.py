@@ -1,0 +1,338 @@
+"""The paper's pattern generator: superellipsoid shape, Gaussian-correlated phase, random
+3D orientation, projection along the beam and the centred Fourier modulus.
+
+Axes of 3D tensors are (batch, z, y, x) with z along the beam; lengths are in object
+voxels. The pattern is the central (q_z = 0) slice of the 3D Fourier transform of the
+complex field, computed as the 2D transform of its projection along z (Fourier-slice
+theorem); see docs/simulator.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from dataclasses import field as dataclass_field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..config.simulation import OBJECT_SIZE, PATTERN_SIZE, DetectorConfig, SimulationConfig
+from ..device import resolve_device
+from ..fourier import embed_centre, fourier_modulus
+
+__all__ = [
+    "SimulatedBatch",
+    "simulate_batch",
+    "iter_batches",
+    "random_rotations",
+    "bounding_radius",
+    "detector_mask",
+]
+
+#: Names of the per-pattern scalar parameters, in the order they are drawn.
+SCALAR_PARAMS = ("a", "b", "c", "e", "n", "Lx", "Ly", "Lz", "phase_span")
+
+
+@dataclass
+class SimulatedBatch:
+    """N simulated patterns and their ground truth, torch tensors on one device.
+
+    Attributes
+    ----------
+    modulus : (N, 64, 64) float32
+        sqrt(I), centred. Without detector effects exactly
+        ``fourier_modulus(embed_centre(amplitude * exp(1j * phase), (64, 64)))``.
+    amplitude : (N, 32, 32) float32
+        Projected amplitude, maximum 1, zero outside the support.
+    phase : (N, 32, 32) float32
+        Projected phase in radians, (-pi, pi], zero outside the support. Global phase
+        convention: the object's sum (the q = 0 pixel) is real and positive.
+    support : (N, 32, 32) bool
+    mask : (N, 64, 64) bool or None
+        True where the pixel is measured; None when no pixel is masked.
+    params : dict of str to Tensor
+        Per-pattern generator parameters: ``a, b, c, e, n, Lx, Ly, Lz, phase_span, fit_scale``
+        (N,) and ``rotation`` (N, 3, 3), which maps particle to lab (detector) coordinates.
+    field : (N, nz, 32, 32) complex64 or None
+        The 3D complex field s * exp(i phi) before projection (only with ``keep_field``).
+    """
+
+    modulus: torch.Tensor
+    amplitude: torch.Tensor
+    phase: torch.Tensor
+    support: torch.Tensor
+    mask: torch.Tensor | None = None
+    params: dict[str, torch.Tensor] = dataclass_field(default_factory=dict)
+    field: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.modulus.shape[0]
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """Arrays keyed as in the HDF5 file: ``modulus, ..., mask``, ``params/<name>``."""
+        out = {
+            f.name: getattr(self, f.name).detach().cpu().numpy()
+            for f in fields(self)
+            if f.name not in ("params", "field") and getattr(self, f.name) is not None
+        }
+        out.update({f"params/{k}": v.detach().cpu().numpy() for k, v in self.params.items()})
+        return out
+
+    @classmethod
+    def cat(cls, batches: list["SimulatedBatch"]) -> "SimulatedBatch":
+        """Concatenate batches along N."""
+        if len(batches) == 1:
+            return batches[0]
+
+        def join(name):
+            parts = [getattr(b, name) for b in batches]
+            return None if parts[0] is None else torch.cat(parts)
+
+        return cls(
+            modulus=join("modulus"),
+            amplitude=join("amplitude"),
+            phase=join("phase"),
+            support=join("support"),
+            mask=join("mask"),
+            params={k: torch.cat([b.params[k] for b in batches]) for k in batches[0].params},
+            field=join("field"),
+        )
+
+
+def simulate_batch(
+    n: int,
+    config: SimulationConfig | None = None,
+    *,
+    seed: int = 0,
+    device="auto",
+    keep_field: bool = False,
+) -> SimulatedBatch:
+    """Simulate ``n`` diffraction patterns of random particles (the paper's generator).
+
+    Parameters
+    ----------
+    n : int
+        Number of patterns, >= 1.
+    config : SimulationConfig, optional
+        Shape, phase and detector parameters; defaults to ``SimulationConfig()``.
+    seed : int
+        Non-negative seed. The same (seed, config, device) gives identical output.
+    device : str or torch.device
+        ``"auto" | "cpu" | "cuda[:k]"``.
+    keep_field : bool
+        Also return the 3D complex field (memory: n * nz * 32 * 32 * 8 bytes).
+
+    Returns
+    -------
+    SimulatedBatch
+        Tensors on ``device``: modulus (n, 64, 64), amplitude/phase/support (n, 32, 32).
+    """
+    return SimulatedBatch.cat(list(iter_batches(n, config, seed=seed, device=device, keep_field=keep_field)))
+
+
+def iter_batches(
+    n: int,
+    config: SimulationConfig | None = None,
+    *,
+    seed: int = 0,
+    device="auto",
+    keep_field: bool = False,
+) -> Iterator[SimulatedBatch]:
+    """Yield the patterns of ``simulate_batch(n, ...)`` in chunks of ``config.chunk_size``."""
+    config = SimulationConfig() if config is None else config
+    if not isinstance(config, SimulationConfig):
+        raise TypeError(f"config must be a SimulationConfig, got {type(config).__name__}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n: the number of patterns must be an integer >= 1, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    dev = resolve_device(device)
+    grid = _Grid(config, dev)
+    for k, start in enumerate(range(0, int(n), config.chunk_size)):
+        count = min(config.chunk_size, int(n) - start)
+        gen = torch.Generator(device=dev).manual_seed(_chunk_seed(int(seed), k))
+        yield _simulate_chunk(count, config, grid, gen, keep_field)
+
+
+def _chunk_seed(seed: int, chunk: int) -> int:
+    # Independent, well-mixed streams per chunk (SeedSequence), 63 bits for torch.
+    words = np.random.SeedSequence([seed, chunk]).generate_state(2, dtype=np.uint32)
+    return int((int(words[0]) << 31) ^ int(words[1]))
+
+
+class _Grid:
+    """Lab coordinates of the (nz, 32, 32) voxel grid and frequencies of its half spectrum."""
+
+    def __init__(self, config: SimulationConfig, device: torch.device):
+        s, nz = OBJECT_SIZE, config.nz
+        self.dz = s / nz
+        f32 = dict(dtype=torch.float32, device=device)
+        xy = torch.arange(s, **f32) - s // 2
+        z = (torch.arange(nz, **f32) - nz // 2) * self.dz
+        # Broadcastable (1, nz, 1, 1), (1, 1, s, 1), (1, 1, 1, s): (z, y, x) order.
+        self.x = xy.view(1, 1, 1, s)
+        self.y = xy.view(1, 1, s, 1)
+        self.z = z.view(1, nz, 1, 1)
+        # Lab radius, kept away from 0 so the centre voxel counts as deep inside.
+        self.r = (self.x**2 + self.y**2 + self.z**2).sqrt().clamp_min(1e-3)
+        # Angular frequencies (rad/voxel) of the rfft grid, (z, y, x//2+1).
+        self.qx = (2 * math.pi * torch.fft.rfftfreq(s, **f32)).view(1, 1, 1, -1)
+        self.qy = (2 * math.pi * torch.fft.fftfreq(s, **f32)).view(1, 1, s, 1)
+        self.qz = (2 * math.pi * torch.fft.fftfreq(nz, d=self.dz, **f32)).view(1, nz, 1, 1)
+        self.mask = detector_mask(config.detector, device)
+
+
+def random_rotations(n: int, generator: torch.Generator, device) -> torch.Tensor:
+    """Rotation matrices (n, 3, 3) uniform on SO(3), from normalised Gaussian quaternions."""
+    q = torch.randn(n, 4, generator=generator, device=device)
+    q = q / q.norm(dim=1, keepdim=True)
+    w, x, y, z = q.unbind(1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+            2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+            2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+        ],
+        dim=1,
+    ).view(n, 3, 3)  # fmt: skip
+
+
+def bounding_radius(a, b, c, e, n):
+    """Upper bound of the distance from the centre to any point of the superellipsoid.
+
+    A superellipse ``|u/a|^(2/k) + |v/b|^(2/k) <= 1`` lies within radius
+    ``min(hypot(a, b), max(a, b) * 2^((1-k)/2))`` for k < 1 and ``max(a, b)`` for k >= 1;
+    eq. 2 nests two of them: (a, b, e) in the x-y plane, then (that, c, n).
+    """
+
+    def superellipse(p, q, k):
+        corner = torch.where(k < 1, torch.pow(2.0, (1 - k) / 2), torch.ones_like(k))
+        return torch.minimum(torch.hypot(p, q), torch.maximum(p, q) * corner)
+
+    return superellipse(superellipse(a, b, e), c, n)
+
+
+def detector_mask(detector: DetectorConfig, device) -> torch.Tensor | None:
+    """Measured pixels (64, 64) bool (True = measured), or None when nothing is masked."""
+    if not detector.masked:
+        return None
+    idx = torch.arange(PATTERN_SIZE, device=device, dtype=torch.float32) - PATTERN_SIZE // 2
+    mask = (idx.view(-1, 1) ** 2 + idx.view(1, -1) ** 2) >= detector.beamstop_radius**2
+    mask[list(detector.gap_rows), :] = False
+    mask[:, list(detector.gap_cols)] = False
+    return mask
+
+
+def _sample_params(n: int, config: SimulationConfig, gen: torch.Generator, device) -> dict[str, torch.Tensor]:
+    lo = torch.tensor([getattr(config, k)[0] for k in SCALAR_PARAMS], device=device)
+    hi = torch.tensor([getattr(config, k)[1] for k in SCALAR_PARAMS], device=device)
+    u = torch.rand(n, len(SCALAR_PARAMS), generator=gen, device=device)
+    p = dict(zip(SCALAR_PARAMS, (lo + (hi - lo) * u).unbind(1)))
+    rotation = random_rotations(n, gen, device)
+    if not config.rotate:
+        rotation = torch.eye(3, device=device).expand(n, 3, 3).clone()
+    # Shrink particles whose bounding sphere would leave the grid (any orientation fits).
+    fit = (config.max_radius / bounding_radius(p["a"], p["b"], p["c"], p["e"], p["n"])).clamp(max=1.0)
+    for k in ("a", "b", "c"):
+        p[k] = p[k] * fit
+    p["fit_scale"] = fit
+    p["rotation"] = rotation
+    return p
+
+
+def _shape(p: dict[str, torch.Tensor], config: SimulationConfig, grid: _Grid) -> torch.Tensor:
+    """Smoothed superellipsoid s in [0, 1], (n, nz, 32, 32)."""
+    n = p["a"].shape[0]
+    # Particle coordinates scaled by the bounds: (u, v, w) = diag(1/a, 1/b, 1/c) R^T r_lab.
+    m = p["rotation"].transpose(1, 2) / torch.stack([p["a"], p["b"], p["c"]], 1).unsqueeze(2)
+    m = m.view(n, 3, 3, 1, 1, 1)
+    u, v, w = (m[:, i, 0] * grid.x + m[:, i, 1] * grid.y + m[:, i, 2] * grid.z for i in range(3))
+    e = p["e"].view(n, 1, 1, 1)
+    nn = p["n"].view(n, 1, 1, 1)
+    # Eq. 2: F = (|u|^(2/e) + |v|^(2/e))^(e/n) + |w|^(2/n); rho = F^(n/2) is homogeneous of
+    # degree 1 in r, so the surface point on the ray through r is r / rho.
+    xy = torch.pow(u.abs(), 2 / e) + torch.pow(v.abs(), 2 / e)
+    f = torch.pow(xy, e / nn) + torch.pow(w.abs(), 2 / nn)
+    if config.edge_sigma == 0:
+        return (f <= 1).to(torch.float32)
+    inv_rho = torch.pow(f, -nn / 2)
+    # Signed distance to the surface along the ray (> 0 outside), then a Gaussian-blurred step.
+    d = grid.r * (1 - inv_rho)
+    return torch.special.erfc(d * (1 / (math.sqrt(2) * config.edge_sigma))) * 0.5
+
+
+def _phase_field(p: dict[str, torch.Tensor], grid: _Grid, gen: torch.Generator) -> torch.Tensor:
+    """Eq. 3: white noise convolved with the rotated anisotropic Gaussian, (n, nz, 32, 32)."""
+    n = p["a"].shape[0]
+    R = p["rotation"]
+    lam = torch.stack([p["Lx"], p["Ly"], p["Lz"]], 1) ** 2
+    # Lab covariance of the kernel's Fourier transform exp(-q^T C q / 2), C = R diag(L^2) R^T.
+    C = (R * lam.unsqueeze(1)) @ R.transpose(1, 2)
+    c = C.view(n, 9, 1, 1, 1)
+    # Lab vector components are (x, y, z) = indices (0, 1, 2) of C.
+    quad = (
+        c[:, 0] * grid.qx**2 + c[:, 4] * grid.qy**2 + c[:, 8] * grid.qz**2
+        + 2 * (c[:, 1] * grid.qx * grid.qy + c[:, 2] * grid.qx * grid.qz + c[:, 5] * grid.qy * grid.qz)
+    )  # fmt: skip
+    nz, s = grid.z.shape[1], OBJECT_SIZE
+    noise = torch.randn(quad.shape, generator=gen, device=quad.device, dtype=torch.complex64)
+    # irfftn treats the half spectrum as Hermitian: a real Gaussian field with this spectrum.
+    return torch.fft.irfftn(noise * torch.exp(-0.5 * quad), s=(nz, s, s), dim=(-3, -2, -1))
+
+
+def _simulate_chunk(
+    n: int, config: SimulationConfig, grid: _Grid, gen: torch.Generator, keep_field: bool
+) -> SimulatedBatch:
+    dev = grid.r.device
+    p = _sample_params(n, config, gen, dev)
+    s = _shape(p, config, grid)
+    phi = _phase_field(p, grid, gen)
+    # Scale the phase inside the particle (s > 1/2) to [-span/2, span/2].
+    inside = s > 0.5
+    lo = torch.where(inside, phi, math.inf).amin(dim=(1, 2, 3), keepdim=True)
+    hi = torch.where(inside, phi, -math.inf).amax(dim=(1, 2, 3), keepdim=True)
+    span = p["phase_span"].view(n, 1, 1, 1)
+    phi = (phi - (lo + hi) / 2) * (span / (hi - lo).clamp_min(1e-12))
+    # Projection along the beam of s * exp(i phi): the q_z = 0 slice of its 3D transform.
+    re = (s * torch.cos(phi)).sum(1)
+    im = (s * torch.sin(phi)).sum(1)
+    # Global phase convention: the object's sum (the q = 0 pixel) is real and positive.
+    tr, ti = re.sum((1, 2), keepdim=True), im.sum((1, 2), keepdim=True)
+    norm = torch.hypot(tr, ti)
+    cr = torch.where(norm > 0, tr / norm, 1.0)
+    ci = torch.where(norm > 0, -ti / norm, 0.0)
+    re, im = re * cr - im * ci, re * ci + im * cr
+    amp = torch.hypot(re, im)
+    amp = amp / amp.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+    support = amp > config.support_threshold
+    amp = torch.where(support, amp, 0.0)
+    phase = torch.where(support, torch.atan2(im, re), 0.0)
+    modulus = fourier_modulus(embed_centre(torch.polar(amp, phase), (PATTERN_SIZE, PATTERN_SIZE)))
+    modulus = _detect(modulus, config.detector, grid.mask, gen)
+    mask = None if grid.mask is None else grid.mask.expand(n, PATTERN_SIZE, PATTERN_SIZE)
+    return SimulatedBatch(
+        modulus=modulus,
+        amplitude=amp,
+        phase=phase,
+        support=support,
+        mask=mask,
+        params=p,
+        field=torch.polar(s, phi) if keep_field else None,
+    )
+
+
+def _detect(
+    modulus: torch.Tensor, detector: DetectorConfig, mask: torch.Tensor | None, gen: torch.Generator
+) -> torch.Tensor:
+    """Photon counting (Poisson), saturation and unmeasured pixels, applied to sqrt(I)."""
+    if detector.photons is not None:
+        intensity = modulus**2
+        rate = intensity * (detector.photons / intensity.sum((1, 2), keepdim=True))
+        counts = torch.poisson(rate, generator=gen)
+        if detector.saturation is not None:
+            counts = counts.clamp(max=detector.saturation)
+        modulus = counts.sqrt()
+    if mask is not None:
+        modulus = modulus * mask
+    return modulus
