@@ -1,0 +1,224 @@
+"""Physics properties of the phasing engine: convergence, masks, shrink-wrap, alignment,
+NNS, schedules, chi², bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cdi_beamline.config import ConfigError, RefineConfig
+from cdi_beamline.fourier import to_detector
+from cdi_beamline.phasing import (
+    ER,
+    HIO,
+    RAAR,
+    InitialEstimate,
+    NearestNeighbourIndex,
+    align,
+    chi2,
+    invert,
+    parse_schedule,
+    refine,
+    twin,
+    unwrap,
+)
+
+N = 64
+
+
+def _blob(n=N, shift=(0, 0), phase_strength=0.8):
+    """A compact complex object (ellipse with a smooth + stepped phase), (n, n) complex64."""
+    yy, xx = torch.meshgrid(torch.arange(n) - n // 2 - shift[0], torch.arange(n) - n // 2 - shift[1], indexing="ij")
+    yy, xx = yy.float(), xx.float()
+    support = ((yy / 9) ** 2 + (xx / 12) ** 2) <= 1
+    phase = phase_strength * (torch.sin(xx / 5) + 0.4 * yy / 9 + 0.6 * (xx > 2).float())
+    amp = 1.0 + 0.3 * torch.cos(yy / 4)
+    return (support * torch.polar(amp, phase)).to(torch.complex64), support
+
+
+@pytest.fixture(scope="module")
+def blob():
+    obj, support = _blob()
+    return obj, support, to_detector(obj).abs()
+
+
+def test_er_hio_with_true_support_converges(blob):
+    obj, support, modulus = blob
+    cfg = RefineConfig(shrinkwrap=False, schedule="(HIO**80 * ER**20)**2")
+    res = refine(modulus[None] * 37.0, init=InitialEstimate(support=support[None]), config=cfg, seed=1)
+    assert res.chi2.item() < 1e-4
+    assert res.chi2_history.shape == (1, 200)
+    assert res.chi2_history[0, 0] > 0.1  # started far away
+    # The object is on the data's scale: |FFT(object)| matches the data without refitting.
+    rel = (to_detector(res.object).abs() - modulus * 37.0).norm() / (modulus * 37.0).norm()
+    assert rel.item() < 1e-2
+    # ... and it is the true object up to the ambiguities.
+    pair = align(res.object[0], obj)
+    assert pair.chi2_amplitude < 1e-3 and pair.chi2_phase < 1e-3
+
+
+def test_masked_pixels_keep_their_estimate_and_measured_ones_converge(blob):
+    obj, support, modulus = blob
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand((N, N), generator=g) > 0.1  # 10 % unmeasured
+    corrupted = modulus.clone()
+    corrupted[~mask] = 1e3  # garbage where nothing was measured: must be ignored
+    cfg = RefineConfig(shrinkwrap=False, schedule="(HIO**80 * ER**20)**2")
+    res = refine(corrupted[None], mask=mask, init=InitialEstimate(support=support[None]), config=cfg, seed=1)
+    assert res.chi2.item() < 1e-4
+    assert chi2(to_detector(res.object).abs(), modulus[None], mask).item() < 1e-4
+    # Without the mask the garbage pixels ruin the fit.
+    bad = refine(corrupted[None], init=InitialEstimate(support=support[None]), config=cfg, seed=1)
+    assert bad.chi2.item() > 100 * res.chi2.item()
+
+
+def test_shrinkwrap_tightens_a_loose_support(blob):
+    obj, support, modulus = blob
+    loose = torch.zeros_like(support)
+    loose[N // 2 - 16 : N // 2 + 16, N // 2 - 16 : N // 2 + 16] = True
+    cfg = RefineConfig(schedule="(HIO**80 * ER**20)**3", shrinkwrap_start=50, support2_size=0.5)
+    res = refine(modulus[None].expand(4, N, N), init=InitialEstimate(support=loose[None].expand(4, N, N)), config=cfg, seed=2)
+    # Up to translation/twin the support should sit on the object: compare areas and overlap.
+    true_area = support.sum().item()
+    areas = res.support.sum((-2, -1)).float()
+    assert (areas < 0.6 * loose.sum()).all(), areas
+    assert ((areas - true_area).abs() < 0.35 * true_area).float().mean() >= 0.5, (areas, true_area)
+    best = min(range(4), key=lambda i: res.chi2[i].item())
+    assert res.chi2[best] < 1e-3
+
+
+def test_chi2_is_scale_invariant_and_zero_for_the_truth(blob):
+    _, _, modulus = blob
+    m = modulus[None]
+    assert chi2(m * 5.0, m).item() < 1e-6
+    assert chi2(m, m * 1e4).item() < 1e-6
+    noisy = m + 0.05 * m.max() * torch.rand(m.shape, generator=torch.Generator().manual_seed(0))
+    c = chi2(noisy, m).item()
+    assert 1e-4 < c < 1
+    with pytest.raises(ValueError, match="shape"):
+        chi2(m[:, :10], m)
+
+
+def test_align_recovers_shift_twin_and_global_phase(blob):
+    obj, support, _ = blob
+    for n in (64, 63):
+        o, s = _blob(n)
+        # The twin has the same Fourier modulus with the centred convention.
+        assert torch.allclose(to_detector(o).abs(), to_detector(torch.from_numpy(twin(o.numpy()))).abs(), atol=1e-5)
+        moved = np.roll(twin(o.numpy()), (5, -7), axis=(0, 1)) * np.exp(1j * 2.0) * 3.0
+        pair = align(moved, o.numpy())
+        # twin(moved) = 3 e^{-2i} o rolled by (-5, 7): undone by rolling (5, -7), phase +2.
+        assert pair.twin and pair.shift == (5, -7)
+        assert math.isclose(pair.global_phase, 2.0, abs_tol=1e-6)
+        assert pair.chi2_amplitude < 1e-10 and pair.chi2_phase < 1e-10
+    # Not a twin: a plain shift + phase is recovered without twinning.
+    moved = np.roll(obj.numpy(), (3, 4), axis=(0, 1)) * np.exp(-1j)
+    pair = align(moved, obj.numpy())
+    assert not pair.twin and pair.shift == (-3, -4)
+    assert math.isclose(pair.global_phase, 1.0, abs_tol=1e-6)
+    # Different objects give clearly larger errors.
+    other, _ = _blob(shift=(0, 0), phase_strength=2.5)
+    assert align(other, obj).chi2_phase > 100 * max(pair.chi2_phase, 1e-8)
+
+
+def test_inversion_is_about_the_centre_pixel():
+    for n in (6, 7):
+        x = np.zeros((n, n))
+        x[n // 2, n // 2] = 1
+        assert invert(x)[n // 2, n // 2] == 1
+        x = np.zeros((n, n))
+        x[n // 2 + 1, n // 2 - 2] = 1
+        assert invert(x)[n // 2 - 1, n // 2 + 2] == 1
+
+
+def test_unwrap_removes_2pi_jumps():
+    yy, xx = np.mgrid[:48, :48]
+    true = 0.4 * xx + 0.1 * yy
+    mask = (yy - 24) ** 2 + (xx - 24) ** 2 < 20**2
+    out = unwrap(np.angle(np.exp(1j * true)), mask)
+    diff = (out - true)[mask]
+    assert np.ptp(diff) < 1e-6  # equal up to a constant 2πk
+    assert (out[~mask] == 0).all()
+    with pytest.raises(ValueError, match="mask shape"):
+        unwrap(true, mask[:10])
+
+
+def test_nns_returns_the_exact_item_of_a_query_from_its_index():
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    # Smooth-ish random patterns so that PCA is meaningful, plus near-duplicates.
+    base = torch.rand(n, 8, 8, generator=g)
+    mod = torch.nn.functional.interpolate(base[:, None], size=(64, 64), mode="bilinear")[:, 0] ** 2
+    mod[1] = mod[0] * (1 + 0.05 * mod[2])  # a close neighbour of item 0
+    amp = torch.rand(n, 32, 32, generator=g)
+    phase = torch.rand(n, 32, 32, generator=g)
+    index = NearestNeighbourIndex(mod, amp, phase, amp > 0.5, rank=16, candidates=8, chunk=1000)
+    queries = [0, 1, 5, 1234, 2999]
+    match = index.query(mod[queries] * 7.5)  # scale must not matter
+    assert match.index.tolist() == queries
+    assert (match.chi2 < 1e-5).all()
+    assert torch.equal(match.amplitude[3], amp[1234])
+    with pytest.raises(ValueError, match="does not match the index"):
+        index.query(torch.rand(2, 32, 32))
+
+
+def test_schedule_prints_as_it_reads_and_round_trips():
+    s = (ER**20 * HIO**180) ** 3 * ER**20
+    assert str(s) == "(ER**20 * HIO**180)**3 * ER**20"
+    assert len(s) == 620
+    assert parse_schedule(str(s)) == s
+    t = parse_schedule(" ( HIO(0.7)**10*RAAR**5 )**2 * ER ")
+    assert str(t) == "(HIO(0.7)**10 * RAAR**5)**2 * ER" and parse_schedule(str(t)) == t
+    assert [a for a, _ in t][:11] == ["HIO"] * 10 + ["RAAR"]
+    assert len(parse_schedule(RefineConfig().schedule)) == 600  # the paper's 600 iterations
+    assert len(s.resized(300)) == 300 and len(s.resized(7)) == 7
+    assert list(s)[-1] == ("ER", None)  # time order: left to right
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("ER**0", "positive integer"),
+        ("ER**2.5", "positive integer"),
+        ("FOO**3", "unknown algorithm 'FOO'"),
+        ("(ER**3", r"expected '\)'"),
+        ("HIO(1.5)", r"beta of HIO must be in \(0, 1\]"),
+        ("ER * * HIO", "expected an algorithm"),
+    ],
+)
+def test_bad_schedules_are_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_schedule(text)
+    with pytest.raises(ConfigError, match="RefineConfig.schedule"):
+        RefineConfig.build(schedule=text)
+
+
+def test_refine_refuses_bad_inputs(blob):
+    _, _, modulus = blob
+    m = modulus[None]
+    with pytest.raises(ValueError, match=r"must be \(B, H, W\)"):
+        refine(modulus)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        refine(torch.where(m > m.max() / 2, float("nan"), m))
+    with pytest.raises(ValueError, match="negative"):
+        refine(-m)
+    with pytest.raises(ValueError, match="mask shape"):
+        refine(m, mask=torch.ones(32, 32, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must be bool"):
+        refine(m, mask=torch.ones(N, N))
+    with pytest.raises(ValueError, match="initial support shape"):
+        refine(m, init=InitialEstimate(support=torch.ones(1, 32, 32, dtype=torch.bool)))
+
+
+def test_raar_and_seeds(blob):
+    obj, support, modulus = blob
+    cfg = RefineConfig(shrinkwrap=False, schedule="RAAR(0.8)**150 * ER**50")
+    m = modulus[None].expand(2, N, N)
+    a = refine(m, init=InitialEstimate(support=support[None].expand(2, N, N)), config=cfg, seed=5)
+    b = refine(m, init=InitialEstimate(support=support[None].expand(2, N, N)), config=cfg, seed=5)
+    assert torch.equal(a.object, b.object)  # seeded: reproducible
+    assert not torch.equal(a.object[0], a.object[1])  # different random starts per frame
+    assert (a.chi2 < 1e-3).all()
