@@ -1,0 +1,297 @@
+"""Tango device classes: a replay detector and a reconstruction service.
+
+Both are pytango high-level ``Device`` classes (default synchronous green mode), served
+together by ``cdi-beamline tango-server`` as ``sim/cdi/detector`` and
+``sim/cdi/reconstructor``. Images are pushed as change events by the code (no polling
+needed): a client subscribing to ``image`` gets every frame, not a stale polled copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import tango
+from tango import AttrWriteType, DevState
+from tango.server import Device, attribute, command, device_property
+
+from .._sources import FrameSource, make_source
+
+__all__ = ["CDIReplayDetector", "CDIReconstructor", "MAX_SIDE"]
+
+#: Largest image side served or accepted (pixels).
+MAX_SIDE = 1024
+
+logger = logging.getLogger(__name__)
+
+
+def _image(doc: str, writable: bool = False, dtype=np.float32, unit: str = "") -> attribute:
+    return attribute(
+        dtype=((dtype,),),
+        max_dim_x=MAX_SIDE,
+        max_dim_y=MAX_SIDE,
+        access=AttrWriteType.READ_WRITE if writable else AttrWriteType.READ,
+        doc=doc,
+        unit=unit,
+    )
+
+
+class CDIReplayDetector(Device):
+    """A simulated 2D detector replaying diffraction patterns from a frame source.
+
+    ``Acquire`` waits ``exposure_time`` seconds, takes the next frame of the source
+    (wrapping around at its end), and pushes change events for ``image`` and
+    ``frame_count``. ``Rewind`` goes back to frame 0.
+    """
+
+    Source = device_property(
+        dtype=str,
+        default_value="aps34idc",
+        doc="Frame source: 'aps34idc' (measured, flat-field corrected), 'aps34idc-raw', "
+        "'synthetic' (endless simulator) or a file path (.h5 of simulate, .npy, .npz)",
+    )
+
+    def init_device(self):
+        super().init_device()
+        self.set_state(DevState.INIT)
+        self._lock = threading.Lock()
+        self._frame_count = 0
+        self._frame_index = -1
+        self._next = 0
+        self._exposure_time = 0.0
+        try:
+            self.source: FrameSource = make_source(self.Source)
+        except Exception as exc:  # a bad property must leave a device that says why
+            self.source = None
+            self._image = np.zeros((1, 1), np.float32)
+            self.set_state(DevState.FAULT)
+            self.set_status(f"cannot open frame source {self.Source!r}: {exc}")
+            return
+        self._image = np.zeros(self.source.shape, np.float32)
+        for name in ("image", "frame_count", "frame_index"):
+            self.set_change_event(name, True, False)
+        self.set_state(DevState.ON)
+        n = self.source.n_frames
+        self.set_status(
+            f"ready: source {self.Source!r}, {n if n is not None else 'endless'} frames of "
+            f"{self.source.shape[0]}x{self.source.shape[1]}"
+        )
+
+    image = _image("Last acquired frame: detector intensities (counts), float32", unit="counts")
+
+    def read_image(self):
+        return self._image
+
+    @attribute(dtype=int, doc="Frames acquired since the device started")
+    def frame_count(self):
+        return self._frame_count
+
+    @attribute(dtype=int, doc="Index in the source of the last frame (-1: none yet)")
+    def frame_index(self):
+        return self._frame_index
+
+    @attribute(dtype=float, access=AttrWriteType.READ_WRITE, unit="s", min_value=0.0, max_value=3600.0,
+               doc="Exposure time per Acquire (s); the replay sleeps this long")
+    def exposure_time(self):
+        return self._exposure_time
+
+    def write_exposure_time(self, value: float):
+        self._exposure_time = float(value)
+
+    def is_Acquire_allowed(self):
+        return self.get_state() == DevState.ON
+
+    @command
+    def Acquire(self):
+        """Expose for ``exposure_time`` and publish the next frame (change events)."""
+        with self._lock:
+            if self._exposure_time:
+                time.sleep(self._exposure_time)
+            n = self.source.n_frames
+            i = self._next if n is None else self._next % n
+            self._image = self.source.frame(i)
+            self._next = i + 1
+            self._frame_index = i
+            self._frame_count += 1
+            self.push_change_event("image", self._image)
+            self.push_change_event("frame_index", self._frame_index)
+            self.push_change_event("frame_count", self._frame_count)
+
+    @command
+    def Rewind(self):
+        """Start the replay again at frame 0 (frame_count keeps counting)."""
+        with self._lock:
+            self._next = 0
+
+
+class CDIReconstructor(Device):
+    """A reconstruction service: write a diffraction ``pattern`` (intensities), run
+    ``Reconstruct``, read ``amplitude``, ``phase``, ``support`` and ``chi2``.
+
+    ``Reconstruct`` returns at once and works in the background: the state is RUNNING
+    until the result is there (ON) or the pattern failed (FAULT). Writing a bad pattern
+    (wrong shape, NaN/inf, negative, all zero) puts the device in FAULT with a status that
+    says what is wrong; the next good pattern brings it back to ON. The engine is
+    :class:`cdi_beamline.pipeline.Reconstructor`, as in the CLI and the Bluesky callback.
+    """
+
+    PatternShape = device_property(
+        dtype=(int,), default_value=[64, 64], doc="Expected (rows, cols) of a pattern"
+    )
+    TorchDevice = device_property(dtype=str, default_value="auto", doc="Torch device: auto, cpu, cuda, cuda:N")
+    Iterations = device_property(dtype=int, default_value=600, doc="Initial value of `iterations`")
+    InitMode = device_property(dtype=str, default_value="random", doc="Initial value of `init_mode` (cnn|random)")
+
+    INITS = ("cnn", "random")
+
+    def init_device(self):
+        super().init_device()
+        self._shape = tuple(int(v) for v in self.PatternShape)
+        self._pattern: np.ndarray | None = None
+        self._iterations = int(self.Iterations)
+        self._init = str(self.InitMode)
+        self._seed = 0
+        self._engines: dict = {}
+        self._worker: threading.Thread | None = None
+        self._clear_result()
+        for name in ("amplitude", "phase", "support", "chi2"):
+            self.set_change_event(name, True, False)
+        self.set_state(DevState.ON)
+        self.set_status(f"ready: write a {self._shape[0]}x{self._shape[1]} pattern, then run Reconstruct")
+
+    def _clear_result(self):
+        zeros = np.zeros(self._shape, np.float32)
+        self._amplitude, self._phase = zeros, zeros.copy()
+        self._support = np.zeros(self._shape, bool)
+        self._chi2 = float("nan")
+
+    def _fault(self, why: str):
+        self.set_state(DevState.FAULT)
+        self.set_status(why)
+        logger.warning("%s: %s", self.get_name(), why)
+
+    # --- attributes ------------------------------------------------------------------
+    pattern = _image("Diffraction pattern to reconstruct: intensities (counts), centred", writable=True,
+                     unit="counts")
+
+    def read_pattern(self):
+        return self._pattern if self._pattern is not None else np.zeros(self._shape, np.float32)
+
+    def is_pattern_allowed(self, req_type):
+        return req_type == tango.AttReqType.READ_REQ or self.get_state() != DevState.RUNNING
+
+    def write_pattern(self, value):
+        from ...pipeline import validate_frame
+
+        frame = np.asarray(value, dtype=np.float32)
+        self._pattern = None
+        self._clear_result()
+        if frame.shape != self._shape:
+            self._fault(
+                f"bad pattern: shape {frame.shape[0]}x{frame.shape[1]}, expected "
+                f"{self._shape[0]}x{self._shape[1]}; write a new pattern"
+            )
+            return
+        reason = validate_frame(frame)
+        if reason is not None:
+            self._fault(f"bad pattern: {reason}; write a new pattern")
+            return
+        self._pattern = frame
+        self.set_state(DevState.ON)
+        self.set_status(f"pattern {frame.shape[0]}x{frame.shape[1]} ready ({frame.sum():.4g} counts)")
+
+    amplitude = _image("Amplitude |object| of the last reconstruction")
+    phase = _image("Phase of the last reconstruction (radians, wrapped to (-pi, pi])", unit="rad")
+    support = _image("Support (True = inside the object) of the last reconstruction", dtype=bool)
+
+    def read_amplitude(self):
+        return self._amplitude
+
+    def read_phase(self):
+        return self._phase
+
+    def read_support(self):
+        return self._support
+
+    @attribute(dtype=float, doc="chi² (eq. 5, scale invariant) of the last reconstruction; NaN if none")
+    def chi2(self):
+        return self._chi2
+
+    @attribute(dtype=int, access=AttrWriteType.READ_WRITE, min_value=1, max_value=100000,
+               doc="Refinement iterations (the ER/HIO schedule is scaled to this)")
+    def iterations(self):
+        return self._iterations
+
+    def write_iterations(self, value: int):
+        self._iterations = int(value)
+
+    # Named init_mode, not init: Tango names are case-insensitive and every device has the
+    # command Init, which DeviceProxy.init would return instead of the attribute.
+    @attribute(dtype=str, access=AttrWriteType.READ_WRITE, doc="Initial estimate: cnn or random")
+    def init_mode(self):
+        return self._init
+
+    def write_init_mode(self, value: str):
+        if value not in self.INITS:
+            tango.Except.throw_exception(
+                "CDI_BadInit", f"init_mode must be one of {', '.join(self.INITS)}; got {value!r}", "write_init_mode"
+            )
+        self._init = value
+
+    @attribute(dtype=int, access=AttrWriteType.READ_WRITE, doc="Seed of the random start")
+    def seed(self):
+        return self._seed
+
+    def write_seed(self, value: int):
+        self._seed = int(value)
+
+    # --- commands --------------------------------------------------------------------
+    def is_Reconstruct_allowed(self):
+        return self.get_state() == DevState.ON
+
+    @command
+    def Reconstruct(self):
+        """Start reconstructing the pattern in the background (state RUNNING)."""
+        if self._pattern is None:
+            tango.Except.throw_exception("CDI_NoPattern", "no pattern: write the `pattern` attribute first", "Reconstruct")
+        self.set_state(DevState.RUNNING)
+        self.set_status(f"reconstructing ({self._init} start, {self._iterations} iterations)")
+        job = (self._pattern, self._init, self._iterations, self._seed)
+        self._worker = threading.Thread(target=self._reconstruct, args=job, name="CDIReconstructor", daemon=True)
+        self._worker.start()
+
+    def _engine(self, init: str, iterations: int):
+        key = (init, iterations)
+        if key not in self._engines:
+            from ...config import ReconstructorConfig
+            from ...pipeline import Reconstructor
+
+            config = ReconstructorConfig.build(init=init, iterations=iterations)
+            self._engines = {key: Reconstructor(config, device=self.TorchDevice)}  # keep one
+        return self._engines[key]
+
+    def _reconstruct(self, pattern: np.ndarray, init: str, iterations: int, seed: int):
+        with tango.EnsureOmniThread():
+            t0 = time.perf_counter()
+            try:
+                out = self._engine(init, iterations).reconstruct(pattern[None], seed=seed)
+            except Exception as exc:  # the device must report, not die
+                self._fault(f"reconstruction failed: {type(exc).__name__}: {exc}")
+                return
+            if out.status[0] != "ok":
+                self._fault(f"bad pattern: {out.reason[0]}; write a new pattern")
+                return
+            self._amplitude = out.amplitude[0]
+            self._phase = out.phase[0]
+            self._support = out.support[0]
+            self._chi2 = float(out.chi2[0])
+            for name in ("amplitude", "phase", "support"):
+                self.push_change_event(name, getattr(self, f"_{name}"))
+            self.push_change_event("chi2", self._chi2)
+            self.set_state(DevState.ON)
+            self.set_status(
+                f"reconstructed: chi2 {self._chi2:.4g}, {iterations} iterations, start "
+                f"{out.init[0]}, {time.perf_counter() - t0:.2f} s"
+            )

@@ -1,0 +1,220 @@
+"""Tango devices in real device servers (tango.test_context and a `tango-server` subprocess),
+used from plain DeviceProxy clients and from Bluesky through ophyd_async.tango."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import tango
+from tango.test_context import MultiDeviceTestContext
+
+from cdi_beamline.config import ReconstructorConfig
+from cdi_beamline.devices import ApsRockingSource
+from cdi_beamline.devices.tango import CDIReconstructor, CDIReplayDetector
+from cdi_beamline.pipeline import Reconstructor
+
+ITER = 30
+DET, REC = "sim/cdi/detector", "sim/cdi/reconstructor"
+
+
+@pytest.fixture(scope="module")
+def aps() -> ApsRockingSource:
+    return ApsRockingSource()
+
+
+@pytest.fixture(scope="module")
+def tango_ctx():
+    devices = [
+        {"class": CDIReplayDetector, "devices": [{"name": DET, "properties": {"Source": "aps34idc"}}]},
+        {"class": CDIReconstructor, "devices": [{"name": REC, "properties": {"Iterations": ITER, "TorchDevice": "cpu"}}]},
+    ]
+    with MultiDeviceTestContext(devices, server_name="CDIServer", instance_name="test", process=False) as ctx:
+        yield ctx
+
+
+@pytest.fixture
+def reconstructor(tango_ctx):
+    proxy = tango_ctx.get_device(REC)
+    proxy.set_timeout_millis(10000)
+    return proxy
+
+
+def wait_idle(proxy, timeout: float = 60.0) -> tango.DevState:
+    deadline = time.monotonic() + timeout
+    while proxy.state() == tango.DevState.RUNNING:
+        assert time.monotonic() < deadline, f"still RUNNING after {timeout} s: {proxy.status()}"
+        time.sleep(0.02)
+    return proxy.state()
+
+
+def test_reconstructor_round_trip_matches_offline(reconstructor, aps):
+    pattern = aps.frame(99)
+    assert reconstructor.state() == tango.DevState.ON
+    assert reconstructor.iterations == ITER and reconstructor.init_mode == "random"
+    reconstructor.seed = 5
+    reconstructor.pattern = pattern
+    np.testing.assert_array_equal(reconstructor.pattern, pattern)
+    reconstructor.Reconstruct()
+    assert wait_idle(reconstructor) == tango.DevState.ON, reconstructor.status()
+    assert "reconstructed: chi2" in reconstructor.status()
+
+    offline = Reconstructor(ReconstructorConfig.build(init="random", iterations=ITER), device="cpu")
+    expected = offline.reconstruct(pattern[None], seed=5)
+    amplitude, phase, support = reconstructor.amplitude, reconstructor.phase, reconstructor.support
+    assert amplitude.shape == phase.shape == support.shape == (64, 64) and support.dtype == bool
+    np.testing.assert_allclose(reconstructor.chi2, expected.chi2[0], rtol=1e-5)
+    np.testing.assert_allclose(amplitude, expected.amplitude[0], rtol=1e-4, atol=1e-3 * amplitude.max())
+    np.testing.assert_allclose(phase, expected.phase[0], atol=1e-3)
+    np.testing.assert_array_equal(support, expected.support[0])
+    assert reconstructor.chi2 < 0.05, "the measured top-of-rocking-curve frame phases well"
+
+
+def test_detector_pushes_change_events(tango_ctx, aps):
+    det = tango_ctx.get_device(DET)
+    det.Rewind()
+    frames, counts, done = [], [], threading.Event()
+
+    def on_image(ev):
+        if not ev.err:
+            frames.append(ev.attr_value.value)
+            if len(frames) == 4:  # the subscription's first event + 3 acquisitions
+                done.set()
+
+    ids = [
+        det.subscribe_event("image", tango.EventType.CHANGE_EVENT, on_image),
+        det.subscribe_event("frame_count", tango.EventType.CHANGE_EVENT, lambda ev: counts.append(ev.attr_value.value)),
+    ]
+    try:
+        start = det.frame_count
+        for _ in range(3):
+            det.Acquire()
+        assert done.wait(10), f"got {len(frames)} image events"
+    finally:
+        for i in ids:
+            det.unsubscribe_event(i)
+    for got, i in zip(frames[1:], range(3)):
+        np.testing.assert_array_equal(got, aps.frame(i))
+    assert counts[-3:] == [start + 1, start + 2, start + 3]
+    assert det.frame_index == 2 and det.image.dtype == np.float32
+
+
+def test_bad_pattern_faults_with_clear_status_and_recovers(reconstructor, aps):
+    reconstructor.pattern = np.ones((32, 64), np.float32)
+    assert reconstructor.state() == tango.DevState.FAULT
+    assert "bad pattern: shape 32x64, expected 64x64" in reconstructor.status()
+    with pytest.raises(tango.DevFailed):  # not allowed in FAULT
+        reconstructor.Reconstruct()
+
+    negative = aps.frame(99)
+    negative[5, 7] = -3
+    reconstructor.pattern = negative
+    assert reconstructor.state() == tango.DevState.FAULT
+    assert "1 negative pixel(s)" in reconstructor.status()
+    reconstructor.pattern = np.zeros((64, 64), np.float32)
+    assert "all zero" in reconstructor.status()
+
+    # NaN/inf never reach the device: Tango refuses them on write, naming the element
+    nan = aps.frame(99)
+    nan[2, 3] = np.nan
+    with pytest.raises(tango.DevFailed, match="NaN or INF value"):
+        reconstructor.pattern = nan
+    with pytest.raises(tango.DevFailed, match="init_mode must be one of cnn, random"):
+        reconstructor.init_mode = "magic"
+
+    reconstructor.pattern = aps.frame(100)  # the next good pattern recovers
+    assert reconstructor.state() == tango.DevState.ON
+    assert "pattern 64x64 ready" in reconstructor.status()
+    reconstructor.Reconstruct()
+    assert wait_idle(reconstructor) == tango.DevState.ON
+    assert np.isfinite(reconstructor.chi2)
+
+
+def test_bluesky_count_over_tango_detector_into_tiled(tango_ctx, aps, tiled_server, run_engine):
+    from bluesky.plans import count
+    from ophyd_async.core import init_devices
+
+    from cdi_beamline.callbacks import LiveReconstruction
+    from cdi_beamline.devices.tango import TangoReplayDetector
+    from cdi_beamline.store import derived_runs, load_raw_frames, load_results, make_writer
+
+    client = tiled_server.client()
+    with init_devices():
+        tdet = TangoReplayDetector(tango_ctx.get_device_access(DET), name="tdet")
+    rec = Reconstructor(ReconstructorConfig.build(iterations=20), device="cpu")
+    raw_writer = make_writer(client, tiled_server.spool_dir)
+    writer = make_writer(client, tiled_server.spool_dir)
+    cb = LiveReconstruction(rec, writer, data_dir=tiled_server.data_dir, batch_size=10, max_wait_s=60)
+    run_engine.subscribe(raw_writer)
+    run_engine.subscribe(cb)
+    (raw_uid,) = run_engine(count([tdet], 10)).run_start_uids
+    assert cb.flush(timeout=120)
+    cb.close()
+
+    frames, _, key = load_raw_frames(client, raw_uid)
+    assert key == "tdet-image" and frames.shape == (10, 64, 64)
+    np.testing.assert_array_equal(frames, np.stack([aps.frame(i) for i in range(10)]))
+    (derived,) = derived_runs(client, raw_uid)
+    res = load_results(client, derived.metadata["start"]["uid"])
+    assert list(res["status"]) == ["ok"] * 10
+    offline = rec.reconstruct(frames, seed=0)
+    np.testing.assert_allclose(res["chi2"], offline.chi2, rtol=1e-5)
+
+
+def test_second_runengine_talks_to_tango_again(tango_ctx, run_engine):
+    """A fresh RunEngine (new event loop) must still reach the Tango device."""
+    from bluesky.plans import count
+    from ophyd_async.core import init_devices
+
+    from cdi_beamline.devices.tango import TangoReplayDetector
+
+    docs = []
+    run_engine.subscribe(lambda name, doc: docs.append((name, doc)))
+    with init_devices():
+        tdet = TangoReplayDetector(tango_ctx.get_device_access(DET), name="tdet")
+    run_engine(count([tdet], 3))
+    events = [d for n, d in docs if n == "event"]
+    assert [e["data"]["tdet-frame_index"] for e in events] == [0, 1, 2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tango_server_command_answers_device_proxy(aps):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "cdi_beamline.cli", "tango-server", "--nodb", "--port", str(port),
+           "--iterations", "20", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        deadline = time.monotonic() + 90
+        while not any("Ready to accept request" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            lines.append(proc.stdout.readline())
+        rec = tango.DeviceProxy(f"tango://127.0.0.1:{port}/{REC}#dbase=no")
+        det = tango.DeviceProxy(f"tango://127.0.0.1:{port}/{DET}#dbase=no")
+        assert rec.state() == tango.DevState.ON and rec.iterations == 20
+        for _ in range(100):
+            det.Acquire()
+        np.testing.assert_array_equal(det.image, aps.frame(99))
+        rec.pattern = det.image
+        rec.Reconstruct()
+        assert wait_idle(rec) == tango.DevState.ON, rec.status()
+        assert 0 <= rec.chi2 < 0.05
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
