@@ -144,12 +144,16 @@ class Reconstructor:
         B = len(frame_list)
         first = next((np.shape(f) for f in frame_list if np.ndim(f) == 2), None)
         reasons = [validate_frame(f, first, saturation=self.config.saturation) for f in frame_list]
-        good = [i for i, r in enumerate(reasons) if r is None]
         H, W = first or (0, 0)
-        mask_t = self._per_frame("mask", mask, B, (H, W)) if good else None
-        support_t = self._per_frame("support", support, B, (H, W)) if good else None
+        mask_t = self._per_frame("mask", mask, B, (H, W)) if first else None
+        support_t = self._per_frame("support", support, B, (H, W)) if first else None
         if self.config.init == "support" and support is None:
             raise ValueError("init='support' needs a support: pass support=(H, W) or (B, H, W) array")
+        for name, t in (("mask", mask_t), ("support", support_t)):
+            if t is not None:
+                empty = ~t.flatten(1).any(1)
+                reasons = [r or (f"{name} of this frame is empty (all False)" if e else None) for r, e in zip(reasons, empty.tolist())]
+        good = [i for i, r in enumerate(reasons) if r is None]
 
         T = self.iterations
         out = ReconstructionBatch(
@@ -227,10 +231,7 @@ class Reconstructor:
             raise ValueError(f"{name} shape {arr.shape} does not match the frames: expected {tuple(shape)} or {(B, *shape)}")
         if np.iscomplexobj(arr) or not np.isfinite(arr).all():
             raise ValueError(f"{name} must be real and finite (True/nonzero = {'measured' if name == 'mask' else 'inside'})")
-        t = torch.from_numpy(np.ascontiguousarray(arr != 0))
-        if not t.flatten(1).any(1).all():
-            raise ValueError(f"{name} is empty (all False) for at least one frame")
-        return t
+        return torch.from_numpy(np.ascontiguousarray(arr != 0))
 
     def _initial_estimate(self, modulus, support):
         init = self.config.init

@@ -1,0 +1,64 @@
+"""Reading patterns from every supported format, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from cdi_beamline.io import read_array, read_patterns, split_dataset_path
+
+
+@pytest.fixture
+def stack():
+    return np.random.default_rng(0).random((3, 40, 48)).astype(np.float32)
+
+
+def test_split_dataset_path():
+    assert split_dataset_path("a/b.h5:/entry/data") == (split_dataset_path("a/b.h5")[0], "/entry/data")
+    assert split_dataset_path("x.npz:frames")[1] == "frames"
+    assert split_dataset_path("C:/data/x.npy")[1] is None
+
+
+def test_npy_npz_h5_round_trip(tmp_path, stack):
+    np.save(tmp_path / "s.npy", stack)
+    np.savez(tmp_path / "one.npz", frames=stack)
+    np.savez(tmp_path / "two.npz", data=stack, other=stack[:1])
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["entry/data/data"] = stack
+        f["entry/extra"] = 1
+    for spec in ("s.npy", "one.npz", "two.npz", "two.npz:data", "s.h5:/entry/data/data", "s.h5:entry/data/data"):
+        np.testing.assert_array_equal(read_patterns(tmp_path / spec if ":" not in spec else f"{tmp_path}/{spec}"), stack)
+    assert read_patterns(f"{tmp_path}/two.npz:other").shape == (1, 40, 48)
+    with pytest.raises(ValueError, match="2 datasets"):
+        read_array(tmp_path / "s.h5")
+    with pytest.raises(ValueError, match="no dataset '/nope'"):
+        read_array(f"{tmp_path}/s.h5:/nope")
+    with pytest.raises(ValueError, match="has no array 'zz'"):
+        read_array(f"{tmp_path}/two.npz:zz")
+
+
+def test_edf_and_tif_via_fabio(tmp_path, stack):
+    import fabio.edfimage
+    import fabio.tifimage
+
+    fabio.edfimage.EdfImage(data=stack[0]).write(str(tmp_path / "f.edf"))
+    fabio.tifimage.TifImage(data=stack[1]).write(str(tmp_path / "f.tif"))
+    np.testing.assert_allclose(read_patterns(tmp_path / "f.edf")[0], stack[0])
+    np.testing.assert_allclose(read_patterns(tmp_path / "f.tif")[0], stack[1])
+
+
+def test_measured_esrf_edf(shared_data):
+    arr = read_patterns(shared_data / "esrf_id10_logo" / "logo5mu_20sec.edf")
+    assert arr.shape == (1, 512, 512) and (arr == 0).sum() == 21687
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_array(tmp_path / "missing.npy")
+    np.save(tmp_path / "r4.npy", np.zeros((2, 2, 8, 8)))
+    with pytest.raises(ValueError, match=r"got shape \(2, 2, 8, 8\)"):
+        read_patterns(tmp_path / "r4.npy")
+    (tmp_path / "junk.xyz").write_text("not an image")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_array(tmp_path / "junk.xyz")
