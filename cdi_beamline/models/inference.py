@@ -1,0 +1,97 @@
+"""Running the CNN: ``predict`` (amplitude, phase) and ``initial_estimate`` (seed for refinement)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..fourier import embed_centre
+from .network import CDINet
+
+__all__ = ["predict", "initial_estimate", "SUPPORT_THRESHOLD"]
+
+SUPPORT_THRESHOLD = 0.1
+"""Default support binarisation: pixels whose predicted amplitude is >= 10 % of the frame's maximum."""
+
+
+def _as_modulus(net: CDINet, modulus) -> torch.Tensor:
+    """Validate a (B, S, S) modulus batch and put it on the net's device as float32."""
+    s = net.config.input_size
+    x = torch.as_tensor(np.asarray(modulus) if not isinstance(modulus, torch.Tensor) else modulus)
+    if x.ndim != 3 or tuple(x.shape[-2:]) != (s, s):
+        raise ValueError(f"modulus must have shape (B, {s}, {s}), got {tuple(x.shape)}")
+    if x.is_complex():
+        raise ValueError("modulus must be real (√I), got a complex tensor")
+    x = x.to(device=next(net.parameters()).device, dtype=torch.float32)
+    bad_finite = ~torch.isfinite(x).flatten(1).all(1)
+    bad_negative = (x < 0).flatten(1).any(1)
+    bad_empty = ~(x > 0).flatten(1).any(1)
+    for name, bad in (("NaN or inf", bad_finite), ("negative values", bad_negative), ("no signal (all zero)", bad_empty)):
+        if bool(bad.any()):
+            frames = torch.nonzero(bad).flatten().tolist()
+            raise ValueError(f"modulus frame(s) {frames[:10]} contain {name}")
+    return x
+
+
+@torch.inference_mode()
+def predict(net: CDINet, modulus: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Amplitude and phase of the objects behind a batch of diffraction moduli.
+
+    Parameters
+    ----------
+    net : CDINet (put in eval mode by the caller; :func:`cdinet` returns it so)
+    modulus : (B, 64, 64) √I, centred, any photon scale; numpy or torch
+
+    Returns
+    -------
+    amplitude : Tensor (B, 32, 32) float32, >= 0, on the net's device
+    phase : Tensor (B, 32, 32) float32, radians wrapped to [−π, π), global phase fixed so
+        the amplitude-weighted mean phase is about 0 (the training convention)
+
+    Raises
+    ------
+    ValueError
+        wrong shape, complex input, NaN/inf, negative values or an all-zero frame (the
+        message names the frames).
+    """
+    x = _as_modulus(net, modulus)
+    amp, phase = net(x)
+    phase = torch.remainder(phase + math.pi, 2 * math.pi) - math.pi
+    return amp.float(), phase.float()
+
+
+def initial_estimate(net: CDINet, modulus: torch.Tensor | np.ndarray, threshold: float = SUPPORT_THRESHOLD):
+    """The CNN's object and support on the pattern's grid, to seed iterative refinement.
+
+    ``object = s · A·e^{iφ}`` embedded in the (H, W) grid with
+    :func:`cdi_beamline.fourier.embed_centre`, where the scale ``s`` makes
+    ``Σ|object|² = Σ modulus²`` (Parseval: the object then matches the data's scale).
+    ``support = A >= threshold · max(A)`` per frame, embedded the same way.
+
+    Parameters
+    ----------
+    net : CDINet
+    modulus : (B, 64, 64) √I (the CNN's input size; other sizes are refused)
+    threshold : float in (0, 1), fraction of each frame's maximum predicted amplitude
+
+    Returns
+    -------
+    cdi_beamline.phasing.InitialEstimate with object (B, H, W) complex64 and support
+    (B, H, W) bool, on the net's device.
+    """
+    from ..phasing import InitialEstimate
+
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"support threshold must be in (0, 1), got {threshold}")
+    x = _as_modulus(net, modulus)
+    amp, phase = predict(net, x)
+    shape = tuple(x.shape[-2:])
+    support = amp >= threshold * amp.amax(dim=(-2, -1), keepdim=True)
+    support &= amp > 0
+    obj = embed_centre(torch.polar(amp, phase), shape)
+    norm = obj.abs().square().sum(dim=(-2, -1), keepdim=True)
+    scale = torch.sqrt(x.square().sum(dim=(-2, -1), keepdim=True) / norm.clamp_min(1e-30))
+    obj = (obj * scale).to(torch.complex64)
+    return InitialEstimate(object=obj, support=embed_centre(support, shape))
