@@ -149,12 +149,13 @@ class SimulationConfig(FrozenModel):
         description="Voxels along the beam (z) over the same 32-voxel extent; the projection is "
         "the z-sum, so fewer voxels are faster but coarser.",
     )
-    chunk_size: int = Field(
-        256,
+    chunk_size: int | None = Field(
+        None,
         ge=1,
         le=65536,
-        description="Patterns generated at once (bounds memory). Each chunk draws from its own "
-        "generator seeded by (seed, chunk index), so it is part of what reproduces a data set.",
+        description="Patterns generated at once (bounds memory); None: 32 on the CPU (cache-sized), "
+        "4096 on CUDA. Each chunk draws from its own generator seeded by (seed, chunk index), so "
+        "the chunk size is part of what reproduces a data set (files record the value used).",
     )
     detector: DetectorConfig = Field(
         default_factory=DetectorConfig, description="Noise, mask and saturation (all off by default)."

@@ -10,6 +10,7 @@ from ._h5 import H5Writer, read_h5, read_h5_metadata, write_h5
 from ._simulate import (
     SimulatedBatch,
     bounding_radius,
+    chunk_size,
     detector_mask,
     iter_batches,
     random_rotations,
@@ -23,6 +24,7 @@ __all__ = [
     "random_rotations",
     "bounding_radius",
     "detector_mask",
+    "chunk_size",
     "write_h5",
     "read_h5",
     "read_h5_metadata",

@@ -28,6 +28,7 @@ __all__ = [
     "random_rotations",
     "bounding_radius",
     "detector_mask",
+    "chunk_size",
 ]
 
 #: Names of the per-pattern scalar parameters, in the order they are drawn.
@@ -149,10 +150,18 @@ def iter_batches(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     dev = resolve_device(device)
     grid = _Grid(config, dev)
-    for k, start in enumerate(range(0, int(n), config.chunk_size)):
-        count = min(config.chunk_size, int(n) - start)
+    chunk = chunk_size(config, dev)
+    for k, start in enumerate(range(0, int(n), chunk)):
+        count = min(chunk, int(n) - start)
         gen = torch.Generator(device=dev).manual_seed(_chunk_seed(int(seed), k))
         yield _simulate_chunk(count, config, grid, gen, keep_field)
+
+
+def chunk_size(config: SimulationConfig, device) -> int:
+    """Patterns per chunk: ``config.chunk_size``, or 32 on the CPU and 4096 on CUDA when None."""
+    if config.chunk_size is not None:
+        return config.chunk_size
+    return 4096 if resolve_device(device).type == "cuda" else 32
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:
@@ -162,20 +171,30 @@ def _chunk_seed(seed: int, chunk: int) -> int:
 
 
 class _Grid:
-    """Lab coordinates of the (nz, 32, 32) voxel grid and frequencies of its half spectrum."""
+    """The voxels that can hold a particle and the frequencies of the phase field.
+
+    Particles are shrunk to ``max_radius``, so only voxels within ``max_radius`` plus the
+    edge-smoothing tail (3 sigma) of the centre are evaluated: a flat list of ``M`` voxels
+    (about 45% of the (nz, 32, 32) box), projected back onto their (y, x) columns.
+    """
 
     def __init__(self, config: SimulationConfig, device: torch.device):
         s, nz = OBJECT_SIZE, config.nz
+        self.shape3d = (nz, s, s)
         self.dz = s / nz
         f32 = dict(dtype=torch.float32, device=device)
         xy = torch.arange(s, **f32) - s // 2
         z = (torch.arange(nz, **f32) - nz // 2) * self.dz
-        # Broadcastable (1, nz, 1, 1), (1, 1, s, 1), (1, 1, 1, s): (z, y, x) order.
-        self.x = xy.view(1, 1, 1, s)
-        self.y = xy.view(1, 1, s, 1)
-        self.z = z.view(1, nz, 1, 1)
-        # Lab radius, kept away from 0 so the centre voxel counts as deep inside.
-        self.r = (self.x**2 + self.y**2 + self.z**2).sqrt().clamp_min(1e-3)
+        zz, yy, xx = torch.meshgrid(z, xy, xy, indexing="ij")
+        r = (xx**2 + yy**2 + zz**2).sqrt().flatten()
+        #: Flat indices (M,) into the (nz, 32, 32) box of the evaluated voxels.
+        self.index = torch.nonzero(r <= config.max_radius + 3 * config.edge_sigma + 1e-3).squeeze(1)
+        #: Their (y, x) column in the flattened 32 x 32 projection.
+        self.column = self.index % (s * s)
+        #: Lab coordinates (3, M), rows x, y, z.
+        self.xyz = torch.stack([xx.flatten(), yy.flatten(), zz.flatten()])[:, self.index]
+        # Lab radius, kept away from 0 so that the centre voxel counts as deep inside.
+        self.r = r[self.index].clamp_min(1e-3).unsqueeze(0)
         # Angular frequencies (rad/voxel) of the rfft grid, (z, y, x//2+1).
         self.qx = (2 * math.pi * torch.fft.rfftfreq(s, **f32)).view(1, 1, 1, -1)
         self.qy = (2 * math.pi * torch.fft.fftfreq(s, **f32)).view(1, 1, s, 1)
@@ -242,24 +261,21 @@ def _sample_params(n: int, config: SimulationConfig, gen: torch.Generator, devic
 
 
 def _shape(p: dict[str, torch.Tensor], config: SimulationConfig, grid: _Grid) -> torch.Tensor:
-    """Smoothed superellipsoid s in [0, 1], (n, nz, 32, 32)."""
+    """Smoothed superellipsoid s in [0, 1] on the grid's voxel list, (n, M)."""
     n = p["a"].shape[0]
     # Particle coordinates scaled by the bounds: (u, v, w) = diag(1/a, 1/b, 1/c) R^T r_lab.
     m = p["rotation"].transpose(1, 2) / torch.stack([p["a"], p["b"], p["c"]], 1).unsqueeze(2)
-    m = m.view(n, 3, 3, 1, 1, 1)
-    u, v, w = (m[:, i, 0] * grid.x + m[:, i, 1] * grid.y + m[:, i, 2] * grid.z for i in range(3))
-    e = p["e"].view(n, 1, 1, 1)
-    nn = p["n"].view(n, 1, 1, 1)
-    # Eq. 2: F = (|u|^(2/e) + |v|^(2/e))^(e/n) + |w|^(2/n); rho = F^(n/2) is homogeneous of
-    # degree 1 in r, so the surface point on the ray through r is r / rho.
-    xy = torch.pow(u.abs(), 2 / e) + torch.pow(v.abs(), 2 / e)
-    f = torch.pow(xy, e / nn) + torch.pow(w.abs(), 2 / nn)
+    u, v, w = (m.reshape(3 * n, 3) @ grid.xyz).view(n, 3, -1).unbind(1)
+    e, nn = p["e"].unsqueeze(1), p["n"].unsqueeze(1)
+    # Eq. 2: F = (|u|^(2/e) + |v|^(2/e))^(e/n) + |w|^(2/n), in place (one buffer per axis).
+    f = u.abs_().pow_(2 / e).add_(v.abs_().pow_(2 / e)).pow_(e / nn).add_(w.abs_().pow_(2 / nn))
     if config.edge_sigma == 0:
         return (f <= 1).to(torch.float32)
-    inv_rho = torch.pow(f, -nn / 2)
-    # Signed distance to the surface along the ray (> 0 outside), then a Gaussian-blurred step.
-    d = grid.r * (1 - inv_rho)
-    return torch.special.erfc(d * (1 / (math.sqrt(2) * config.edge_sigma))) * 0.5
+    # rho = F^(n/2) is homogeneous of degree 1 in r: the surface point on the ray through r
+    # is r / rho, so d = r (1 - 1/rho) is the signed distance along the ray (> 0 outside).
+    d = f.pow_(-nn / 2).mul_(grid.r).neg_().add_(grid.r)
+    # A step blurred by a Gaussian of width edge_sigma along the ray.
+    return d.mul_(1 / (math.sqrt(2) * config.edge_sigma)).erfc_().mul_(0.5)
 
 
 def _phase_field(p: dict[str, torch.Tensor], grid: _Grid, gen: torch.Generator) -> torch.Tensor:
@@ -275,10 +291,11 @@ def _phase_field(p: dict[str, torch.Tensor], grid: _Grid, gen: torch.Generator) 
         c[:, 0] * grid.qx**2 + c[:, 4] * grid.qy**2 + c[:, 8] * grid.qz**2
         + 2 * (c[:, 1] * grid.qx * grid.qy + c[:, 2] * grid.qx * grid.qz + c[:, 5] * grid.qy * grid.qz)
     )  # fmt: skip
-    nz, s = grid.z.shape[1], OBJECT_SIZE
     noise = torch.randn(quad.shape, generator=gen, device=quad.device, dtype=torch.complex64)
     # irfftn treats the half spectrum as Hermitian: a real Gaussian field with this spectrum.
-    return torch.fft.irfftn(noise * torch.exp(-0.5 * quad), s=(nz, s, s), dim=(-3, -2, -1))
+    # Clamping the exponent keeps exp() out of the (slow, irrelevant) denormal range.
+    gauss = torch.exp(quad.clamp_(max=100.0).mul_(-0.5))
+    return torch.fft.irfftn(noise.mul_(gauss), s=grid.shape3d, dim=(-3, -2, -1))
 
 
 def _simulate_chunk(
@@ -287,30 +304,38 @@ def _simulate_chunk(
     dev = grid.r.device
     p = _sample_params(n, config, gen, dev)
     s = _shape(p, config, grid)
-    phi = _phase_field(p, grid, gen)
+    phi = _phase_field(p, grid, gen).view(n, -1).index_select(1, grid.index)
     # Scale the phase inside the particle (s > 1/2) to [-span/2, span/2].
     inside = s > 0.5
-    lo = torch.where(inside, phi, math.inf).amin(dim=(1, 2, 3), keepdim=True)
-    hi = torch.where(inside, phi, -math.inf).amax(dim=(1, 2, 3), keepdim=True)
-    span = p["phase_span"].view(n, 1, 1, 1)
-    phi = (phi - (lo + hi) / 2) * (span / (hi - lo).clamp_min(1e-12))
+    lo = torch.where(inside, phi, math.inf).amin(dim=1, keepdim=True)
+    hi = torch.where(inside, phi, -math.inf).amax(dim=1, keepdim=True)
+    span = p["phase_span"].unsqueeze(1)
+    phi = phi.sub_((lo + hi) / 2).mul_(span / (hi - lo).clamp_min(1e-12))
     # Projection along the beam of s * exp(i phi): the q_z = 0 slice of its 3D transform.
-    re = (s * torch.cos(phi)).sum(1)
-    im = (s * torch.sin(phi)).sum(1)
+    cols = OBJECT_SIZE * OBJECT_SIZE
+    re = torch.zeros(n, cols, device=dev).index_add_(1, grid.column, s * torch.cos(phi))
+    im = torch.zeros(n, cols, device=dev).index_add_(1, grid.column, s * torch.sin(phi))
+    amp = torch.hypot(re, im)
+    scale = amp.amax(dim=1, keepdim=True).clamp_min(1e-30)
+    support = amp > config.support_threshold * scale
+    re, im = torch.where(support, re, 0.0), torch.where(support, im, 0.0)
     # Global phase convention: the object's sum (the q = 0 pixel) is real and positive.
-    tr, ti = re.sum((1, 2), keepdim=True), im.sum((1, 2), keepdim=True)
+    tr, ti = re.sum(1, keepdim=True), im.sum(1, keepdim=True)
     norm = torch.hypot(tr, ti)
     cr = torch.where(norm > 0, tr / norm, 1.0)
     ci = torch.where(norm > 0, -ti / norm, 0.0)
     re, im = re * cr - im * ci, re * ci + im * cr
-    amp = torch.hypot(re, im)
-    amp = amp / amp.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)
-    support = amp > config.support_threshold
-    amp = torch.where(support, amp, 0.0)
-    phase = torch.where(support, torch.atan2(im, re), 0.0)
+    shape2d = (n, OBJECT_SIZE, OBJECT_SIZE)
+    amp = torch.where(support, amp / scale, 0.0).view(shape2d)
+    phase = torch.where(support, torch.atan2(im, re), 0.0).view(shape2d)
+    support = support.view(shape2d)
     modulus = fourier_modulus(embed_centre(torch.polar(amp, phase), (PATTERN_SIZE, PATTERN_SIZE)))
     modulus = _detect(modulus, config.detector, grid.mask, gen)
     mask = None if grid.mask is None else grid.mask.expand(n, PATTERN_SIZE, PATTERN_SIZE)
+    field3d = None
+    if keep_field:
+        field3d = torch.zeros(n, math.prod(grid.shape3d), dtype=torch.complex64, device=dev)
+        field3d = field3d.index_copy_(1, grid.index, torch.polar(s, phi)).view(n, *grid.shape3d)
     return SimulatedBatch(
         modulus=modulus,
         amplitude=amp,
@@ -318,7 +343,7 @@ def _simulate_chunk(
         support=support,
         mask=mask,
         params=p,
-        field=torch.polar(s, phi) if keep_field else None,
+        field=field3d,
     )
 
 
