@@ -44,6 +44,10 @@ DERIVED_KIND = "cdi_reconstruction"
 """Value of ``start.cdi_kind`` in every derived run (search key for all results)."""
 
 
+CATALOG_KEY = "runs"
+"""Key of the run catalog in the embedded server (``/api/v1/metadata/runs``)."""
+
+
 def _dirs(data_dir: str | Path) -> tuple[Path, Path, Path, Path]:
     root = Path(data_dir).expanduser().resolve()
     return root, root / "tiled", root / "results", root / "spool"
@@ -69,8 +73,6 @@ class EmbeddedTiled:
     """
 
     def __init__(self, data_dir: str | Path, port: int = 0):
-        from tiled.server import SimpleTiledServer
-
         self.data_dir, self.tiled_dir, self.results_dir, self.spool_dir = _dirs(data_dir)
         for d in (self.tiled_dir, self.results_dir, self.spool_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -79,30 +81,51 @@ class EmbeddedTiled:
             key_file.write_text(secrets.token_hex(16))
             key_file.chmod(0o600)
         self.api_key = key_file.read_text().strip()
+        self.port = port
+        self._server = None
+        self.start()
+
+    def start(self) -> None:
+        """Start (or restart, on the same port) the server."""
+        from tiled.server import SimpleTiledServer
+
+        if self._server is not None:
+            return
         self._server = SimpleTiledServer(
             directory=self.tiled_dir,
             api_key=self.api_key,
-            port=port,
+            port=self.port,
             readable_storage=[self.results_dir],
         )
         self.port = self._server.port
         self.uri = f"http://127.0.0.1:{self.port}"
-        (self.tiled_dir / "server.json").write_text(
-            json.dumps({"uri": self.uri, "pid": os.getpid()})
-        )
+        (self.tiled_dir / "server.json").write_text(json.dumps({"uri": self.uri, "pid": os.getpid()}))
 
-    def client(self):
-        """A new Tiled client of this server (``CatalogOfBlueskyRuns`` at the root)."""
-        from tiled.client import from_uri
-
-        return from_uri(self.uri, api_key=self.api_key)
-
-    def close(self) -> None:
-        """Stop the server; the data stay in ``data_dir``."""
+    def stop(self) -> None:
+        """Stop the server (the data stay); :meth:`start` serves them again on the same port."""
+        if self._server is None:
+            return
         server_json = self.tiled_dir / "server.json"
         if server_json.exists():
             server_json.unlink()
         self._server.close()
+        self._server = None
+
+    def client(self):
+        """A new client of the server's run catalog: the container ``runs`` (created on first
+        use) with the ``CatalogOfBlueskyRuns`` spec, so databroker-style access works
+        (``catalog[-1]``, ``catalog[scan_id]``, ``catalog.search(...)``)."""
+        from tiled.client import from_uri
+        from tiled.structures.core import Spec
+
+        root = from_uri(self.uri, api_key=self.api_key)
+        if CATALOG_KEY not in root:
+            root.create_container(CATALOG_KEY, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")])
+        return root[CATALOG_KEY]
+
+    def close(self) -> None:
+        """Stop the server; the data stay in ``data_dir``."""
+        self.stop()
 
     def __enter__(self) -> EmbeddedTiled:
         return self
@@ -120,8 +143,10 @@ _EMBEDDED: dict[Path, EmbeddedTiled] = {}
 def connect(uri: str | None = None, api_key: str | None = None, data_dir: str | Path | None = None):
     """A Tiled client: of the server at ``uri``, or of ``data_dir``'s embedded server.
 
-    With ``data_dir``, a server already serving it (``cdi-beamline serve``) is reused;
-    otherwise one is started in this process and stopped at exit.
+    With ``uri``: the node at ``uri``, or its ``runs`` catalog when ``uri`` is the root of
+    a server started by this package. With ``data_dir``: a server already serving it
+    (``cdi-beamline serve``) is reused; otherwise one is started in this process and
+    stopped at exit.
 
     Raises
     ------
@@ -132,7 +157,10 @@ def connect(uri: str | None = None, api_key: str | None = None, data_dir: str | 
     from tiled.client import from_uri
 
     if uri is not None:
-        return from_uri(uri, api_key=api_key)
+        client = from_uri(uri, api_key=api_key)
+        if "CatalogOfBlueskyRuns" in {spec.name for spec in client.specs} or CATALOG_KEY not in client:
+            return client
+        return client[CATALOG_KEY]
     if data_dir is None:
         raise ValueError("connect: give a Tiled server uri or a data_dir")
     root, tiled_dir, _, _ = _dirs(data_dir)
@@ -141,7 +169,7 @@ def connect(uri: str | None = None, api_key: str | None = None, data_dir: str | 
         info = json.loads(server_json.read_text())
         key = (tiled_dir / "api_key").read_text().strip()
         if _reachable(info["uri"]):
-            return from_uri(info["uri"], api_key=key)
+            return from_uri(info["uri"], api_key=key)[CATALOG_KEY]
     if root not in _EMBEDDED:
         if not (tiled_dir / "catalog.db").exists():
             raise ValueError(f"no Tiled catalog in data_dir {str(root)!r} (run `cdi-beamline demo` first?)")
@@ -243,6 +271,7 @@ class SpoolingWriter:
             probe = lambda: _reachable(api)  # noqa: E731
         self._probe = probe or (lambda: True)
         self._lock = threading.Lock()
+        self._resend_lock = threading.Lock()
         self._runs: dict[str, _Run] = {}
         self._owner: dict[str, str] = {}  # descriptor / resource uid -> run uid
         self._offline = False
@@ -345,6 +374,10 @@ class SpoolingWriter:
 
     def resend(self) -> int:
         """Try to resend every complete spooled run now; returns how many remain."""
+        with self._resend_lock:
+            return self._resend()
+
+    def _resend(self) -> int:
         with self._lock:
             pending = list(self._pending)
         for path in pending:
@@ -427,6 +460,11 @@ def derived_runs(client, raw_uid: str | None = None) -> list:
     return sorted(runs, key=lambda r: r.metadata["start"]["time"])
 
 
+def _v3(run):
+    # a run's client may come back in the v2 (databroker) flavour once ``.v2`` was used
+    return getattr(run, "v3", run)
+
+
 def load_results(client, derived_uid: str, stream: str = "primary") -> dict[str, Any]:
     """All results of a derived run as numpy arrays.
 
@@ -437,7 +475,7 @@ def load_results(client, derived_uid: str, stream: str = "primary") -> dict[str,
         ``chi2`` (N,) float64; ``raw_seq_num`` (N,) int; ``status``, ``reason`` (N,) str;
         ``start``, ``stop``: the run's documents (metadata).
     """
-    run = client[derived_uid]
+    run = _v3(client[derived_uid])
     md = run.metadata
     if md["start"].get("cdi_kind") != DERIVED_KIND:
         raise ValueError(f"run {derived_uid!r} is not a derived reconstruction run")
@@ -468,7 +506,7 @@ def load_raw_frames(client, raw_uid: str, image_key: str | None = None, stream: 
     image_key : str
         The data key read (``image_key``, or the first 2D field of the stream).
     """
-    run = client[raw_uid]
+    run = _v3(client[raw_uid])
     if stream not in run:
         raise ValueError(f"raw run {raw_uid!r} has no stream {stream!r}")
     node = run[stream]

@@ -51,5 +51,4 @@ def run_engine():
 
     RE = RunEngine({}, call_returns_result=True)
     yield RE
-    if RE.state != "idle":
-        RE.halt()
+    RE.loop.call_soon_threadsafe(RE.loop.stop)

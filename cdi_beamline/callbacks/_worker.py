@@ -94,6 +94,7 @@ class ReconstructionWorker:
         self.errors: list[str] = []
         self.stops: dict[str, dict] = {}
         self._describe: dict | None = None
+        self.extra_metadata: dict = {}
         self._thread = threading.Thread(target=self._loop, name="cdi-reconstruction", daemon=True)
 
     def start(self) -> None:
@@ -119,6 +120,7 @@ class ReconstructionWorker:
             "live": self.config.model_dump(mode="json"),
             "raw_image_key": image_key,
             "raw_stream": self.config.stream,
+            **self.extra_metadata,
         }
 
     # -- the loop ------------------------------------------------------------------------
@@ -154,6 +156,8 @@ class ReconstructionWorker:
             plan = self.runs[raw_start["uid"]] = FramePlan(raw_start)
             plan.image_key, plan.shape = image_key, shape
             self.stats["runs"] += 1
+            if shape is not None:
+                self._derived(plan)
         elif kind == "shape":
             _, raw_uid, image_key, shape = item
             plan = self.runs.get(raw_uid)

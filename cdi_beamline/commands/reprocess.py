@@ -1,0 +1,49 @@
+"""``cdi-beamline reprocess``: rebuild the derived run of a raw run stored in Tiled."""
+
+from __future__ import annotations
+
+import argparse
+
+from .results import add_reconstructor_options, add_store_options, build_reconstructor, open_client
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "reprocess",
+        help="rebuild the derived run of a raw run from its frames in Tiled",
+        description="Read the detector frames of RAW_UID back from Tiled, reconstruct them with the same "
+        "worker code as the live callback, and store a new derived run (start.reprocessed = true, "
+        "start.supersedes = the earlier derived runs). The raw run is not touched. Result HDF5 files go "
+        "to DIR/results, which the Tiled server must be able to read.",
+    )
+    p.add_argument("raw_uid", metavar="RAW_UID", help="raw run uid (full or partial)")
+    add_store_options(p)
+    p.add_argument("--image-key", metavar="KEY", help="detector image field (default: the first 2D field)")
+    add_reconstructor_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of random starts (default 0, as live)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..callbacks import reprocess
+    from ..config import LiveConfig
+    from ..store import make_writer
+
+    client = open_client(args)
+    if args.data_dir is None:
+        raise ValueError("reprocess needs --data-dir DIR for the result HDF5 files (readable by the Tiled server)")
+    raw_uid = client[args.raw_uid].metadata["start"]["uid"]
+    rec = build_reconstructor(args)
+    config = LiveConfig.build(batch_size=args.batch_size, seed=args.seed, data_dir=Path(args.data_dir),
+                              image_key=args.image_key)
+    writer = make_writer(client, Path(args.data_dir) / "spool", batch_size=1000)
+    stop = reprocess(client, raw_uid, rec, writer, config)
+    if not writer.flush(timeout=60):
+        print(f"warning: Tiled unreachable; the derived run is spooled in {writer.spool_dir}")
+    writer.close()
+    c = stop["cdi_counts"]
+    print(f"reprocessed raw run {raw_uid}: derived run {stop['run_start']}: {c['reconstructed']} reconstructed, "
+          f"{c['flagged']} flagged of {c['received']} frames")
+    return 0

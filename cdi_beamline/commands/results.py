@@ -1,0 +1,135 @@
+"""``cdi-beamline results``: list derived runs (per-frame chi²) from Tiled.
+
+Also holds the store / reconstructor options shared by the live commands
+(demo, serve, results, reprocess, worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+
+def add_store_options(p: argparse.ArgumentParser) -> None:
+    """``--data-dir DIR`` (embedded Tiled) and/or ``--uri URI [--api-key K]``."""
+    p.add_argument("--data-dir", metavar="DIR", help="data directory of the embedded Tiled server "
+                   "(results HDF5 files are written under DIR/results)")
+    p.add_argument("--uri", metavar="URI", help="a running Tiled server, e.g. http://host:8000")
+    p.add_argument("--api-key", metavar="K", help="API key for --uri (default: $TILED_API_KEY)")
+
+
+def open_client(args: argparse.Namespace):
+    """The Tiled client the store options name (ValueError if none)."""
+    from ..store import connect
+
+    if args.uri is None and args.data_dir is None:
+        raise ValueError("give --data-dir DIR or --uri URI")
+    return connect(uri=args.uri, api_key=args.api_key, data_dir=args.data_dir)
+
+
+def add_reconstructor_options(p: argparse.ArgumentParser, *, init_default: str | None = "random",
+                              iterations_default: int | None = None) -> None:
+    p.add_argument("--init", choices=("cnn", "random", "support", "nns"), default=init_default,
+                   help=f"start of the refinement (default {init_default or 'cnn if weights are installed, else random'})")
+    p.add_argument("--iterations", type=int, default=iterations_default, metavar="N",
+                   help="refinement iterations (default: " + (str(iterations_default) if iterations_default
+                                                              else "the schedule's own, 600") + ")")
+    p.add_argument("--config", metavar="FILE", help="ReconstructorConfig as JSON or YAML")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (default auto)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="frames per reconstruction batch (default 16)")
+
+
+def build_reconstructor(args: argparse.Namespace):
+    """A Reconstructor from the options; ``--init cnn`` falls back to random (with a note)
+    when no CNN weights are installed and ``--init`` was not given explicitly."""
+    from ..config import ReconstructorConfig, load_config
+    from ..pipeline import Reconstructor
+
+    init = args.init
+    explicit = init is not None
+    if init is None:
+        init = "cnn"
+    config = load_config(ReconstructorConfig, args.config, init=init, iterations=args.iterations)
+    rec = Reconstructor(config, device=args.device)
+    if init == "cnn":
+        try:
+            rec._cnn()
+        except (RuntimeError, FileNotFoundError, KeyError, ValueError, ImportError) as exc:
+            if explicit:
+                raise RuntimeError(f"--init cnn: CNN weights unavailable: {exc}") from exc
+            print(f"note: CNN weights unavailable ({exc}); using random-start refinement", flush=True)
+            rec = Reconstructor(config.model_copy(update={"init": "random"}), device=args.device)
+    return rec
+
+
+def _finite(x: float) -> float | None:
+    return None if not math.isfinite(x) else float(x)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "results",
+        help="list derived (reconstruction) runs with per-frame chi²",
+        description="List the derived runs of RAW_UID (or all) stored in Tiled: counts, mean and worst chi², "
+        "and one line per frame (raw seq_num, chi², status, reason).",
+    )
+    p.add_argument("raw_uid", nargs="?", metavar="RAW_UID", help="raw run uid (full or partial); default: all")
+    add_store_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON (a list of runs with per-frame arrays)")
+    p.add_argument("--last", type=int, metavar="N", help="only the N most recent derived runs")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..store import derived_runs, load_results
+
+    client = open_client(args)
+    raw_uid = args.raw_uid
+    if raw_uid is not None and len(raw_uid) != 36:
+        raw_uid = client[raw_uid].metadata["start"]["uid"]  # partial uid -> full
+    runs = derived_runs(client, raw_uid)
+    if args.last:
+        runs = runs[-args.last:]
+    listing = []
+    for r in runs:
+        start = r.metadata["start"]
+        res = load_results(client, start["uid"])
+        ok = res["status"] == "ok"
+        chi2_ok = res["chi2"][ok]
+        listing.append({
+            "uid": start["uid"],
+            "parent_uid": start["parent_uid"],
+            "scan_id": start.get("scan_id"),
+            "time": start["time"],
+            "reprocessed": bool(start.get("reprocessed", False)),
+            "counts": res["stop"].get("cdi_counts", {}),
+            "exit_status": res["stop"].get("exit_status"),
+            "chi2_mean": _finite(float(np.mean(chi2_ok))) if chi2_ok.size else None,
+            "chi2_max": _finite(float(np.max(chi2_ok))) if chi2_ok.size else None,
+            "raw_seq_num": [int(s) for s in res["raw_seq_num"]],
+            "chi2": [_finite(float(c)) for c in res["chi2"]],
+            "status": [str(s) for s in res["status"]],
+            "reason": [str(s) for s in res["reason"]],
+        })
+    if args.json:
+        print(json.dumps(listing, indent=1))
+        return 0
+    if not listing:
+        print("no derived runs" + (f" for raw run {raw_uid}" if raw_uid else ""))
+        return 0
+    for item in listing:
+        c = item["counts"]
+        mean = "-" if item["chi2_mean"] is None else f"{item['chi2_mean']:.4g}"
+        worst = "-" if item["chi2_max"] is None else f"{item['chi2_max']:.4g}"
+        print(f"derived {item['uid']}  raw {item['parent_uid']}  scan_id {item['scan_id']}"
+              f"{'  (reprocessed)' if item['reprocessed'] else ''}")
+        print(f"  frames {len(item['chi2'])}: {c.get('reconstructed', 0)} reconstructed, {c.get('flagged', 0)} flagged,"
+              f" {c.get('dropped', 0)} dropped; chi2 mean {mean}, worst {worst}; exit {item['exit_status']}")
+        print("  seq_num        chi2  status  reason")
+        for s, x, st, why in zip(item["raw_seq_num"], item["chi2"], item["status"], item["reason"]):
+            chi = "nan" if x is None else f"{x:.5f}"
+            print(f"  {s:7d} {chi:>11}  {st:6}  {why}")
+    return 0

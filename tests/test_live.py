@@ -1,0 +1,289 @@
+"""Live reconstruction with a real RunEngine and a real Tiled server (one per session)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+from bluesky import plan_stubs as bps
+from bluesky.plans import count
+from event_model import DocumentNames, schema_validators
+
+from cdi_beamline.callbacks import LiveReconstruction
+from cdi_beamline.config import ConfigError, LiveConfig, ReconstructorConfig
+from cdi_beamline.devices import FrameSource, ReplayDetector, SyntheticSource
+from cdi_beamline.pipeline import Reconstructor
+from cdi_beamline.store import derived_runs, load_raw_frames, load_results, make_writer
+
+ITER = 20  # refinement iterations: enough to exercise the engine, small for CI
+
+
+@pytest.fixture(scope="module")
+def rec():
+    return Reconstructor(ReconstructorConfig(iterations=ITER, saturation=1e7), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def source():
+    return SyntheticSource(n=6, seed=3)
+
+
+@pytest.fixture()
+def client(tiled_server):
+    return tiled_server.client()
+
+
+def _live(rec, tiled_server, client, **kw):
+    writer = make_writer(client, tiled_server.spool_dir, batch_size=kw.pop("tiled_batch", 64))
+    cb = LiveReconstruction(rec, writer, data_dir=tiled_server.data_dir, **kw)
+    return cb, writer
+
+
+class ListSource(FrameSource):
+    """Replays a fixed list of frames (bad ones included)."""
+
+    def __init__(self, frames):
+        self.frames = frames
+        self.n_frames = len(frames)
+        self.shape = (64, 64)
+
+    def _frame(self, i):
+        return self.frames[i]
+
+    def describe(self):
+        return {"source": "list"}
+
+
+def test_scan_gives_linked_derived_run_matching_offline(rec, source, tiled_server, client, run_engine):
+    raw_writer = make_writer(client, tiled_server.spool_dir)
+    cb, writer = _live(rec, tiled_server, client, batch_size=6, max_wait_s=60)
+    run_engine.subscribe(raw_writer)
+    run_engine.subscribe(cb)
+    det = ReplayDetector(source, name="det")
+    (raw_uid,) = run_engine(count([det], 6), sample="synthetic").run_start_uids
+    assert cb.flush(timeout=120)
+
+    (derived,) = derived_runs(client, raw_uid)
+    start = derived.metadata["start"]
+    assert start["parent_uid"] == raw_uid
+    assert start["scan_id"] == client[raw_uid].metadata["start"]["scan_id"]
+    assert start["raw_image_key"] == "det_image"
+    assert start["reconstructor"]["iterations"] == ITER
+    assert start["live"]["batch_size"] == 6
+    counts = derived.metadata["stop"]["cdi_counts"]
+    assert counts["received"] == counts["reconstructed"] == 6 and counts["flagged"] == 0
+
+    res = load_results(client, start["uid"])
+    frames, seq, key = load_raw_frames(client, raw_uid)
+    assert key == "det_image" and frames.shape == (6, 64, 64)
+    np.testing.assert_array_equal(res["raw_seq_num"], seq)
+    offline = rec.reconstruct(np.stack([source.frame(i) for i in range(6)]), seed=0)
+    np.testing.assert_allclose(res["chi2"], offline.chi2, rtol=1e-5)
+    np.testing.assert_allclose(res["amplitude"], offline.amplitude, atol=1e-5)
+    np.testing.assert_allclose(res["phase"], offline.phase, atol=1e-4)
+    np.testing.assert_array_equal(res["support"], offline.support)
+    assert list(res["status"]) == ["ok"] * 6
+    assert writer.stats["spooled"] == 0 and raw_writer.stats["spooled"] == 0
+    cb.close()
+
+    # databroker-style access on the same server
+    catalog = client
+    assert catalog[-1].metadata["start"]["uid"] == start["uid"]  # the derived run is the latest
+    from bluesky_tiled_plugins.queries import ScanID, TimeRange
+
+    same_scan = catalog.search(ScanID(start["scan_id"], duplicates="all"))
+    assert {raw_uid, start["uid"]} <= set(same_scan)
+    t0 = client[raw_uid].metadata["start"]["time"]
+    assert raw_uid in catalog.search(TimeRange(since=t0 - 1, until=t0 + 3600, timezone="UTC"))
+    import databroker
+
+    assert databroker.__version__ and client[raw_uid].v2.primary.read()["det_image"].shape == (6, 64, 64)
+
+
+def test_documents_validate_against_event_model(rec, source, run_engine, tmp_path):
+    cb = LiveReconstruction(rec, None, data_dir=tmp_path, batch_size=4, max_wait_s=60)
+    run_engine.subscribe(cb)
+    run_engine(count([ReplayDetector(source, name="det")], 6))
+    assert cb.flush(timeout=120)
+    cb.close()
+    names = Counter(name for name, _ in cb.documents)
+    assert names == {"start": 1, "descriptor": 1, "stream_resource": 3, "event_page": 2, "stream_datum": 6, "stop": 1}
+    for name, doc in cb.documents:
+        schema_validators[DocumentNames[name]].validate(doc)
+    pages = [d for n, d in cb.documents if n == "event_page"]
+    assert [p["seq_num"] for p in pages] == [[1, 2, 3, 4], [5, 6]]
+    datums = [d for n, d in cb.documents if n == "stream_datum"]
+    assert {(d["indices"]["start"], d["indices"]["stop"]) for d in datums} == {(0, 4), (4, 6)}
+
+
+def test_bad_frames_flagged_and_scan_goes_on(rec, source, tiled_server, client, run_engine):
+    good = [source.frame(i) for i in range(3)]
+    nan = good[0].copy()
+    nan[10, 10] = np.nan
+    saturated = good[1].copy()
+    saturated[32, 32] = 1e8
+    frames = [good[0], nan, np.zeros((64, 64), np.float32), good[1], saturated, np.ones((32, 32), np.float32), good[2]]
+    cb, _ = _live(rec, tiled_server, client, batch_size=4, max_wait_s=60)
+    run_engine.subscribe(cb)
+    det = ReplayDetector(ListSource(frames), name="det")
+    (raw_uid,) = run_engine(count([det], len(frames))).run_start_uids
+    assert run_engine.state == "idle"
+    assert cb.flush(timeout=120)
+    cb.close()
+    (derived,) = derived_runs(client, raw_uid)
+    res = load_results(client, derived.metadata["start"]["uid"])
+    assert list(res["raw_seq_num"]) == list(range(1, 8))
+    assert list(res["status"]) == ["ok", "bad", "bad", "ok", "bad", "bad", "ok"]
+    reasons = list(res["reason"])
+    assert "nan" in reasons[1].lower()
+    assert "zero" in reasons[2].lower() or "empty" in reasons[2].lower()
+    assert "satur" in reasons[4].lower()
+    assert "wrong shape (32, 32), expected (64, 64)" in reasons[5]
+    assert np.isfinite(res["chi2"][[0, 3, 6]]).all() and np.isnan(res["chi2"][[1, 2, 4, 5]]).all()
+    counts = derived.metadata["stop"]["cdi_counts"]
+    assert counts["reconstructed"] == 3 and counts["bad"] == 4 and counts["flagged"] == 4
+
+
+class FailingOnce(Reconstructor):
+    """The real engine, made to raise on its first call (a worker fault)."""
+
+    calls = 0
+
+    def reconstruct(self, frames, **kw):
+        type(self).calls += 1
+        if type(self).calls == 1:
+            raise RuntimeError("simulated GPU fault")
+        return super().reconstruct(frames, **kw)
+
+
+def test_worker_raising_is_recorded_and_reprocess_rebuilds(source, tiled_server, client, run_engine, capsys):
+    from cdi_beamline.cli import main
+
+    failing = FailingOnce(ReconstructorConfig(iterations=ITER), device="cpu")
+    raw_writer = make_writer(client, tiled_server.spool_dir)
+    cb, _ = _live(failing, tiled_server, client, batch_size=3, max_wait_s=60)
+    run_engine.subscribe(raw_writer)
+    run_engine.subscribe(cb)
+    (raw_uid,) = run_engine(count([ReplayDetector(source, name="det")], 6)).run_start_uids
+    assert cb.flush(timeout=120)
+    cb.close()
+    (first,) = derived_runs(client, raw_uid)
+    res = load_results(client, first.metadata["start"]["uid"])
+    assert list(res["status"]) == ["error"] * 3 + ["ok"] * 3
+    assert "simulated GPU fault" in res["reason"][0]
+    stop = first.metadata["stop"]
+    assert stop["cdi_counts"]["error"] == 3 and "simulated GPU fault" in stop["reason"]
+    assert cb.worker.stats["reconstruct_errors"] == 1
+    # the raw run is untouched
+    assert load_raw_frames(client, raw_uid)[0].shape == (6, 64, 64)
+
+    rc = main(["reprocess", raw_uid, "--uri", tiled_server.uri, "--api-key", tiled_server.api_key,
+               "--data-dir", str(tiled_server.data_dir), "--iterations", str(ITER), "--init", "random",
+               "--device", "cpu", "--batch-size", "3"])
+    assert rc == 0
+    runs = derived_runs(client, raw_uid)
+    assert len(runs) == 2
+    redo = load_results(client, runs[-1].metadata["start"]["uid"])
+    assert list(redo["status"]) == ["ok"] * 6
+    assert runs[-1].metadata["start"]["reprocessed"] is True
+    np.testing.assert_allclose(redo["chi2"][3:], res["chi2"][3:], rtol=1e-5)  # same batches, same seed
+
+    capsys.readouterr()
+    assert main(["results", raw_uid, "--uri", tiled_server.uri, "--api-key", tiled_server.api_key, "--json"]) == 0
+    import json
+
+    listing = json.loads(capsys.readouterr().out)
+    assert [r["uid"] for r in listing] == [r.metadata["start"]["uid"] for r in runs]
+    assert listing[-1]["chi2"] == pytest.approx(list(redo["chi2"]))
+    assert listing[0]["status"][:3] == ["error"] * 3
+
+
+class Gated(Reconstructor):
+    """The real engine, held until ``gate`` is set (a slow worker)."""
+
+    def __init__(self, *a, gate, **kw):
+        super().__init__(*a, **kw)
+        self.gate = gate
+
+    def reconstruct(self, frames, **kw):
+        self.gate.wait(30)
+        return super().reconstruct(frames, **kw)
+
+
+@pytest.mark.parametrize("policy", ["drop", "block"])
+def test_full_queue_policy_is_counted(policy, source, tmp_path, run_engine):
+    gate = threading.Event()
+    slow = Gated(ReconstructorConfig(iterations=5), device="cpu", gate=gate)
+    cb = LiveReconstruction(slow, None, data_dir=tmp_path, batch_size=1, queue_size=2, queue_policy=policy)
+    run_engine.subscribe(cb)
+    timer = threading.Timer(1.0, gate.set)  # the RunEngine would wait forever on "block"
+    timer.start()
+    run_engine(count([ReplayDetector(source, name="det")], 6))
+    assert cb.flush(timeout=120)
+    cb.close()
+    timer.cancel()
+    (stop,) = [d for n, d in cb.documents if n == "stop"]
+    counts = stop["cdi_counts"]
+    rows = [s for n, d in cb.documents if n == "event_page" for s in d["data"]["status"]]
+    seqs = sorted(s for n, d in cb.documents if n == "event_page" for s in d["data"]["raw_seq_num"])
+    assert seqs == list(range(1, 7))  # every frame accounted for, dropped ones included
+    assert counts["received"] == 6 and counts["reconstructed"] + counts["dropped"] == 6
+    assert counts["dropped"] == cb.stats["dropped"] == rows.count("dropped")
+    if policy == "drop":
+        assert counts["dropped"] >= 1
+    else:
+        assert counts["dropped"] == 0
+
+
+def test_tiled_outage_mid_scan_loses_nothing(rec, source, tiled_server, run_engine, monkeypatch):
+    import tiled.client.utils
+
+    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_ATTEMPTS", 2)  # fail fast while down
+    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)
+    client = tiled_server.client()
+    raw_writer = make_writer(client, tiled_server.spool_dir, retry_s=0.5)
+    cb, writer = _live(rec, tiled_server, client, batch_size=2, max_wait_s=60, tiled_batch=2)
+    writer.retry_s = 0.5
+    raw_docs: list = []
+    run_engine.subscribe(lambda name, doc: raw_docs.append(name))
+    run_engine.subscribe(raw_writer)
+    run_engine.subscribe(cb)
+    det = ReplayDetector(source, name="det")
+
+    def plan():
+        yield from bps.open_run()
+        for _ in range(3):
+            yield from bps.trigger_and_read([det])
+        cb.flush(timeout=120)  # the first results are in Tiled
+        tiled_server.stop()
+        for _ in range(3):
+            yield from bps.trigger_and_read([det])
+        yield from bps.close_run()
+
+    (raw_uid,) = run_engine(plan()).run_start_uids
+    assert cb.flush(timeout=120)
+    assert raw_writer.stats["runs_spooled"] == 1 and writer.stats["runs_spooled"] == 1
+    assert raw_writer.pending == 1 and writer.pending == 1
+    tiled_server.start()
+    assert raw_writer.flush(timeout=60) and writer.flush(timeout=60)
+    cb.close()
+    # every document of both runs was resent, in one piece, after the outage
+    assert raw_writer.stats["resent"] == raw_writer.stats["documents"] == len(raw_docs)
+    assert writer.stats["resent"] == writer.stats["documents"] == 1 + 1 + 3 + 4 * (1 + 3) + 1
+    client = tiled_server.client()
+    raw = client[raw_uid]
+    assert raw.metadata["stop"]["exit_status"] == "success"
+    assert raw["primary"]["det_image"].read().shape == (6, 64, 64)
+    (derived,) = derived_runs(client, raw_uid)
+    res = load_results(client, derived.metadata["start"]["uid"])
+    assert list(res["raw_seq_num"]) == list(range(1, 7)) and list(res["status"]) == ["ok"] * 6
+    assert not list(tiled_server.spool_dir.glob("*.jsonl"))
+
+
+def test_bad_live_config_names_the_field(rec, tmp_path):
+    with pytest.raises(ConfigError, match="queue_policy"):
+        LiveConfig.build(queue_policy="sometimes")
+    with pytest.raises(ConfigError, match="batch_size"):
+        LiveReconstruction(rec, None, data_dir=tmp_path, batch_size=0)
