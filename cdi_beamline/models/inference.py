@@ -25,10 +25,14 @@ def _as_modulus(net: CDINet, modulus) -> torch.Tensor:
     if x.is_complex():
         raise ValueError("modulus must be real (√I), got a complex tensor")
     x = x.to(device=next(net.parameters()).device, dtype=torch.float32)
-    bad_finite = ~torch.isfinite(x).flatten(1).all(1)
-    bad_negative = (x < 0).flatten(1).any(1)
-    bad_empty = ~(x > 0).flatten(1).any(1)
-    for name, bad in (("NaN or inf", bad_finite), ("negative values", bad_negative), ("no signal (all zero)", bad_empty)):
+    flat = x.flatten(1)
+    if bool((flat.amin(1) >= 0).all() & (flat.amax(1) > 0).all() & torch.isfinite(flat.sum())):
+        return x  # the common case: one fused check, one sync
+    for name, bad in (
+        ("NaN or inf", ~torch.isfinite(flat).all(1)),
+        ("negative values", (flat < 0).any(1)),
+        ("no signal (all zero)", ~(flat > 0).any(1)),
+    ):
         if bool(bad.any()):
             frames = torch.nonzero(bad).flatten().tolist()
             raise ValueError(f"modulus frame(s) {frames[:10]} contain {name}")

@@ -1,0 +1,120 @@
+"""Shipped weights (registry, sha256, card), predict, initial_estimate and the CNN-seeded Reconstructor."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+import numpy as np
+import pytest
+import torch
+
+from cdi_beamline.fourier import crop_centre, fourier_modulus
+from cdi_beamline.models import CDINetWeights, SUPPORT_THRESHOLD, cdinet, initial_estimate, predict
+from cdi_beamline.models.card import CARD_PATH, render_card
+from cdi_beamline.models.weights import Weights, load_state_dict
+from cdi_beamline.models.loss import predicted_modulus
+from cdi_beamline.phasing import InitialEstimate, chi2
+from cdi_beamline.physics import simulate_batch
+
+
+@pytest.fixture(scope="module")
+def net():
+    return cdinet("DEFAULT")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return simulate_batch(16, seed=4242, device="cpu")
+
+
+def test_shipped_weights_match_their_card(net):
+    w = CDINetWeights.DEFAULT
+    meta = w.meta
+    data = resources.files("cdi_beamline.models").joinpath("weights", meta["file"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == w.sha256 == meta["sha256"]
+    assert len(data) == meta["file_bytes"] <= 16_000_000
+    assert net.num_params() == meta["num_params"]
+    assert not net.training
+    assert net.weights_id == "CDINetWeights.CPU_REDUCED_V1" and net.weights_sha256 == w.sha256
+    for key in ("recipe", "generator", "training", "validation", "test_metrics", "input_normalisation", "notes"):
+        assert meta[key], key
+    assert meta["training"]["machine"]["device"]
+
+
+def test_model_card_is_generated_from_meta():
+    assert CARD_PATH.read_text() == render_card(CDINetWeights.DEFAULT)
+
+
+def test_tampered_or_missing_weights_are_refused():
+    meta = CDINetWeights.DEFAULT.meta
+    data = bytearray(resources.files("cdi_beamline.models").joinpath("weights", meta["file"]).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with pytest.raises(ValueError, match="failed the integrity check"):
+        load_state_dict(bytes(data), meta["sha256"], "tampered.pt")
+    with pytest.raises(FileNotFoundError, match="missing from cdi_beamline/models/weights"):
+        Weights(file="nope.pt", card=CDINetWeights.DEFAULT.value.card, sha256="0" * 64).state_dict()
+    with pytest.raises(FileNotFoundError, match="unknown weights 'NOPE'"):
+        cdinet("NOPE")
+
+
+def test_predict_shapes_and_quality(net, batch):
+    amp, phase = predict(net, batch.modulus)
+    assert amp.shape == phase.shape == (16, 32, 32) and amp.dtype == phase.dtype == torch.float32
+    assert (amp >= 0).all() and (phase >= -np.pi).all() and (phase < np.pi).all()
+    c = chi2(predicted_modulus(amp, phase, (64, 64)), batch.modulus)
+    # Regression guard on the shipped model: the card's test mean is far below this bound.
+    assert float(c.mean()) < 3 * CDINetWeights.DEFAULT.meta["test_metrics"]["cnn_chi2_modulus"] + 0.01
+
+
+def test_predict_refuses_bad_frames(net, batch):
+    m = batch.modulus[:4].clone()
+    m[2, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"frame\(s\) \[2\] contain NaN"):
+        predict(net, m)
+    m = batch.modulus[:3].clone()
+    m[1] = 0
+    with pytest.raises(ValueError, match=r"frame\(s\) \[1\] contain no signal"):
+        predict(net, m)
+    with pytest.raises(ValueError, match="shape"):
+        predict(net, batch.modulus[0])
+
+
+def test_initial_estimate(net, batch):
+    m = batch.modulus[:4] * 1e3
+    est = initial_estimate(net, m)
+    assert isinstance(est, InitialEstimate)
+    assert est.object.shape == est.support.shape == (4, 64, 64)
+    assert est.object.dtype == torch.complex64 and est.support.dtype == torch.bool
+    amp, phase = predict(net, m)
+    expected = amp >= SUPPORT_THRESHOLD * amp.amax(dim=(-2, -1), keepdim=True)
+    assert torch.equal(crop_centre(est.support, (32, 32)), expected)
+    assert not est.support[:, :16].any() and not est.object[:, :, :16].abs().any()  # outside the 32×32 centre
+    # Parseval: the object has the data's scale, the phase is the prediction's.
+    torch.testing.assert_close(est.object.abs().square().sum((-2, -1)), m.square().sum((-2, -1)), rtol=1e-3, atol=0)
+    inner = crop_centre(est.object, (32, 32))
+    ang = torch.angle(inner * torch.exp(-1j * phase))[amp > 0.05]
+    assert float(ang.abs().max()) < 1e-3
+    tight = initial_estimate(net, m, threshold=0.5)
+    assert tight.support.sum() < est.support.sum()
+    with pytest.raises(ValueError, match="threshold must be in"):
+        initial_estimate(net, m, threshold=1.5)
+    with pytest.raises(ValueError, match=r"shape \(B, 64, 64\)"):
+        initial_estimate(net, torch.rand(2, 128, 128))
+
+
+def test_reconstructor_with_cnn_init(batch):
+    from cdi_beamline.config import ReconstructorConfig
+    from cdi_beamline.pipeline import Reconstructor
+
+    frames = batch.modulus[:3].numpy() ** 2
+    frames[1, 0, 0] = np.nan
+    rec = Reconstructor(ReconstructorConfig(init="cnn", quantity="intensity", iterations=20), device="cpu")
+    out = rec.reconstruct(frames, seed=0)
+    assert out.status == ["ok", "bad", "ok"] and "NaN" in out.reason[1]
+    # The refinement started from the CNN's object: its first chi² is the seed's.
+    est = initial_estimate(cdinet("DEFAULT"), batch.modulus[[0, 2]])
+    seed_chi2 = chi2(fourier_modulus(est.object), batch.modulus[[0, 2]])
+    np.testing.assert_allclose(out.chi2_history[[0, 2], 0], seed_chi2.numpy(), rtol=1e-3, atol=1e-6)
+    assert np.isfinite(out.chi2[[0, 2]]).all() and np.isnan(out.chi2[1])
+    assert rec.describe()["weights"]["sha256"] == CDINetWeights.DEFAULT.sha256
