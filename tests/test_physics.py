@@ -165,6 +165,27 @@ def test_phase_follows_eq3_correlation_lengths_and_span():
     assert step_y > 2.5 * step_x
 
 
+def test_phase_field_covariance_is_eq3_rotated():
+    """White noise * Gaussian(L) has covariance exp(-D^T (R diag(L^2) R^T)^-1 D / 4) at lab lag D."""
+    from cdi_beamline.physics._simulate import _Grid, _phase_field, random_rotations
+
+    L = torch.tensor([2.0, 3.0, 5.0])
+    grid = _Grid(SimulationConfig(Lx=(2.0, 2.0), Ly=(3.0, 3.0), Lz=(5.0, 5.0)), torch.device(CPU))
+    n = 32
+    rot = random_rotations(1, torch.Generator().manual_seed(1), CPU).expand(n, 3, 3)
+    params = {"a": torch.ones(n), "rotation": rot, **{k: torch.full((n,), float(v)) for k, v in zip(("Lx", "Ly", "Lz"), L)}}
+    f = _phase_field(params, grid, torch.Generator().manual_seed(2))
+    f = f - f.mean((1, 2, 3), keepdim=True)
+    power = torch.fft.rfftn(f, dim=(1, 2, 3)).abs() ** 2
+    acf = torch.fft.irfftn(power, s=f.shape[1:], dim=(1, 2, 3)).mean(0)
+    acf = acf / acf[0, 0, 0]
+    precision = rot[0] @ torch.diag(1 / L**2) @ rot[0].T
+    for lag in [(1, 0, 0), (3, 0, 0), (0, 2, 0), (0, 0, 3), (1, 1, 1), (2, -1, 0), (0, 3, 3)]:
+        d = torch.tensor(lag, dtype=torch.float32)
+        expected = math.exp(-0.25 * float(d @ precision @ d))
+        assert abs(float(acf[lag[2], lag[1], lag[0]]) - expected) < 0.06, lag
+
+
 def test_photon_noise_saturation_and_mask():
     photons = 1e5
     cfg = SimulationConfig(detector={"photons": photons})

@@ -31,6 +31,10 @@ __all__ = [
     "chunk_size",
 ]
 
+#: The phase field's spectrum is dropped where the kernel's transform is below this fraction
+#: of its peak (see _Grid).
+KERNEL_CUTOFF = 1e-6
+
 #: Names of the per-pattern scalar parameters, in the order they are drawn.
 SCALAR_PARAMS = ("a", "b", "c", "e", "n", "Lx", "Ly", "Lz", "phase_span")
 
@@ -195,10 +199,22 @@ class _Grid:
         self.xyz = torch.stack([xx.flatten(), yy.flatten(), zz.flatten()])[:, self.index]
         # Lab radius, kept away from 0 so that the centre voxel counts as deep inside.
         self.r = r[self.index].clamp_min(1e-3).unsqueeze(0)
-        # Angular frequencies (rad/voxel) of the rfft grid, (z, y, x//2+1).
-        self.qx = (2 * math.pi * torch.fft.rfftfreq(s, **f32)).view(1, 1, 1, -1)
-        self.qy = (2 * math.pi * torch.fft.fftfreq(s, **f32)).view(1, 1, s, 1)
-        self.qz = (2 * math.pi * torch.fft.fftfreq(nz, d=self.dz, **f32)).view(1, nz, 1, 1)
+        # Angular frequencies (rad/voxel) of the half spectrum (z, y, x//2+1) of the phase
+        # field. The kernel's transform exp(-q^T C q / 2) is below KERNEL_CUTOFF of its peak
+        # wherever L_min^2 |q|^2 > 2 ln(1/KERNEL_CUTOFF) (C's eigenvalues are the L^2), so
+        # noise is drawn only inside that ball and the rest of the spectrum stays zero.
+        qz, qy, qx = torch.meshgrid(
+            2 * math.pi * torch.fft.fftfreq(nz, d=self.dz, **f32),
+            2 * math.pi * torch.fft.fftfreq(s, **f32),
+            2 * math.pi * torch.fft.rfftfreq(s, **f32),
+            indexing="ij",
+        )
+        self.half_shape = qx.shape
+        q2 = (qx**2 + qy**2 + qz**2).flatten()
+        l_min = min(config.Lx[0], config.Ly[0], config.Lz[0])
+        #: Flat indices (K,) of the kept frequencies and their (qx, qy, qz), (3, K).
+        self.spectrum_index = torch.nonzero(q2 * l_min**2 <= 2 * math.log(1 / KERNEL_CUTOFF)).squeeze(1)
+        self.q = torch.stack([qx.flatten(), qy.flatten(), qz.flatten()])[:, self.spectrum_index]
         self.mask = detector_mask(config.detector, device)
 
 
@@ -285,17 +301,14 @@ def _phase_field(p: dict[str, torch.Tensor], grid: _Grid, gen: torch.Generator) 
     lam = torch.stack([p["Lx"], p["Ly"], p["Lz"]], 1) ** 2
     # Lab covariance of the kernel's Fourier transform exp(-q^T C q / 2), C = R diag(L^2) R^T.
     C = (R * lam.unsqueeze(1)) @ R.transpose(1, 2)
-    c = C.view(n, 9, 1, 1, 1)
-    # Lab vector components are (x, y, z) = indices (0, 1, 2) of C.
-    quad = (
-        c[:, 0] * grid.qx**2 + c[:, 4] * grid.qy**2 + c[:, 8] * grid.qz**2
-        + 2 * (c[:, 1] * grid.qx * grid.qy + c[:, 2] * grid.qx * grid.qz + c[:, 5] * grid.qy * grid.qz)
-    )  # fmt: skip
+    quad = ((C.reshape(3 * n, 3) @ grid.q).view(n, 3, -1) * grid.q).sum(1)
     noise = torch.randn(quad.shape, generator=gen, device=quad.device, dtype=torch.complex64)
-    # irfftn treats the half spectrum as Hermitian: a real Gaussian field with this spectrum.
     # Clamping the exponent keeps exp() out of the (slow, irrelevant) denormal range.
-    gauss = torch.exp(quad.clamp_(max=100.0).mul_(-0.5))
-    return torch.fft.irfftn(noise.mul_(gauss), s=grid.shape3d, dim=(-3, -2, -1))
+    kept = noise.mul_(torch.exp(quad.clamp_(max=100.0).mul_(-0.5)))
+    spectrum = torch.zeros(n, math.prod(grid.half_shape), dtype=torch.complex64, device=quad.device)
+    spectrum = spectrum.index_copy_(1, grid.spectrum_index, kept).view(n, *grid.half_shape)
+    # irfftn treats the half spectrum as Hermitian: a real Gaussian field with this spectrum.
+    return torch.fft.irfftn(spectrum, s=grid.shape3d, dim=(-3, -2, -1))
 
 
 def _simulate_chunk(
