@@ -25,6 +25,10 @@ class RefineConfig(FrozenModel):
     beta: float = Field(0.9, gt=0.0, le=1.0)
     """Feedback parameter of HIO and RAAR when the schedule does not give one."""
 
+    positivity: bool = False
+    """Also require a real, non-negative object (forward CDI of weak objects);
+    leave off for Bragg CDI, whose objects carry a strain phase."""
+
     shrinkwrap: bool = True
     """Update the support by shrink-wrap (Marchesini et al. 2003)."""
 
