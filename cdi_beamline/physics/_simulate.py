@@ -179,7 +179,7 @@ class _Grid:
 
     Particles are shrunk to ``max_radius``, so only voxels within ``max_radius`` plus the
     edge-smoothing tail (3 sigma) of the centre are evaluated: a flat list of ``M`` voxels
-    (about 45% of the (nz, 32, 32) box), projected back onto their (y, x) columns.
+    (about 45% of the (nz, 32, 32) box).
     """
 
     def __init__(self, config: SimulationConfig, device: torch.device):
@@ -193,8 +193,6 @@ class _Grid:
         r = (xx**2 + yy**2 + zz**2).sqrt().flatten()
         #: Flat indices (M,) into the (nz, 32, 32) box of the evaluated voxels.
         self.index = torch.nonzero(r <= config.max_radius + 3 * config.edge_sigma + 1e-3).squeeze(1)
-        #: Their (y, x) column in the flattened 32 x 32 projection.
-        self.column = self.index % (s * s)
         #: Lab coordinates (3, M), rows x, y, z.
         self.xyz = torch.stack([xx.flatten(), yy.flatten(), zz.flatten()])[:, self.index]
         # Lab radius, kept away from 0 so that the centre voxel counts as deep inside.
@@ -325,9 +323,11 @@ def _simulate_chunk(
     span = p["phase_span"].unsqueeze(1)
     phi = phi.sub_((lo + hi) / 2).mul_(span / (hi - lo).clamp_min(1e-12))
     # Projection along the beam of s * exp(i phi): the q_z = 0 slice of its 3D transform.
-    cols = OBJECT_SIZE * OBJECT_SIZE
-    re = torch.zeros(n, cols, device=dev).index_add_(1, grid.column, s * torch.cos(phi))
-    im = torch.zeros(n, cols, device=dev).index_add_(1, grid.column, s * torch.sin(phi))
+    # (Scattered into the dense box and summed over z: deterministic on CUDA, unlike index_add_.)
+    field3d = torch.zeros(n, math.prod(grid.shape3d), dtype=torch.complex64, device=dev)
+    field3d = field3d.index_copy_(1, grid.index, torch.polar(s, phi)).view(n, *grid.shape3d)
+    projection = field3d.sum(1).view(n, -1)
+    re, im = projection.real, projection.imag
     amp = torch.hypot(re, im)
     scale = amp.amax(dim=1, keepdim=True).clamp_min(1e-30)
     support = amp > config.support_threshold * scale
@@ -345,10 +345,6 @@ def _simulate_chunk(
     modulus = fourier_modulus(embed_centre(torch.polar(amp, phase), (PATTERN_SIZE, PATTERN_SIZE)))
     modulus = _detect(modulus, config.detector, grid.mask, gen)
     mask = None if grid.mask is None else grid.mask.expand(n, PATTERN_SIZE, PATTERN_SIZE)
-    field3d = None
-    if keep_field:
-        field3d = torch.zeros(n, math.prod(grid.shape3d), dtype=torch.complex64, device=dev)
-        field3d = field3d.index_copy_(1, grid.index, torch.polar(s, phi)).view(n, *grid.shape3d)
     return SimulatedBatch(
         modulus=modulus,
         amplitude=amp,
@@ -356,7 +352,7 @@ def _simulate_chunk(
         support=support,
         mask=mask,
         params=p,
-        field=field3d,
+        field=field3d if keep_field else None,
     )
 
 
