@@ -123,5 +123,18 @@ def test_write_h5_round_trip_and_shape_errors(tmp_path):
     arrays["phase"] = arrays["phase"][:, :16]
     with pytest.raises(ValueError, match=r"phase: expected shape \(3, 32, 32\)"):
         write_h5(tmp_path / "bad.h5", arrays, None)
+    assert not (tmp_path / "bad.h5").exists()
     with pytest.raises(FileNotFoundError):
         read_h5(tmp_path / "missing.h5")
+
+
+def test_gallery_writes_a_png(tmp_path, capsys):
+    import matplotlib.image
+
+    out = tmp_path / "img" / "gallery.png"
+    assert main(["gallery", "--out", str(out), "--seed", "1"]) == 0
+    assert str(out) in capsys.readouterr().out
+    img = matplotlib.image.imread(out)
+    # 8 shapes in columns, 4 rows: a wide RGBA image that is not blank.
+    assert img.shape[1] > 1.5 * img.shape[0] and img.shape[2] == 4
+    assert img[..., :3].std() > 0.05

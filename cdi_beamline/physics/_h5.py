@@ -80,18 +80,19 @@ class H5Writer:
         m = arrays["modulus"].shape[0]
         if self._filled + m > self.n:
             raise ValueError(f"too many patterns: {self._filled} + {m} > n = {self.n}")
-        if self._filled == 0:
-            for name, arr in arrays.items():
-                shape, dtype = LAYOUT.get(name, (arr.shape[1:], np.float32))
-                chunk = (max(1, min(self.n, 64 if shape else 4096)), *shape)
-                self._file.create_dataset(name, shape=(self.n, *shape), dtype=dtype, chunks=chunk)
-            self._names = set(arrays)
-        elif set(arrays) != self._names:
+        if self._filled and set(arrays) != self._names:
             raise ValueError(f"datasets changed between chunks: {sorted(self._names)} -> {sorted(arrays)}")
         for name, arr in arrays.items():
-            expected = self._file[name].shape[1:]
-            if arr.shape != (m, *expected):
-                raise ValueError(f"{name}: expected shape {(m, *expected)}, got {arr.shape}")
+            known = self._file[name].shape[1:] if self._filled else LAYOUT.get(name, (arr.shape[1:],))[0]
+            if arr.shape != (m, *known):
+                raise ValueError(f"{name}: expected shape {(m, *known)}, got {arr.shape}")
+        if not self._filled:
+            for name, arr in arrays.items():
+                dtype = LAYOUT[name][1] if name in LAYOUT else np.float32
+                chunk = (max(1, min(self.n, 64 if arr.ndim > 1 else 4096)), *arr.shape[1:])
+                self._file.create_dataset(name, shape=(self.n, *arr.shape[1:]), dtype=dtype, chunks=chunk)
+            self._names = set(arrays)
+        for name, arr in arrays.items():
             self._file[name][self._filled : self._filled + m] = arr
         self._filled += m
 
@@ -116,8 +117,14 @@ class H5Writer:
 def write_h5(path, batch_or_arrays, config: SimulationConfig | None = None, *, seed: int | None = None) -> Path:
     """Write one SimulatedBatch (or its ``to_numpy()`` dict) to ``path``; returns the path."""
     arrays = _arrays(batch_or_arrays)
-    with H5Writer(path, arrays["modulus"].shape[0], config, seed=seed) as w:
-        w.append(arrays)
+    if "modulus" not in arrays:
+        raise ValueError("missing datasets ['modulus']")
+    try:
+        with H5Writer(path, arrays["modulus"].shape[0], config, seed=seed) as w:
+            w.append(arrays)
+    except ValueError:
+        Path(path).unlink(missing_ok=True)
+        raise
     return Path(path)
 
 
