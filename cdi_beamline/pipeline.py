@@ -245,8 +245,7 @@ class Reconstructor:
                 return None, f"random (cnn needs 64x64 frames, got {H}x{W})"
             from .models import initial_estimate
 
-            est = initial_estimate(self._cnn(), modulus)
-            return InitialEstimate(object=est.object, support=est.support), f"cnn ({self.config.weights})"
+            return initial_estimate(self._cnn(), modulus), f"cnn ({self.config.weights})"
         index = self._index()
         if (H, W) != index.pattern_shape:
             return None, f"random (nns index holds {index.pattern_shape[0]}x{index.pattern_shape[1]} patterns, got {H}x{W})"
@@ -276,15 +275,12 @@ class Reconstructor:
         return self._nns
 
     def _weights_info(self) -> dict:
-        info = {"name": self.config.weights}
-        try:
-            from .models import CDINetWeights
-
-            meta = CDINetWeights[self.config.weights].meta
-            info.update({k: meta[k] for k in ("sha256", "file") if k in meta})
-        except (ImportError, KeyError, AttributeError) as exc:
-            info["error"] = f"weights metadata unavailable: {exc}"
-        return info
+        net = self._cnn()
+        return {
+            "name": self.config.weights,
+            "id": getattr(net, "weights_id", None),
+            "sha256": getattr(net, "weights_sha256", None),
+        }
 
 
 def _fix_global_phase(obj: torch.Tensor) -> torch.Tensor:
