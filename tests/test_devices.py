@@ -202,3 +202,28 @@ def test_hdf5_detector_writes_frames_and_stream_documents(RE, aps, tmp_path):
     assert frames.shape == (7, 64, 64) and frames.dtype == np.float32
     np.testing.assert_array_equal(index, np.arange(7))
     np.testing.assert_array_equal(frames, np.stack([aps.frame(i) for i in range(7)]))
+
+
+def test_hdf5_detector_fly_scan_streams_ranges(RE, aps, tmp_path):
+    import bluesky.plan_stubs as bps
+    import bluesky.preprocessors as bpp
+    from ophyd_async.core import StaticPathProvider, TriggerInfo, UUIDFilenameProvider, init_devices
+
+    with init_devices():
+        hdet = ReplayHDF5Detector(aps, StaticPathProvider(UUIDFilenameProvider(), tmp_path), name="hdet")
+
+    @bpp.stage_decorator([hdet])
+    @bpp.run_decorator()
+    def fly():
+        yield from bps.prepare(hdet, TriggerInfo(number_of_events=12, livetime=0.005), wait=True)
+        yield from bps.declare_stream(hdet, name="primary", collect=True)
+        yield from bps.kickoff(hdet, wait=True)
+        yield from bps.collect_while_completing(flyers=[hdet], dets=[hdet], flush_period=0.02)
+
+    RE(fly())
+    (res,) = [d for n, d in RE.docs if n == "stream_resource" and d["data_key"] == "hdet"]
+    ranges = [d["indices"] for n, d in RE.docs if n == "stream_datum" and d["stream_resource"] == res["uid"]]
+    assert ranges[0]["start"] == 0 and ranges[-1]["stop"] == 12
+    assert all(a["stop"] == b["start"] for a, b in zip(ranges, ranges[1:])), "contiguous ranges"
+    with h5py.File(Path(res["uri"].removeprefix("file://localhost")), "r") as f:
+        np.testing.assert_array_equal(f["/entry/data/data"][()], np.stack([aps.frame(i) for i in range(12)]))
