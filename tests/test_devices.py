@@ -227,3 +227,17 @@ def test_hdf5_detector_fly_scan_streams_ranges(RE, aps, tmp_path):
     assert all(a["stop"] == b["start"] for a, b in zip(ranges, ranges[1:])), "contiguous ranges"
     with h5py.File(Path(res["uri"].removeprefix("file://localhost")), "r") as f:
         np.testing.assert_array_equal(f["/entry/data/data"][()], np.stack([aps.frame(i) for i in range(12)]))
+
+
+def test_file_source_reads_the_simulate_hdf5(tmp_path):
+    from cdi_beamline.config import DEFAULT_MASK, SimulationConfig
+    from cdi_beamline.physics import simulate_batch, write_h5
+
+    config = SimulationConfig.build(nz=8, detector=DEFAULT_MASK)
+    batch = simulate_batch(3, config, seed=2, device="cpu")
+    path = write_h5(tmp_path / "sim.h5", batch, config, seed=2)
+    src = make_source(str(path))
+    assert src.describe()["dataset"] == "modulus" and len(src) == 3
+    np.testing.assert_allclose(src.frame(2), batch.modulus[2].numpy() ** 2, rtol=1e-6)
+    np.testing.assert_array_equal(src.mask, batch.mask[0].numpy())
+    assert not src.mask[32, 32] and (src.frame(0)[~src.mask] == 0).all()

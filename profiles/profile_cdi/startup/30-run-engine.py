@@ -36,7 +36,7 @@ def _emit_derived(name, doc):
         listener(name, doc)
 
 
-live = LiveReconstruction(_reconstructor(), _emit_derived, data_dir=CDI_DATA_DIR)
+live = LiveReconstruction(_reconstructor(), _emit_derived, data_dir=CDI_DATA_DIR, mask=cdi_source.mask)
 RE.subscribe(live)
 threading._register_atexit(live.close)  # flush results before the server stops
 print(f"cdi: live reconstruction on {live.reconstructor.device} "
