@@ -144,7 +144,9 @@ def iter_batches(
     device="auto",
     keep_field: bool = False,
 ) -> Iterator[SimulatedBatch]:
-    """Yield the patterns of ``simulate_batch(n, ...)`` in chunks of ``config.chunk_size``."""
+    """Yield the patterns of ``simulate_batch(n, ...)`` in chunks of ``config.chunk_size``.
+
+    Arguments are checked at once (not at the first chunk)."""
     config = SimulationConfig() if config is None else config
     if not isinstance(config, SimulationConfig):
         raise TypeError(f"config must be a SimulationConfig, got {type(config).__name__}")
@@ -153,12 +155,15 @@ def iter_batches(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     dev = resolve_device(device)
+    return _chunks(int(n), config, int(seed), dev, keep_field)
+
+
+def _chunks(n: int, config: SimulationConfig, seed: int, dev: torch.device, keep_field: bool):
     grid = _Grid(config, dev)
     chunk = chunk_size(config, dev)
-    for k, start in enumerate(range(0, int(n), chunk)):
-        count = min(chunk, int(n) - start)
-        gen = torch.Generator(device=dev).manual_seed(_chunk_seed(int(seed), k))
-        yield _simulate_chunk(count, config, grid, gen, keep_field)
+    for k, start in enumerate(range(0, n, chunk)):
+        gen = torch.Generator(device=dev).manual_seed(_chunk_seed(seed, k))
+        yield _simulate_chunk(min(chunk, n - start), config, grid, gen, keep_field)
 
 
 def chunk_size(config: SimulationConfig, device) -> int:
@@ -344,7 +349,7 @@ def _simulate_chunk(
     support = support.view(shape2d)
     modulus = fourier_modulus(embed_centre(torch.polar(amp, phase), (PATTERN_SIZE, PATTERN_SIZE)))
     modulus = _detect(modulus, config.detector, grid.mask, gen)
-    mask = None if grid.mask is None else grid.mask.expand(n, PATTERN_SIZE, PATTERN_SIZE)
+    mask = None if grid.mask is None else grid.mask.expand(n, PATTERN_SIZE, PATTERN_SIZE).clone()
     return SimulatedBatch(
         modulus=modulus,
         amplitude=amp,
