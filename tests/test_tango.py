@@ -22,6 +22,7 @@ from cdi_beamline.pipeline import Reconstructor
 
 ITER = 30
 DET, REC = "sim/cdi/detector", "sim/cdi/reconstructor"
+BAD_DET, BAD_REC = "test/cdi/bad_detector", "test/cdi/bad_reconstructor"  # with bad properties
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,14 @@ def aps() -> ApsRockingSource:
 @pytest.fixture(scope="module")
 def tango_ctx():
     devices = [
-        {"class": CDIReplayDetector, "devices": [{"name": DET, "properties": {"Source": "aps34idc"}}]},
-        {"class": CDIReconstructor, "devices": [{"name": REC, "properties": {"Iterations": ITER, "TorchDevice": "cpu"}}]},
+        {"class": CDIReplayDetector, "devices": [
+            {"name": DET, "properties": {"Source": "aps34idc"}},
+            {"name": BAD_DET, "properties": {"Source": "nonsense"}},
+        ]},
+        {"class": CDIReconstructor, "devices": [
+            {"name": REC, "properties": {"Iterations": ITER, "TorchDevice": "cpu"}},
+            {"name": BAD_REC, "properties": {"InitMode": "magic"}},
+        ]},
     ]
     with MultiDeviceTestContext(devices, server_name="CDIServer", instance_name="test", process=False) as ctx:
         yield ctx
@@ -134,6 +141,17 @@ def test_bad_pattern_faults_with_clear_status_and_recovers(reconstructor, aps):
     reconstructor.Reconstruct()
     assert wait_idle(reconstructor) == tango.DevState.ON
     assert np.isfinite(reconstructor.chi2)
+
+
+def test_bad_properties_leave_devices_in_fault_saying_why(tango_ctx):
+    det = tango_ctx.get_device(BAD_DET)
+    assert det.state() == tango.DevState.FAULT
+    assert "cannot open frame source 'nonsense'" in det.status()
+    with pytest.raises(tango.DevFailed):
+        det.Acquire()
+    rec = tango_ctx.get_device(BAD_REC)
+    assert rec.state() == tango.DevState.FAULT
+    assert "bad property InitMode 'magic'" in rec.status()
 
 
 def test_bluesky_count_over_tango_detector_into_tiled(tango_ctx, aps, tiled_server, run_engine):

@@ -83,8 +83,9 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, int], what: str) -> np.ndarr
 class SyntheticSource(FrameSource):
     """Patterns from the simulator (``cdi_beamline.physics.simulate_batch``), made on the fly.
 
-    Frames are generated ``chunk`` at a time; frame ``i`` depends only on ``seed`` and ``i``,
-    so two sources with the same arguments serve identical frames.
+    Frames are generated ``chunk`` at a time (the last one cached); frame ``i`` depends only
+    on ``(seed, chunk, i)``, so two sources with the same arguments serve identical frames,
+    read in any order.
 
     Parameters
     ----------
@@ -101,7 +102,7 @@ class SyntheticSource(FrameSource):
         True: the beamstop and module gaps of ``cdi-beamline simulate --mask``
         (``DEFAULT_MASK``); masked pixels read 0. False: the config's detector mask, if any.
     chunk : int
-        Frames simulated per call of the simulator.
+        Frames simulated per call of the simulator (at most ``n``).
     device : str
         Torch device of the simulator.
     """
@@ -132,7 +133,7 @@ class SyntheticSource(FrameSource):
         self._simulate = simulate_batch
         self.n_frames = None if n is None else int(n)
         self.seed = int(seed)
-        self.chunk = int(chunk)
+        self.chunk = int(chunk) if n is None else min(int(chunk), int(n))
         self.device = device
         self._lock = threading.Lock()  # Tango and ophyd-async may read from other threads
         self._cached: tuple[int, np.ndarray] | None = None

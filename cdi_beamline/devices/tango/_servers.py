@@ -42,8 +42,9 @@ class CDIReplayDetector(Device):
     """A simulated 2D detector replaying diffraction patterns from a frame source.
 
     ``Acquire`` waits ``exposure_time`` seconds, takes the next frame of the source
-    (wrapping around at its end), and pushes change events for ``image`` and
-    ``frame_count``. ``Rewind`` goes back to frame 0.
+    (wrapping around at its end), and pushes change events for ``image``,
+    ``frame_index`` and ``frame_count``. ``Rewind`` goes back to frame 0. A ``Source``
+    that cannot be opened leaves the device in FAULT with the reason as status.
     """
 
     Source = device_property(
@@ -132,8 +133,10 @@ class CDIReconstructor(Device):
 
     ``Reconstruct`` returns at once and works in the background: the state is RUNNING
     until the result is there (ON) or the pattern failed (FAULT). Writing a bad pattern
-    (wrong shape, NaN/inf, negative, all zero) puts the device in FAULT with a status that
-    says what is wrong; the next good pattern brings it back to ON. The engine is
+    (wrong shape, negative pixels, all zero) puts the device in FAULT with a status that
+    says what is wrong; the next good pattern brings it back to ON. (NaN/inf never get
+    here: Tango refuses non-finite float writes itself, with an error naming the element.)
+    The engine is
     :class:`cdi_beamline.pipeline.Reconstructor`, as in the CLI and the Bluesky callback.
     """
 
@@ -153,13 +156,17 @@ class CDIReconstructor(Device):
         self._iterations = int(self.Iterations)
         self._init = str(self.InitMode)
         self._seed = 0
-        self._engines: dict = {}
-        self._worker: threading.Thread | None = None
+        self._engine_key, self._engine_obj = None, None
         self._clear_result()
         for name in ("amplitude", "phase", "support", "chi2"):
             self.set_change_event(name, True, False)
-        self.set_state(DevState.ON)
-        self.set_status(f"ready: write a {self._shape[0]}x{self._shape[1]} pattern, then run Reconstruct")
+        if len(self._shape) != 2 or min(self._shape) < 32 or max(self._shape) > MAX_SIDE:
+            self._fault(f"bad property PatternShape {list(self._shape)}: need 2 sides in 32..{MAX_SIDE}")
+        elif self._init not in self.INITS:
+            self._fault(f"bad property InitMode {self._init!r}: use one of {', '.join(self.INITS)}")
+        else:
+            self.set_state(DevState.ON)
+            self.set_status(f"ready: write a {self._shape[0]}x{self._shape[1]} pattern, then run Reconstruct")
 
     def _clear_result(self):
         zeros = np.zeros(self._shape, np.float32)
@@ -259,18 +266,18 @@ class CDIReconstructor(Device):
         self.set_state(DevState.RUNNING)
         self.set_status(f"reconstructing ({self._init} start, {self._iterations} iterations)")
         job = (self._pattern, self._init, self._iterations, self._seed)
-        self._worker = threading.Thread(target=self._reconstruct, args=job, name="CDIReconstructor", daemon=True)
-        self._worker.start()
+        threading.Thread(target=self._reconstruct, args=job, name="CDIReconstructor", daemon=True).start()
 
     def _engine(self, init: str, iterations: int):
-        key = (init, iterations)
-        if key not in self._engines:
+        """The Reconstructor for these settings (the last one is kept: CNN loaded once)."""
+        if self._engine_key != (init, iterations):
             from ...config import ReconstructorConfig
             from ...pipeline import Reconstructor
 
             config = ReconstructorConfig.build(init=init, iterations=iterations)
-            self._engines = {key: Reconstructor(config, device=self.TorchDevice)}  # keep one
-        return self._engines[key]
+            self._engine_obj = Reconstructor(config, device=self.TorchDevice)
+            self._engine_key = (init, iterations)
+        return self._engine_obj
 
     def _reconstruct(self, pattern: np.ndarray, init: str, iterations: int, seed: int):
         with tango.EnsureOmniThread():
