@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -152,6 +153,7 @@ def test_replay_detector_count(RE, aps):
     (desc,) = [d for n, d in RE.docs if n == "descriptor"]
     key = desc["data_keys"]["det_image"]
     assert key["shape"] == [64, 64] and key["dtype"] == "array" and key["dtype_numpy"] == "<f4"
+    assert json.loads(desc["configuration"]["det"]["data"]["det_source_info"])["source"] == "aps34idc"
     events = [d for n, d in RE.docs if n == "event"]
     assert [e["data"]["det_frame_index"] for e in events] == [0, 1, 2, 3, 4]
     np.testing.assert_array_equal(events[3]["data"]["det_image"], aps.frame(3))
@@ -191,6 +193,7 @@ def test_hdf5_detector_writes_frames_and_stream_documents(RE, aps, tmp_path):
     (desc,) = [d for n, d in RE.docs if n == "descriptor"]
     assert desc["data_keys"]["hdet"]["shape"] == [1, 64, 64]
     assert desc["data_keys"]["hdet"]["external"] == "STREAM:"
+    assert json.loads(desc["configuration"]["hdet"]["data"]["hdet-source_info"])["crop"] == 64
     (res,) = [d for n, d in RE.docs if n == "stream_resource" and d["data_key"] == "hdet"]
     assert res["mimetype"] == "application/x-hdf5" and res["parameters"]["dataset"] == "/entry/data/data"
     datums = [d for n, d in RE.docs if n == "stream_datum" and d["stream_resource"] == res["uid"]]

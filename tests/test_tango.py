@@ -3,6 +3,7 @@ used from plain DeviceProxy clients and from Bluesky through ophyd_async.tango."
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -199,6 +200,9 @@ def test_second_runengine_talks_to_tango_again(tango_ctx, run_engine):
     run_engine(count([tdet], 3))
     events = [d for n, d in docs if n == "event"]
     assert [e["data"]["tdet-frame_index"] for e in events] == [0, 1, 2]
+    (desc,) = [d for n, d in docs if n == "descriptor"]
+    config = desc["configuration"]["tdet"]["data"]
+    assert json.loads(config["tdet-source_info"])["source"] == "aps34idc" and config["tdet-exposure_time"] == 0
 
 
 def _free_port() -> int:

@@ -8,6 +8,7 @@ Python object (:class:`FrameFileWriter`) that owns the file and the frame cursor
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Sequence
 from contextlib import suppress
@@ -26,6 +27,7 @@ from ophyd_async.core import (
     StreamResourceInfo,
     TriggerInfo,
     soft_signal_r_and_setter,
+    soft_signal_rw,
 )
 
 from ._sources import FrameSource, make_source
@@ -180,7 +182,8 @@ class ReplayHDF5Detector(StandardDetector):
     ``source`` appended to ``{directory}/{filename}.h5`` (dataset ``/entry/data/data``,
     (N, H, W) float32), announced by StreamResource/StreamDatum documents.
 
-    Event keys: ``{name}`` (external, shape [1, H, W] per event) and ``{name}-frame_index``.
+    Event keys: ``{name}`` (external, shape [1, H, W] per event) and ``{name}-frame_index``;
+    configuration: ``{name}-source_info`` (the source's ``describe()`` as JSON).
     ``stage()`` rewinds the source to frame 0.
 
     Parameters
@@ -201,4 +204,6 @@ class ReplayHDF5Detector(StandardDetector):
             _ReplayAcquireLogic(self.file_writer),
             _ReplayDataLogic(self.file_writer, path_provider),
         )
+        self.source_info = soft_signal_rw(str, initial_value=json.dumps(self.source.describe()))
+        self.add_config_signals(self.source_info)
         super().__init__(name=name)

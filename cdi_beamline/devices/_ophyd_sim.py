@@ -4,6 +4,7 @@ APS rocking scan frame by frame."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,8 @@ class ReplayDetector(Device):
     event, like ``ophyd.sim``'s image detectors.
 
     Event keys: ``{name}_image`` (H, W) float32 and ``{name}_frame_index`` (the source's
-    frame number). ``stage()`` rewinds to frame 0; each ``trigger()`` reads the next frame,
+    frame number); configuration: ``{name}_source_info`` (the source's ``describe()`` as
+    JSON). ``stage()`` rewinds to frame 0; each ``trigger()`` reads the next frame,
     wrapping around at the end of a finite source. With ``motor`` given, ``trigger()``
     instead picks the frame whose rocking angle is nearest the motor's position.
 
@@ -63,6 +65,7 @@ class ReplayDetector(Device):
 
     image = Cpt(ImageSignal, kind="hinted")
     frame_index = Cpt(Signal, value=-1, kind="normal")
+    source_info = Cpt(Signal, value="{}", kind="config")
 
     def __init__(self, source: FrameSource | str = "aps34idc", name: str = "det", motor=None, **kwargs):
         super().__init__(name=name, **kwargs)
@@ -74,6 +77,7 @@ class ReplayDetector(Device):
             )
         self.motor = motor
         self.image.shape = tuple(self.source.shape)
+        self.source_info.put(json.dumps(self.source.describe()))
         self._next = 0
 
     def stage(self):

@@ -32,7 +32,8 @@ def use_executor_of_running_loop() -> None:
 class TangoReplayDetector(TangoDevice, StandardReadable, Triggerable):
     """A ``CDIReplayDetector`` seen through ``ophyd_async.tango``: ``trigger()`` runs the
     device's ``Acquire`` command; each event holds the frame (``{name}-image``, (H, W)) and
-    its source index (``{name}-frame_index``).
+    its source index (``{name}-frame_index``); the configuration holds ``exposure_time``
+    and ``source_info`` (what the device replays, JSON).
 
     The image is read from the device at each ``read()`` (not from a cache), and the
     device pushes change events, so subscribers (live plots) see every frame. The image
@@ -53,6 +54,7 @@ class TangoReplayDetector(TangoDevice, StandardReadable, Triggerable):
     frame_index: A[SignalR[int], Format.UNCACHED_SIGNAL]
     frame_count: SignalR[int]
     exposure_time: A[SignalRW[float], Format.CONFIG_SIGNAL]
+    source_info: A[SignalR[str], Format.CONFIG_SIGNAL]
 
     def __init__(self, trl: str, name: str = ""):
         # Tango commands are CamelCase; ophyd-async children are snake_case: map them here

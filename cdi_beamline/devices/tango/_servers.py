@@ -8,6 +8,7 @@ needed): a client subscribing to ``image`` gets every frame, not a stale polled 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -84,6 +85,10 @@ class CDIReplayDetector(Device):
 
     def read_image(self):
         return self._image
+
+    @attribute(dtype=str, doc="What the device replays: the frame source's description (JSON)")
+    def source_info(self):
+        return json.dumps(self.source.describe()) if self.source is not None else "{}"
 
     @attribute(dtype=int, doc="Frames acquired since the device started")
     def frame_count(self):
