@@ -28,6 +28,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--photons", type=float, help="expected photons per pattern: Poisson noise (default: noiseless)")
     p.add_argument("--mask", action="store_true",
                    help="mask a 3-pixel beamstop and detector gaps (rows 44-45, cols 20-21)")  # fmt: skip
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -57,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n: the number of patterns must be >= 1, got {args.n}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = build_config(args.config, args.photons, args.mask)
     dev = resolve_device(args.device)
     # Record the chunk size actually used: it is part of the random stream.
