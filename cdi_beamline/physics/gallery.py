@@ -49,7 +49,9 @@ def plot_gallery(out, *, seed: int = 0, device="cpu") -> Path:
     from skimage.measure import marching_cubes
 
     names = list(GALLERY_SHAPES)
-    fig = plt.figure(figsize=(2.1 * len(names), 9.2), dpi=110)
+    fig = plt.figure(figsize=(2.1 * len(names) + 0.8, 9.2), dpi=110, layout="constrained")
+    row_axes: dict[int, list] = {1: [], 2: [], 3: []}
+    row_images = {}
     rows = ("3D shape", "pattern log$_{10}$ I", "amplitude", "phase (rad)")
     for j, name in enumerate(names):
         bounds = GALLERY_SHAPES[name]
@@ -80,14 +82,15 @@ def plot_gallery(out, *, seed: int = 0, device="cpu") -> Path:
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(rows[i], fontsize=10)
-            if j == len(names) - 1:
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+            row_axes[i].append(ax)
+            row_images[i] = im
+    for i, axes in row_axes.items():
+        fig.colorbar(row_images[i], ax=axes, fraction=0.015, pad=0.01)
     fig.suptitle(
         "Superellipsoid particles (eq. 2) with Gaussian-correlated phase (eq. 3, span 2$\\pi$), "
         "random 3D orientation; 64x64 pattern = |FFT| of the 32x32 projection",
         fontsize=11,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
