@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def events_per_s(RE, plan_factory, n: int) -> float:

@@ -71,6 +71,8 @@ def test_aps_geometry_and_errors(aps):
     assert 80 <= 10 * totals.argmax() <= 120
     big = ApsRockingSource(crop=128)
     np.testing.assert_allclose(big.frame(99)[32:96, 32:96], aps.frame(99))
+    assert aps.mask is None, "no bad pixel in the central 64x64"
+    assert (~big.mask).sum() == 1 and (big.frame(50)[~big.mask] == 0).all(), "the hot dark pixel is masked"
     with pytest.raises(ValueError, match="crop must be an even number"):
         ApsRockingSource(crop=65)
     with pytest.raises(IndexError, match="frame 201 out of range"):
