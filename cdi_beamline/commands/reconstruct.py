@@ -22,6 +22,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quantity", choices=["intensity", "modulus"], help="what INPUT holds (default intensity)")
     p.add_argument("--init", choices=["random", "support", "cnn", "nns"], help="initialisation (default random)")
     p.add_argument("--support", metavar="FILE", help="real-space support (H, W) for --init support (nonzero = inside)")
+    p.add_argument("--support-grow", type=int, default=0, metavar="PX",
+                   help="dilate the --support by PX pixels first (a loose support for shrink-wrap)")
+    p.add_argument("--positivity", action="store_true",
+                   help="require a real, non-negative object (forward CDI; not for Bragg CDI strain phases)")
     p.add_argument("--nns-index", metavar="FILE.h5", help="HDF5 from `cdi-beamline simulate` for --init nns")
     p.add_argument("--weights", help="CNN weights name for --init cnn (default DEFAULT)")
     p.add_argument("--iterations", type=int, metavar="N", help="total iterations (the schedule is scaled to N)")
@@ -46,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import Reconstructor
 
     refine_over = {"schedule": args.schedule} if args.schedule else {}
+    if args.positivity:
+        refine_over["positivity"] = True
     base = load_config(ReconstructorConfig, args.config) if args.config else ReconstructorConfig()
     values = base.model_dump()
     values["refine"] = {**values["refine"], **refine_over}
@@ -80,6 +86,13 @@ def run(args: argparse.Namespace) -> int:
     support = None
     if args.support:
         support = np.asarray(read_array(args.support)) != 0
+        if args.support_grow > 0:
+            from scipy import ndimage
+
+            grow = ndimage.generate_binary_structure(support.ndim, 1)
+            if support.ndim == 3:
+                grow[0] = grow[2] = False  # grow each frame's support in-plane only
+            support = ndimage.binary_dilation(support, structure=grow, iterations=args.support_grow)
         if support.shape not in ((H, W), (n, H, W)):
             raise ValueError(f"--support shape {support.shape} does not match the patterns: expected {(H, W)} or {(n, H, W)}")
 
@@ -151,11 +164,17 @@ def plot_reconstruction(path, pattern, obj, support, history, *, title="", quant
     im = ax[0].imshow(np.log10(np.maximum(intensity, intensity[intensity > 0].min() if (intensity > 0).any() else 1)), cmap="magma")
     ax[0].set_title("pattern, log10 intensity")
     fig.colorbar(im, ax=ax[0], shrink=0.8)
-    im = ax[1].imshow(amp, cmap="gray")
+    # Real space: zoom on the support's bounding box (with a margin), in frame pixels.
+    rows, cols = np.nonzero(support) if support.any() else (np.array([0, amp.shape[0] - 1]), np.array([0, amp.shape[1] - 1]))
+    pad = max(4, int(np.ptp(rows) + np.ptp(cols)) // 8)
+    r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad + 1, amp.shape[0])
+    c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad + 1, amp.shape[1])
+    extent = (c0 - 0.5, c1 - 0.5, r1 - 0.5, r0 - 0.5)
+    im = ax[1].imshow(amp[r0:r1, c0:c1], cmap="gray", extent=extent)
     ax[1].set_title("amplitude")
     fig.colorbar(im, ax=ax[1], shrink=0.8)
-    im = ax[2].imshow(phase, cmap="twilight_shifted")
-    ax[2].set_title("phase (unwrapped, rad)")
+    im = ax[2].imshow(phase[r0:r1, c0:c1], cmap="twilight_shifted", extent=extent)
+    ax[2].set_title("phase on the support (unwrapped, rad)")
     fig.colorbar(im, ax=ax[2], shrink=0.8)
     ax[3].semilogy(np.arange(1, len(history) + 1), np.maximum(history, 1e-12))
     ax[3].set_xlabel("iteration")
