@@ -50,7 +50,7 @@ class H5Writer:
     config : SimulationConfig or None
         Stored as the ``config`` attribute (JSON); None when the generator is unknown.
     seed : int or None
-        Stored as the ``seed`` attribute.
+        Stored as the ``seed`` attribute (-1 when None).
     """
 
     def __init__(self, path, n: int, config: SimulationConfig | None = None, *, seed: int | None = None):
