@@ -287,3 +287,64 @@ def test_bad_live_config_names_the_field(rec, tmp_path):
         LiveConfig.build(queue_policy="sometimes")
     with pytest.raises(ConfigError, match="batch_size"):
         LiveReconstruction(rec, None, data_dir=tmp_path, batch_size=0)
+
+
+def test_ophyd_async_hdf5_detector_path(rec, source, tiled_server, client, run_engine, tmp_path):
+    from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider, init_devices
+
+    from cdi_beamline.devices import ReplayHDF5Detector
+
+    with init_devices():
+        hdet = ReplayHDF5Detector(source, StaticPathProvider(UUIDFilenameProvider(), tmp_path), name="hdet")
+    cb, _ = _live(rec, tiled_server, client, batch_size=5, max_wait_s=60)
+    run_engine.subscribe(cb)
+    (raw_uid,) = run_engine(count([hdet], 5)).run_start_uids
+    assert cb.flush(timeout=120)
+    cb.close()
+    (derived,) = derived_runs(client, raw_uid)
+    assert derived.metadata["start"]["raw_image_key"] == "hdet"  # external, via StreamDatum
+    res = load_results(client, derived.metadata["start"]["uid"])
+    assert list(res["raw_seq_num"]) == [1, 2, 3, 4, 5] and list(res["status"]) == ["ok"] * 5
+    offline = rec.reconstruct(np.stack([source.frame(i) for i in range(5)]), seed=0)
+    np.testing.assert_allclose(res["chi2"], offline.chi2, rtol=1e-5)
+
+
+def test_worker_process_fed_by_0mq(source, tiled_server, client, run_engine, tmp_path):
+    """The worker in its own process, behind a real 0MQ proxy on 127.0.0.1."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from bluesky.callbacks.zmq import Publisher
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    proxy = subprocess.Popen([sys.executable, "-c", "from bluesky.callbacks.zmq import Proxy; "
+                              f"Proxy({ports[0]}, {ports[1]}).start()"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cdi_beamline.cli", "worker", "--zmq", f"127.0.0.1:{ports[1]}",
+         "--uri", tiled_server.uri, "--api-key", tiled_server.api_key, "--data-dir", str(tiled_server.data_dir),
+         "--init", "random", "--iterations", str(ITER), "--device", "cpu", "--batch-size", "4", "--max-runs", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in worker.stdout:
+            if line.startswith("listening on"):
+                break
+        time.sleep(1.0)  # 0MQ subscriptions take a moment to reach the proxy
+        run_engine.subscribe(Publisher(f"127.0.0.1:{ports[0]}"))
+        (raw_uid,) = run_engine(count([ReplayDetector(source, name="det")], 4)).run_start_uids
+        out, _ = worker.communicate(timeout=120)
+        assert worker.returncode == 0, out
+        (derived,) = derived_runs(client, raw_uid)
+        res = load_results(client, derived.metadata["start"]["uid"])
+        assert list(res["status"]) == ["ok"] * 4 and list(res["raw_seq_num"]) == [1, 2, 3, 4]
+        assert f"raw {raw_uid} -> derived {derived.metadata['start']['uid']}" in out
+    finally:
+        for p in (worker, proxy):
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)

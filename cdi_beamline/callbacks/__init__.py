@@ -7,6 +7,7 @@ hands frames to a worker thread that writes one derived run per raw run.
 from ._derived import DerivedRun, ResultRows
 from ._live import LiveReconstruction, find_image_key
 from ._reprocess import reprocess
+from ._session import LiveSession
 from ._worker import ReconstructionWorker
 
-__all__ = ["LiveReconstruction", "DerivedRun", "ResultRows", "ReconstructionWorker", "find_image_key", "reprocess"]
+__all__ = ["LiveReconstruction", "DerivedRun", "ResultRows", "ReconstructionWorker", "find_image_key", "reprocess", "LiveSession"]

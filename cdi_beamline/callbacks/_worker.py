@@ -244,6 +244,7 @@ class ReconstructionWorker:
     def _append(self, plan: FramePlan, rows: ResultRows) -> None:
         try:
             self._derived(plan).append(rows)
+            self.stats["rows"] += len(rows)
         except Exception as exc:  # noqa: BLE001 - recorded in the stop document
             logger.exception("writing results of run %s failed", plan.raw_start["uid"])
             plan.errors.append(f"result write failed: {type(exc).__name__}: {exc}")

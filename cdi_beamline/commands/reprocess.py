@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .results import add_reconstructor_options, add_store_options, build_reconstructor, open_client
+from .results import add_reconstructor_options, add_store_options, build_reconstructor, open_client, quiet_logs
 
 
 def add_parser(subparsers) -> None:
@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import LiveConfig
     from ..store import make_writer
 
+    quiet_logs()
     client = open_client(args)
     if args.data_dir is None:
         raise ValueError("reprocess needs --data-dir DIR for the result HDF5 files (readable by the Tiled server)")

@@ -63,6 +63,15 @@ def build_reconstructor(args: argparse.Namespace):
     return rec
 
 
+def quiet_logs() -> None:
+    """Keep the stack's INFO chatter (httpx, tiled, bluesky...) for ``-v``."""
+    import logging
+
+    if logging.getLogger().level > logging.DEBUG:
+        for name in ("httpx", "tiled", "alembic", "uvicorn", "bluesky", "databroker", "numexpr"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _finite(x: float) -> float | None:
     return None if not math.isfinite(x) else float(x)
 
@@ -86,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..store import derived_runs, load_results
 
+    quiet_logs()
     client = open_client(args)
     raw_uid = args.raw_uid
     if raw_uid is not None and len(raw_uid) != 36:

@@ -1,0 +1,37 @@
+"""``cdi-beamline serve``: serve a data directory with the embedded Tiled server."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a data directory (raw + derived runs) with a local Tiled server",
+        description="Start the embedded Tiled server on DIR (SQLite catalog + files; results HDF5 readable) "
+        "and keep it running until Ctrl-C. Other commands given --data-dir DIR use it while it runs.",
+    )
+    p.add_argument("--data-dir", required=True, metavar="DIR", help="data directory (created if missing)")
+    p.add_argument("--port", type=int, default=0, metavar="P", help="port (default: a free one)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import threading
+
+    from ..store import EmbeddedTiled
+
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    with EmbeddedTiled(args.data_dir, port=args.port) as server:
+        print(f"serving {server.data_dir}", flush=True)
+        print(f"  uri      {server.uri}", flush=True)
+        print(f"  api key  {server.api_key}   (also in {server.tiled_dir / 'api_key'})", flush=True)
+        print(f"  browse   {server.uri}/?api_key={server.api_key}", flush=True)
+        print("Ctrl-C to stop", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print("stopping", flush=True)
+    return 0

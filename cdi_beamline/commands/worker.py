@@ -1,0 +1,73 @@
+"""``cdi-beamline worker``: the live reconstruction worker in its own process, fed by 0MQ."""
+
+from __future__ import annotations
+
+import argparse
+
+from .results import add_reconstructor_options, add_store_options, build_reconstructor, quiet_logs
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "worker",
+        help="run LiveReconstruction in its own process, fed by bluesky's 0MQ publisher",
+        description="Subscribe to a bluesky 0MQ proxy (bluesky.callbacks.zmq: the RunEngine side does "
+        "RE.subscribe(Publisher('host:in_port')); a proxy forwards to out_port) and reconstruct every "
+        "frame of every run, writing one derived run per raw run to Tiled (--uri, or the embedded server "
+        "of --data-dir). Result HDF5 files go to DIR/results, which the Tiled server must read. The GPU "
+        "can sit on another host than the RunEngine.",
+    )
+    p.add_argument("--zmq", required=True, metavar="ADDRESS", help="the 0MQ proxy's output, host:port")
+    p.add_argument("--prefix", default="", help="only documents published with this prefix")
+    add_store_options(p)
+    add_reconstructor_options(p, init_default=None)
+    p.add_argument("--image-key", metavar="KEY", help="detector image field (default: the first 2D field)")
+    p.add_argument("--queue-policy", choices=("block", "drop"), default="block",
+                   help="full queue: block (0MQ buffers) or drop and count (default block)")
+    p.add_argument("--write-raw", action="store_true", help="also store the raw runs (if no other writer does)")
+    p.add_argument("--max-runs", type=int, metavar="N", help="exit after N runs (default: run until Ctrl-C)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from bluesky.callbacks.zmq import RemoteDispatcher
+
+    from ..callbacks import LiveSession
+    from ..config import LiveConfig, StoreConfig
+
+    quiet_logs()
+    if args.data_dir is None:
+        raise ValueError("worker needs --data-dir DIR (result HDF5 files, spool; the embedded server without --uri)")
+    if args.max_runs is not None and args.max_runs < 1:
+        raise ValueError(f"--max-runs must be >= 1, got {args.max_runs}")
+    data_dir = Path(args.data_dir).expanduser().resolve()
+    rec = build_reconstructor(args)
+    store = StoreConfig(data_dir=data_dir, uri=args.uri, api_key=args.api_key)
+    live = LiveConfig(batch_size=args.batch_size, queue_policy=args.queue_policy, image_key=args.image_key,
+                      data_dir=data_dir)
+    dispatcher = RemoteDispatcher(args.zmq, prefix=args.prefix.encode())
+    stops = []
+
+    def _count_stops(name, doc):
+        if name == "stop":
+            stops.append(doc["run_start"])
+            print(f"raw run {doc['run_start']} done ({len(stops)})", flush=True)
+            if args.max_runs and len(stops) >= args.max_runs:
+                dispatcher.loop.call_soon(dispatcher._task.cancel)
+
+    with LiveSession(rec, store, live, write_raw=args.write_raw) as session:
+        session.subscribe(dispatcher)
+        dispatcher.subscribe(_count_stops)
+        print(f"listening on {args.zmq}; results to {session.client.uri}", flush=True)
+        try:
+            dispatcher.start()
+        except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or --max-runs reached
+            pass
+        print("finishing queued frames ...", flush=True)
+        session.finish()
+        for raw_uid in stops:
+            print(f"raw {raw_uid} -> derived {session.callback.derived_uid(raw_uid)}", flush=True)
+    return 0
