@@ -139,3 +139,20 @@ def test_aps_frame99_random_start_reaches_paper_level_chi2(shared_data):
         sizes = np.bincount(labels.ravel())[1:]
         assert sizes.max() >= 0.95 * s.sum(), sizes  # one particle
         assert 150 <= s.sum() <= 450  # ~16-19 px across, not the whole Support 2
+
+
+def test_nns_init_from_a_simulated_h5(tmp_path):
+    """Round trip through the physics package's HDF5: a query from the index starts at its
+    own object, so the refinement starts (and ends) near chi² 0."""
+    from cdi_beamline.physics import simulate_batch, write_h5
+
+    batch = simulate_batch(48, seed=7, device="cpu")
+    path = write_h5(tmp_path / "ref.h5", batch)
+    rec = Reconstructor(ReconstructorConfig.build(init="nns", nns_index=str(path), **FAST), device="cpu")
+    frames = batch.modulus[[3, 30]].numpy() ** 2
+    out = rec.reconstruct(frames)
+    assert out.init == ["nns", "nns"]
+    assert out.chi2_history[:, 0].max() < 1e-3, out.chi2_history[:, 0]
+    assert (out.chi2 < 1e-3).all()
+    with pytest.raises(ValueError, match="needs ReconstructorConfig.nns_index"):
+        Reconstructor(ReconstructorConfig.build(init="nns"), device="cpu").reconstruct(frames)

@@ -84,7 +84,7 @@ class NearestNeighbourIndex:
             from ..physics import read_h5
         except ImportError as exc:
             raise RuntimeError(f"NNS from HDF5 needs cdi_beamline.physics.read_h5: {exc}") from exc
-        data = read_h5(path)
+        data = read_h5(path, params=False)
         missing = [k for k in ("modulus", "amplitude", "phase", "support") if k not in data]
         if missing:
             raise ValueError(f"{path}: NNS index needs datasets {missing}")
