@@ -83,6 +83,17 @@ def test_reconstructor_round_trip_matches_offline(reconstructor, aps):
     np.testing.assert_array_equal(support, expected.support[0])
     assert reconstructor.chi2 < 0.05, "the measured top-of-rocking-curve frame phases well"
 
+    # a mask (True = measured) goes to the engine too
+    mask = np.ones((64, 64), bool)
+    mask[30:35, 30:35] = False
+    reconstructor.mask = mask
+    reconstructor.Reconstruct()
+    assert wait_idle(reconstructor) == tango.DevState.ON, reconstructor.status()
+    masked = offline.reconstruct(pattern[None], mask=mask, seed=5)
+    np.testing.assert_allclose(reconstructor.chi2, masked.chi2[0], rtol=1e-5)
+    assert masked.chi2[0] != expected.chi2[0]
+    reconstructor.mask = np.ones((64, 64), bool)  # clear it
+
 
 def test_detector_pushes_change_events(tango_ctx, aps):
     det = tango_ctx.get_device(DET)
@@ -135,6 +146,9 @@ def test_bad_pattern_faults_with_clear_status_and_recovers(reconstructor, aps):
         reconstructor.pattern = nan
     with pytest.raises(tango.DevFailed, match="init_mode must be one of cnn, random"):
         reconstructor.init_mode = "magic"
+
+    with pytest.raises(tango.DevFailed, match="mask shape 64x32 differs"):
+        reconstructor.mask = np.ones((64, 32), bool)
 
     reconstructor.pattern = aps.frame(100)  # the next good pattern recovers
     assert reconstructor.state() == tango.DevState.ON

@@ -158,6 +158,7 @@ class CDIReconstructor(Device):
         super().init_device()
         self._shape = tuple(int(v) for v in self.PatternShape)
         self._pattern: np.ndarray | None = None
+        self._mask: np.ndarray | None = None
         self._iterations = int(self.Iterations)
         self._init = str(self.InitMode)
         self._seed = 0
@@ -213,6 +214,25 @@ class CDIReconstructor(Device):
         self._pattern = frame
         self.set_state(DevState.ON)
         self.set_status(f"pattern {frame.shape[0]}x{frame.shape[1]} ready ({frame.sum():.4g} counts)")
+
+    mask = _image("Measured pixels (True) of the patterns; write an all-True image to clear", writable=True,
+                  dtype=bool)
+
+    def read_mask(self):
+        return self._mask if self._mask is not None else np.ones(self._shape, bool)
+
+    def is_mask_allowed(self, req_type):
+        return req_type == tango.AttReqType.READ_REQ or self.get_state() != DevState.RUNNING
+
+    def write_mask(self, value):
+        mask = np.asarray(value, dtype=bool)
+        if mask.shape != self._shape:
+            tango.Except.throw_exception(
+                "CDI_BadMask", f"mask shape {mask.shape[0]}x{mask.shape[1]} differs from the pattern's "
+                f"{self._shape[0]}x{self._shape[1]}", "write_mask")
+        if not mask.any():
+            tango.Except.throw_exception("CDI_BadMask", "mask marks no pixel as measured", "write_mask")
+        self._mask = None if mask.all() else mask
 
     amplitude = _image("Amplitude |object| of the last reconstruction")
     phase = _image("Phase of the last reconstruction (radians, wrapped to (-pi, pi])", unit="rad")
@@ -270,7 +290,7 @@ class CDIReconstructor(Device):
             tango.Except.throw_exception("CDI_NoPattern", "no pattern: write the `pattern` attribute first", "Reconstruct")
         self.set_state(DevState.RUNNING)
         self.set_status(f"reconstructing ({self._init} start, {self._iterations} iterations)")
-        job = (self._pattern, self._init, self._iterations, self._seed)
+        job = (self._pattern, self._mask, self._init, self._iterations, self._seed)
         threading.Thread(target=self._reconstruct, args=job, name="CDIReconstructor", daemon=True).start()
 
     def _engine(self, init: str, iterations: int):
@@ -284,11 +304,11 @@ class CDIReconstructor(Device):
             self._engine_key = (init, iterations)
         return self._engine_obj
 
-    def _reconstruct(self, pattern: np.ndarray, init: str, iterations: int, seed: int):
+    def _reconstruct(self, pattern: np.ndarray, mask: np.ndarray | None, init: str, iterations: int, seed: int):
         with tango.EnsureOmniThread():
             t0 = time.perf_counter()
             try:
-                out = self._engine(init, iterations).reconstruct(pattern[None], seed=seed)
+                out = self._engine(init, iterations).reconstruct(pattern[None], mask=mask, seed=seed)
             except Exception as exc:  # the device must report, not die
                 self._fault(f"reconstruction failed: {type(exc).__name__}: {exc}")
                 return
