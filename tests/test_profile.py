@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ print("RESULT " + json.dumps({
 
 
 def test_profile_starts_in_ipython_and_runs_a_scan(tmp_path):
+    # a copy, as a beamline would make: IPython writes history and logs into the profile
+    profile = shutil.copytree(PROFILE / "startup", tmp_path / "profile_cdi" / "startup").parent
     env = {
         **os.environ,
         "CDI_DATA_DIR": str(tmp_path / "data"),
@@ -38,7 +41,7 @@ def test_profile_starts_in_ipython_and_runs_a_scan(tmp_path):
     env.pop("CDI_TILED_URI", None)
     ipython = Path(sys.executable).with_name("ipython")
     proc = subprocess.run(
-        [str(ipython), f"--profile-dir={PROFILE}", "--no-banner", "--colors=NoColor", "-c", "import json\n" + SCRIPT],
+        [str(ipython), f"--profile-dir={profile}", "--no-banner", "--colors=NoColor", "-c", "import json\n" + SCRIPT],
         env=env, capture_output=True, text=True, timeout=240,
     )
     out = proc.stdout + proc.stderr
