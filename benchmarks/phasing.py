@@ -142,7 +142,8 @@ def main() -> None:
     device = resolve_device(args.device)
     cfg = RefineConfig()
     moduli, source = patterns(args.n, args.seed)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+          f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}")
     print(f"patterns: {source}; schedule {cfg.schedule} (cohere: {COHERE_SEQUENCE}); shrink-wrap from "
           f"{cfg.shrinkwrap_start} every {cfg.shrinkwrap_every}, sigma {cfg.shrinkwrap_sigma}, threshold {cfg.shrinkwrap_threshold}")
