@@ -142,8 +142,10 @@ class Reconstructor:
         """
         frame_list = self._as_frame_list(frames)
         B = len(frame_list)
-        first = next((np.shape(f) for f in frame_list if np.ndim(f) == 2), None)
-        reasons = [validate_frame(f, first, saturation=self.config.saturation) for f in frame_list]
+        alone = [validate_frame(f, saturation=self.config.saturation) for f in frame_list]
+        # The batch's shape: that of the first frame that is good on its own.
+        first = next((np.shape(f) for f, r in zip(frame_list, alone) if r is None), None)
+        reasons = [r or validate_frame(f, first) for f, r in zip(frame_list, alone)]
         H, W = first or (0, 0)
         mask_t = self._per_frame("mask", mask, B, (H, W)) if first else None
         support_t = self._per_frame("support", support, B, (H, W)) if first else None

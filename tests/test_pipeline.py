@@ -61,23 +61,24 @@ def test_bad_frames_are_flagged_and_the_rest_reconstructed(pattern):
     frame, _ = pattern
     bad_nan = frame.copy()
     bad_nan[10, 10] = np.nan
-    frames = [frame, bad_nan, np.zeros_like(frame), frame * 3.0, np.ones((N, N + 2)), -frame]
+    frames = [np.ones((16, 16)), frame, bad_nan, np.zeros_like(frame), frame * 3.0, np.ones((N, N + 2)), -frame]
     rec = Reconstructor(ReconstructorConfig.build(**FAST), device="cpu")
     out = rec.reconstruct(frames, seed=1)
-    assert out.status == ["ok", "bad", "bad", "ok", "bad", "bad"]
-    assert "NaN" in out.reason[1] and "all zero" in out.reason[2]
-    assert "differs" in out.reason[4] and "negative" in out.reason[5]
-    assert out.reason[0] == out.reason[3] == ""
-    assert np.isnan(out.chi2[[1, 2, 4, 5]]).all() and np.isnan(out.chi2_history[1]).all()
-    assert out.object.shape == (6, N, N) and out.object.dtype == np.complex64
-    assert out.chi2_history.shape == (6, 100)
-    assert (out.chi2[[0, 3]] < 0.05).all()
-    assert not out.object[1].any() and out.support[0].any()
+    assert out.status == ["bad", "ok", "bad", "bad", "ok", "bad", "bad"]
+    assert "16x16 is not supported" in out.reason[0]  # a bad first frame does not set the shape
+    assert "NaN" in out.reason[2] and "all zero" in out.reason[3]
+    assert "differs from the batch's 64x64" in out.reason[5] and "negative" in out.reason[6]
+    assert out.reason[1] == out.reason[4] == ""
+    assert np.isnan(out.chi2[[0, 2, 3, 5, 6]]).all() and np.isnan(out.chi2_history[2]).all()
+    assert out.object.shape == (7, N, N) and out.object.dtype == np.complex64
+    assert out.chi2_history.shape == (7, 100)
+    assert (out.chi2[[1, 4]] < 0.05).all()
+    assert not out.object[2].any() and out.support[1].any()
     # amplitude/phase are the object's; the object is on the data's modulus scale.
-    np.testing.assert_allclose(out.amplitude[3], np.abs(out.object[3]), rtol=1e-5)
-    recomputed = to_detector(torch.from_numpy(out.object[[0, 3]])).abs()
+    np.testing.assert_allclose(out.amplitude[4], np.abs(out.object[4]), rtol=1e-5)
+    recomputed = to_detector(torch.from_numpy(out.object[[1, 4]])).abs()
     data = torch.from_numpy(np.sqrt(np.stack([frame, frame * 3.0])))
-    np.testing.assert_allclose(chi2(recomputed, data).numpy(), out.chi2[[0, 3]], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(chi2(recomputed, data).numpy(), out.chi2[[1, 4]], rtol=1e-3, atol=1e-6)
     assert 0.5 < float(recomputed[1].norm() / data[1].norm()) < 1.5
 
 

@@ -215,7 +215,7 @@ def refine(
 
     # Data in FFT order, normalised per frame (scale restored on exit).
     M = _to_fft_order(modulus.to(torch.float32))
-    measured = None if mask is None else _to_fft_order(mask.expand(B, H, W)).contiguous()
+    measured = None if mask is None else _to_fft_order(mask.to(device).expand(B, H, W)).contiguous()
     Mm = M if measured is None else M * measured
     scale = Mm.square().sum((-2, -1)).sqrt().clamp_min(_EPS)  # (B,)
     Mm = (Mm / scale[:, None, None]).contiguous()
