@@ -90,6 +90,7 @@ def test_simulate_reads_a_config_file(tmp_path):
         (["--n", "2", "--seed", "-1"], "--seed must be >= 0"),
         (["--n", "2", "--photons", "-5"], "SimulationConfig.detector.photons"),
         (["--n", "2", "--device", "tpu"], "unknown device"),
+        (["--n", "2", "--threads", "0"], "--threads must be >= 1"),
     ],
 )
 def test_simulate_refuses_bad_arguments(tmp_path, capsys, args, message):
