@@ -110,6 +110,13 @@ def test_seeds_reproduce_and_differ():
         assert torch.equal(one.params[k], two.params[k]), k
     assert not torch.allclose(one.modulus, other.modulus)
     assert not torch.allclose(one.modulus[:3], one.modulus[3:5].repeat(2, 1, 1)[:3])  # chunks differ
+    # A data set's first patterns do not depend on how many follow (up to float rounding:
+    # the last chunk is computed with another batch size).
+    longer = simulate_batch(8, cfg, seed=11, device=CPU)
+    for name in ("modulus", "amplitude"):
+        torch.testing.assert_close(getattr(longer, name)[:5], getattr(one, name), rtol=1e-5, atol=1e-6)
+    for k in one.params:
+        torch.testing.assert_close(longer.params[k][:5], one.params[k], rtol=1e-6, atol=1e-6)
 
 
 def test_particles_fit_the_central_grid_and_rotations_are_proper():
@@ -174,7 +181,7 @@ def test_phase_field_covariance_is_eq3_rotated():
     n = 32
     rot = random_rotations(1, torch.Generator().manual_seed(1), CPU).expand(n, 3, 3)
     params = {"a": torch.ones(n), "rotation": rot, **{k: torch.full((n,), float(v)) for k, v in zip(("Lx", "Ly", "Lz"), L)}}
-    f = _phase_field(params, grid, torch.Generator().manual_seed(2))
+    f = _phase_field(params, grid, torch.Generator().manual_seed(2), n)
     f = f - f.mean((1, 2, 3), keepdim=True)
     power = torch.fft.rfftn(f, dim=(1, 2, 3)).abs() ** 2
     acf = torch.fft.irfftn(power, s=f.shape[1:], dim=(1, 2, 3)).mean(0)

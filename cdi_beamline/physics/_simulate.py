@@ -163,7 +163,7 @@ def _chunks(n: int, config: SimulationConfig, seed: int, dev: torch.device, keep
     chunk = chunk_size(config, dev)
     for k, start in enumerate(range(0, n, chunk)):
         gen = torch.Generator(device=dev).manual_seed(_chunk_seed(seed, k))
-        yield _simulate_chunk(min(chunk, n - start), config, grid, gen, keep_field)
+        yield _simulate_chunk(min(chunk, n - start), chunk, config, grid, gen, keep_field)
 
 
 def chunk_size(config: SimulationConfig, device) -> int:
@@ -262,12 +262,14 @@ def detector_mask(detector: DetectorConfig, device) -> torch.Tensor | None:
     return mask
 
 
-def _sample_params(n: int, config: SimulationConfig, gen: torch.Generator, device) -> dict[str, torch.Tensor]:
+def _sample_params(
+    n: int, draws: int, config: SimulationConfig, gen: torch.Generator, device
+) -> dict[str, torch.Tensor]:
     lo = torch.tensor([getattr(config, k)[0] for k in SCALAR_PARAMS], device=device)
     hi = torch.tensor([getattr(config, k)[1] for k in SCALAR_PARAMS], device=device)
-    u = torch.rand(n, len(SCALAR_PARAMS), generator=gen, device=device)
+    u = torch.rand(draws, len(SCALAR_PARAMS), generator=gen, device=device)[:n]
     p = dict(zip(SCALAR_PARAMS, (lo + (hi - lo) * u).unbind(1)))
-    rotation = random_rotations(n, gen, device)
+    rotation = random_rotations(draws, gen, device)[:n]
     if not config.rotate:
         rotation = torch.eye(3, device=device).expand(n, 3, 3).clone()
     # Shrink particles whose bounding sphere would leave the grid (any orientation fits).
@@ -297,7 +299,7 @@ def _shape(p: dict[str, torch.Tensor], config: SimulationConfig, grid: _Grid) ->
     return d.mul_(1 / (math.sqrt(2) * config.edge_sigma)).erfc_().mul_(0.5)
 
 
-def _phase_field(p: dict[str, torch.Tensor], grid: _Grid, gen: torch.Generator) -> torch.Tensor:
+def _phase_field(p: dict[str, torch.Tensor], grid: _Grid, gen: torch.Generator, draws: int) -> torch.Tensor:
     """Eq. 3: white noise convolved with the rotated anisotropic Gaussian, (n, nz, 32, 32)."""
     n = p["a"].shape[0]
     R = p["rotation"]
@@ -305,7 +307,7 @@ def _phase_field(p: dict[str, torch.Tensor], grid: _Grid, gen: torch.Generator) 
     # Lab covariance of the kernel's Fourier transform exp(-q^T C q / 2), C = R diag(L^2) R^T.
     C = (R * lam.unsqueeze(1)) @ R.transpose(1, 2)
     quad = ((C.reshape(3 * n, 3) @ grid.q).view(n, 3, -1) * grid.q).sum(1)
-    noise = torch.randn(quad.shape, generator=gen, device=quad.device, dtype=torch.complex64)
+    noise = torch.randn((draws, quad.shape[1]), generator=gen, device=quad.device, dtype=torch.complex64)[:n]
     # Clamping the exponent keeps exp() out of the (slow, irrelevant) denormal range.
     kept = noise.mul_(torch.exp(quad.clamp_(max=100.0).mul_(-0.5)))
     spectrum = torch.zeros(n, math.prod(grid.half_shape), dtype=torch.complex64, device=quad.device)
@@ -318,12 +320,14 @@ def _phase_field(p: dict[str, torch.Tensor], grid: _Grid, gen: torch.Generator) 
 
 
 def _simulate_chunk(
-    n: int, config: SimulationConfig, grid: _Grid, gen: torch.Generator, keep_field: bool
+    n: int, draws: int, config: SimulationConfig, grid: _Grid, gen: torch.Generator, keep_field: bool
 ) -> SimulatedBatch:
+    """The first ``n`` patterns of a chunk of ``draws``: random numbers are drawn for the whole
+    chunk, so a data set's first k patterns do not depend on how many follow."""
     dev = grid.r.device
-    p = _sample_params(n, config, gen, dev)
+    p = _sample_params(n, draws, config, gen, dev)
     s = _shape(p, config, grid)
-    phi = _phase_field(p, grid, gen).reshape(n, -1).index_select(1, grid.index)
+    phi = _phase_field(p, grid, gen, draws).reshape(n, -1).index_select(1, grid.index)
     # Scale the phase inside the particle (s > 1/2) to [-span/2, span/2].
     inside = s > 0.5
     lo = torch.where(inside, phi, math.inf).amin(dim=1, keepdim=True)
