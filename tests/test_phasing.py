@@ -81,13 +81,17 @@ def test_shrinkwrap_tightens_a_loose_support(blob):
     loose[N // 2 - 16 : N // 2 + 16, N // 2 - 16 : N // 2 + 16] = True
     cfg = RefineConfig(schedule="(HIO**80 * ER**20)**3", shrinkwrap_start=50, support2_size=0.5)
     res = refine(modulus[None].expand(4, N, N), init=InitialEstimate(support=loose[None].expand(4, N, N)), config=cfg, seed=2)
-    # Up to translation/twin the support should sit on the object: compare areas and overlap.
-    true_area = support.sum().item()
-    areas = res.support.sum((-2, -1)).float()
-    assert (areas < 0.6 * loose.sum()).all(), areas
-    assert ((areas - true_area).abs() < 0.35 * true_area).float().mean() >= 0.5, (areas, true_area)
     best = min(range(4), key=lambda i: res.chi2[i].item())
     assert res.chi2[best] < 1e-3
+    areas = res.support.sum((-2, -1)).float()
+    assert (areas < 0.6 * loose.sum()).all(), areas
+    # Up to translation and twin, the support sits on the object, a little wider (blur).
+    true_area = support.sum().item()
+    assert 0.9 * true_area < areas[best] < 1.6 * true_area, (areas, true_area)
+    pair = align(res.object[best], obj)
+    s = res.support[best].numpy()
+    s = np.roll(invert(s) if pair.twin else s, pair.shift, axis=(0, 1))
+    assert (s & support.numpy()).sum() >= 0.95 * true_area
 
 
 def test_chi2_is_scale_invariant_and_zero_for_the_truth(blob):

@@ -4,7 +4,8 @@ Internally the loop runs in *FFT order* (origin at pixel (0, 0) in both spaces),
 no shift is needed per iteration: the centred arrays of :mod:`cdi_beamline.fourier` are
 moved into FFT order once on entry (:func:`_to_fft_order`) and back once on exit.
 ``to_detector(o) == fftshift(fft2(ifftshift(o)))``, hence with ``o_u = ifftshift(o)``
-and ``F_u = ifftshift(F)`` the loop simply computes ``F_u = fft2(o_u, norm="ortho")``.
+and ``F_u = ifftshift(F)`` the loop simply computes ``F_u = fft2(o_u, norm="ortho")``
+(in practice unscaled FFTs, with the factors folded into the data: same result).
 
 All three algorithms are one update ``x <- a * x + b * P_M(x)`` with real
 coefficient maps built from the support S (recomputed only when S changes):
@@ -145,6 +146,11 @@ def _gaussian_transfer(shape: tuple[int, int], sigma: float, device) -> torch.Te
     return torch.exp(-2.0 * (math.pi * sigma) ** 2 * (fy**2 + fx**2)).to(torch.float32)
 
 
+def _abs2(z: torch.Tensor) -> torch.Tensor:
+    """|z|² as a contiguous real tensor (several times faster on CPU than ``z.abs()``)."""
+    return (z * z.conj()).real.contiguous()
+
+
 def _coefficients(alg: str, beta: float, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Real maps (a, b) of the update ``x <- a x + b P_M(x)`` for support ``s`` (float)."""
     out = 1.0 - s
@@ -221,6 +227,8 @@ def refine(
     Mm = (Mm / scale[:, None, None]).contiguous()
     smm = Mm.square().sum((-2, -1))
     unmeasured = None if measured is None else (~measured).to(torch.float32)
+    Mr = Mm * (1.0 / math.sqrt(H * W))  # the data in the units of the unscaled FFT, / (HW)
+    unmeasured_r = None if unmeasured is None else unmeasured * (1.0 / (H * W))
 
     support2 = _to_fft_order(square_support((H, W), config.support2_size, device))
     if init is not None and init.support is not None:
@@ -231,7 +239,7 @@ def refine(
     if init is not None and init.object is not None:
         x = _to_fft_order(init.object.to(device=device, dtype=torch.complex64)).clone()
         # Put the given object on the data's scale with the optimal factor.
-        a = torch.fft.fft2(x, norm="ortho").abs()
+        a = _abs2(torch.fft.fft2(x, norm="ortho")).sqrt_()
         w = 1.0 if measured is None else measured
         s = (a * Mm * w).sum((-2, -1)) / (a.square() * w).sum((-2, -1)).clamp_min(_EPS)
         x *= s[:, None, None]
@@ -242,9 +250,9 @@ def refine(
     blur = _gaussian_transfer((H, W), config.shrinkwrap_sigma, device) if config.shrinkwrap else None
     history = torch.empty((T, B), dtype=torch.float32, device=device)
     coeff_key = None
-    # Element-wise work stays on complex-by-complex or contiguous real tensors: this
-    # torch's CPU kernels for complex abs and for broadcasting over view_as_real's last
-    # axis are several times slower than an FFT.
+    # Element-wise work stays on complex-by-complex or contiguous real tensors: on CPU,
+    # torch's complex abs, strided real/imag arithmetic and broadcasting over
+    # view_as_real's last axis each cost as much as an FFT.
     for it, (alg, beta) in enumerate(steps):
         beta = config.beta if beta is None else beta
         if (
@@ -258,18 +266,19 @@ def refine(
             ca, cb = (c.to(torch.complex64) for c in _coefficients(alg, beta, S.to(torch.float32)))
             coeff_key = (alg, beta)
 
-        F = torch.fft.fft2(x, norm="ortho")
-        amp2 = torch.addcmul(F.real.square(), F.imag, F.imag)
+        F = torch.fft.fft2(x, norm="backward")  # unscaled: sqrt(HW) x the unitary transform
+        amp2 = _abs2(F)
         amp = amp2.sqrt()
         # chi² history from the |F| the projection needs anyway: two reductions.
         spm = (amp * Mm).sum((-2, -1))
         spp = (amp2 if measured is None else amp2 * measured).sum((-2, -1))
         history[it] = 1.0 - spm.square() / (spp * smm).clamp_min(_EPS)
-        # Modulus projection: F *= M/|F| on measured pixels, 1 elsewhere.
+        # Modulus projection: F *= M/|F| on measured pixels, 1 elsewhere; the 1/(HW) of
+        # the unscaled inverse FFT is folded into the ratio (one pass instead of three).
         amp.add_(_EPS)
-        ratio = Mm / amp if unmeasured is None else torch.addcmul(Mm, unmeasured, amp).div_(amp)
+        ratio = Mr / amp if unmeasured is None else torch.addcmul(Mr, unmeasured_r, amp).div_(amp)
         F.mul_(ratio.to(torch.complex64))
-        y = torch.fft.ifft2(F, norm="ortho")
+        y = torch.fft.ifft2(F, norm="forward")  # unscaled
         if config.positivity:
             # The constraint set is {real, >= 0, inside S}: project y onto real values and
             # treat negative pixels as outside the support for this iteration.
@@ -284,7 +293,7 @@ def refine(
             progress(it + 1, T)
 
     obj = x * S
-    final = chi2(torch.fft.fft2(obj, norm="ortho").abs(), Mm, measured)
+    final = chi2(_abs2(torch.fft.fft2(obj, norm="ortho")).sqrt_(), Mm, measured)
     obj *= scale[:, None, None]
     return RefineResult(
         object=_from_fft_order(obj),
@@ -301,7 +310,7 @@ def _shrinkwrap(x, blur, threshold, support2, previous):
     Frames whose new support would be empty keep their previous support.
     """
     H, W = x.shape[-2:]
-    smooth = torch.fft.irfft2(torch.fft.rfft2(x.abs()) * blur, s=(H, W))
+    smooth = torch.fft.irfft2(torch.fft.rfft2(_abs2(x).sqrt_()) * blur, s=(H, W))
     peak = smooth.amax((-2, -1), keepdim=True)
     new = (smooth > threshold * peak) & support2
     empty = ~new.any(dim=(-2, -1), keepdim=True)
