@@ -157,3 +157,17 @@ def test_nns_init_from_a_simulated_h5(tmp_path):
     assert (out.chi2 < 1e-3).all()
     with pytest.raises(ValueError, match="needs ReconstructorConfig.nns_index"):
         Reconstructor(ReconstructorConfig.build(init="nns"), device="cpu").reconstruct(frames)
+
+
+def test_cnn_init_with_the_shipped_weights(pattern):
+    from cdi_beamline.models import CDINetWeights
+
+    frame, _ = pattern
+    rec = Reconstructor(ReconstructorConfig.build(init="cnn", **FAST), device="cpu")
+    out = rec.reconstruct(np.stack([frame, frame]))
+    assert out.status == ["ok", "ok"] and out.init == ["cnn (DEFAULT)"] * 2
+    # The CNN is deterministic: both frames start (and end) identically.
+    np.testing.assert_array_equal(out.chi2_history[0], out.chi2_history[1])
+    assert np.isfinite(out.chi2).all()
+    weights = rec.describe()["weights"]
+    assert weights["sha256"] == CDINetWeights.DEFAULT.sha256 and weights["id"] == CDINetWeights.DEFAULT.id

@@ -70,6 +70,25 @@ def test_mask_zeros_and_modulus_quantity(tmp_path):
         assert json.loads(f.attrs["config"])["refine"]["schedule"] == "(HIO**40 * ER**10)**2"
 
 
+def test_support_init_from_a_file_grown_and_with_positivity(tmp_path):
+    yy, xx = np.mgrid[:N, :N] - N // 2
+    support = ((yy / 8) ** 2 + (xx / 8) ** 2) <= 1
+    intensity = (to_detector(torch.from_numpy(support.astype(np.complex64))).abs() ** 2).numpy()
+    np.save(tmp_path / "i.npy", intensity)
+    np.save(tmp_path / "s.npy", support)
+    out = tmp_path / "o.h5"
+    assert main(["reconstruct", str(tmp_path / "i.npy"), "--out", str(out), "--init", "support",
+                 "--support", str(tmp_path / "s.npy"), "--support-grow", "3", "--positivity",
+                 "--iterations", "120", "--device", "cpu"]) == 0
+    with h5py.File(out) as f:
+        cfg = json.loads(f.attrs["config"])
+        assert cfg["init"] == "support" and cfg["refine"]["positivity"] is True
+        assert f["chi2"][0] < 1e-3
+        obj = f["object"][0]
+    # Positivity: a real, non-negative object (up to the stored global-phase convention).
+    assert np.abs(obj.imag).max() < 1e-3 * np.abs(obj).max()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
