@@ -245,9 +245,10 @@ class Reconstructor:
         if init == "cnn":
             if (H, W) != (64, 64):
                 return None, f"random (cnn needs 64x64 frames, got {H}x{W})"
+            net = self._cnn()
             from .models import initial_estimate
 
-            return initial_estimate(self._cnn(), modulus), f"cnn ({self.config.weights})"
+            return initial_estimate(net, modulus), f"cnn ({self.config.weights})"
         index = self._index()
         if (H, W) != index.pattern_shape:
             return None, f"random (nns index holds {index.pattern_shape[0]}x{index.pattern_shape[1]} patterns, got {H}x{W})"
@@ -269,8 +270,6 @@ class Reconstructor:
 
     def _index(self):
         if self._nns is None:
-            if self.config.nns_index is None:
-                raise ValueError("init='nns' needs ReconstructorConfig.nns_index (an HDF5 written by `simulate`)")
             from .phasing.nns import NearestNeighbourIndex
 
             self._nns = NearestNeighbourIndex.from_h5(self.config.nns_index, device=self.device)

@@ -155,8 +155,8 @@ def test_nns_init_from_a_simulated_h5(tmp_path):
     assert out.init == ["nns", "nns"]
     assert out.chi2_history[:, 0].max() < 1e-3, out.chi2_history[:, 0]
     assert (out.chi2 < 1e-3).all()
-    with pytest.raises(ValueError, match="needs ReconstructorConfig.nns_index"):
-        Reconstructor(ReconstructorConfig.build(init="nns"), device="cpu").reconstruct(frames)
+    with pytest.raises(ConfigError, match="init='nns' needs nns_index"):
+        ReconstructorConfig.build(init="nns")
 
 
 def test_cnn_init_with_the_shipped_weights(pattern):

@@ -65,11 +65,6 @@ def run(args: argparse.Namespace) -> int:
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = ReconstructorConfig.build(**values)
-    if config.init == "cnn":
-        try:
-            from ..models import initial_estimate  # noqa: F401
-        except ImportError as exc:
-            raise RuntimeError(f"--init cnn is not available yet: cdi_beamline.models has no initial_estimate ({exc})") from None
     if config.init == "support" and not args.support:
         raise ValueError("--init support needs --support FILE")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ._base import FrozenModel
 from .refine import RefineConfig
@@ -40,3 +40,9 @@ class ReconstructorConfig(FrozenModel):
 
     saturation: float | None = Field(None, gt=0)
     """Frames with a pixel at or above this value (in ``quantity`` units) are refused."""
+
+    @model_validator(mode="after")
+    def _nns_needs_an_index(self) -> "ReconstructorConfig":
+        if self.init == "nns" and not self.nns_index:
+            raise ValueError("init='nns' needs nns_index (an HDF5 written by `cdi-beamline simulate`)")
+        return self
