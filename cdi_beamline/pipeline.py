@@ -9,7 +9,6 @@ bad frame, so a live scan keeps running.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
