@@ -94,6 +94,7 @@ def test_support_init_from_a_file_grown_and_with_positivity(tmp_path):
     [
         (["--schedule", "ER**0"], "positive integer"),
         (["--init", "support"], "--init support needs --support FILE"),
+        (["--threads", "0"], "--threads must be >= 1"),
         (["--mask", "MASK"], "--mask shape (8, 8) does not match"),
     ],
 )

@@ -34,6 +34,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--mask-zeros", action="store_true", help="also treat zero-valued pixels as unmeasured")
     p.add_argument("--config", metavar="FILE", help="ReconstructorConfig as JSON/YAML (options above override it)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (default auto)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (default torch's; 1 avoids spin-waiting on a busy machine)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
     p.add_argument("--batch-size", type=int, help="frames refined together (default 64)")
     p.add_argument("--plot", metavar="PNG", help="draw pattern, amplitude, unwrapped phase, chi² of the first good frame")
@@ -43,12 +45,17 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import h5py
     import numpy as np
+    import torch
     from tqdm import tqdm
 
     from ..config import ReconstructorConfig, load_config
     from ..io import read_array, read_patterns
     from ..pipeline import Reconstructor
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)  # this process is ours: a global setting is fine
     refine_over = {"schedule": args.schedule} if args.schedule else {}
     if args.positivity:
         refine_over["positivity"] = True
