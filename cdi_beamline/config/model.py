@@ -191,7 +191,7 @@ def cpu_recipe() -> TrainConfig:
         schedule="onecycle",
         onecycle_pct_start=0.05,
         grad_clip=1.0,
-        max_minutes=75.0,
+        max_minutes=88.0,
         num_threads=1,
         log_every=50,
         eval_every=500,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..fourier import embed_centre
-from .inference import initial_estimate, predict
+from .inference import SUPPORT_THRESHOLD, initial_estimate, predict
 from .loss import predicted_modulus
 from .network import CDINet
 
@@ -226,13 +226,15 @@ def refinement_curves(net: CDINet, data, match, k: int, repeats: int, seed: int,
             "runs": int(len(final)),
             "seconds_per_pattern": (time.perf_counter() - t0) / len(final),
         }
+        # chi² spans decades: mean and sd of log10 chi² (a band that fits a log axis).
         it = np.arange(hist.shape[1])
-        mean, sd = hist.mean(0), hist.std(0)
-        ax.plot(it, mean, color=colour, label=name)
-        ax.fill_between(it, np.clip(mean - sd, 1e-6, None), mean + sd, color=colour, alpha=0.2)
+        logs = np.log10(np.clip(hist, 1e-12, None))
+        mean, sd = logs.mean(0), logs.std(0)
+        ax.plot(it, 10**mean, color=colour, label=name)
+        ax.fill_between(it, 10 ** (mean - sd), 10 ** (mean + sd), color=colour, alpha=0.18)
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("χ² (mean ± sd)")
+    ax.set_ylabel("χ² (geometric mean, ±1 sd of log χ²)")
     ax.set_title(f"ER/HIO + shrink-wrap from four starts ({k} patterns, {repeats} random repeats)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -273,8 +275,9 @@ def measured_frame(net: CDINet, path: Path, seeds: int, out: Path, device) -> di
     axes[0].set_title("measured (log10 I)")
     axes[1].imshow(amp[0].cpu(), cmap="gray")
     axes[1].set_title(f"CNN amplitude (χ² {c_cnn:.3f})")
-    axes[2].imshow(phase[0].cpu(), cmap="twilight", vmin=-np.pi, vmax=np.pi)
-    axes[2].set_title("CNN phase")
+    cnn_support = (amp[0] >= SUPPORT_THRESHOLD * amp[0].max()).cpu().numpy()
+    axes[2].imshow(np.where(cnn_support, phase[0].cpu().numpy(), np.nan), cmap="twilight", vmin=-np.pi, vmax=np.pi)
+    axes[2].set_title("CNN phase (in its support)")
     axes[3].imshow(est.support[0].cpu(), cmap="gray")
     axes[3].set_title("CNN support")
     crop = slice(16, 48)

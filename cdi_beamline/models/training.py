@@ -263,7 +263,7 @@ def train(
 
     use_cuda = dev.type == "cuda"
     model = torch.compile(net) if (config.compile and use_cuda) else net
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and config.precision == "bf16")
+    bf16 = use_cuda and config.precision == "bf16"
     history = open(out / "history.jsonl", "a")
 
     def checkpoint() -> None:
@@ -313,11 +313,9 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr
         m, a, p = batches(step)
-        with autocast:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             pa, pp = model(m)
         loss = loss_fn(pa.float(), pp.float(), a, p, m)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"training diverged at step {step}: loss {float(loss)}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
@@ -326,6 +324,8 @@ def train(
         step += 1
         n_log += len(m)
         if step % config.log_every == 0 or step == total_steps:
+            if not torch.isfinite(loss):  # checked when logging: no device sync every step
+                raise RuntimeError(f"training diverged at step {step}: loss {loss.item()}")
             now = time.perf_counter()
             rate = n_log / (now - t_log)
             line = {
