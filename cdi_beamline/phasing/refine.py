@@ -151,6 +151,15 @@ def _abs2(z: torch.Tensor) -> torch.Tensor:
     return (z * z.conj()).real.contiguous()
 
 
+def _load_cpu_kernels():
+    """The fused CPU kernels (:mod:`._numba_kernels`), or None where numba is missing."""
+    try:
+        from . import _numba_kernels
+    except ImportError:
+        return None
+    return _numba_kernels
+
+
 def _coefficients(alg: str, beta: float, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Real maps (a, b) of the update ``x <- a x + b P_M(x)`` for support ``s`` (float)."""
     out = 1.0 - s
@@ -250,6 +259,14 @@ def refine(
     blur = _gaussian_transfer((H, W), config.shrinkwrap_sigma, device) if config.shrinkwrap else None
     history = torch.empty((T, B), dtype=torch.float32, device=device)
     coeff_key = None
+    # On the CPU the element-wise work runs in fused numba kernels (one pass each for the
+    # modulus projection with its chi² sums and for the update); the torch code below is
+    # the same arithmetic, used on other devices and where numba is missing.
+    kernels = _load_cpu_kernels() if device.type == "cpu" else None
+    fused_update = kernels is not None and not config.positivity
+    if kernels is not None:
+        sums = torch.empty((B, 2), dtype=torch.float64)  # Σ|F|·Mr, Σ_measured |F|²
+        measured_f = None if measured is None else measured.to(torch.float32)
     # Element-wise work stays on complex-by-complex or contiguous real tensors: on CPU,
     # torch's complex abs, strided real/imag arithmetic and broadcasting over
     # view_as_real's last axis each cost as much as an FFT.
@@ -260,24 +277,32 @@ def refine(
             and it >= config.shrinkwrap_start
             and (it - config.shrinkwrap_start) % config.shrinkwrap_every == 0
         ):
-            S = _shrinkwrap(x, blur, config.shrinkwrap_threshold, support2, S)
+            S = _shrinkwrap(x, blur, config.shrinkwrap_threshold, support2, S, kernels)
             coeff_key = None
         if coeff_key != (alg, beta):
-            ca, cb = (c.to(torch.complex64) for c in _coefficients(alg, beta, S.to(torch.float32)))
+            ca, cb = _coefficients(alg, beta, S.to(torch.float32))
+            if fused_update:
+                ca, cb = (None if alg == "ER" else ca.contiguous()), cb.contiguous()
+            else:
+                ca, cb = ca.to(torch.complex64), cb.to(torch.complex64)
             coeff_key = (alg, beta)
 
         F = torch.fft.fft2(x, norm="backward")  # unscaled: sqrt(HW) x the unitary transform
-        amp2 = _abs2(F)
-        amp = amp2.sqrt()
-        # chi² history from the |F| the projection needs anyway: two reductions.
-        spm = (amp * Mm).sum((-2, -1))
-        spp = (amp2 if measured is None else amp2 * measured).sum((-2, -1))
+        if kernels is not None:
+            kernels.project_modulus(F, Mr, unmeasured_r, measured_f, sums.numpy())
+            spm, spp = sums[:, 0] * math.sqrt(H * W), sums[:, 1]
+        else:
+            amp2 = _abs2(F)
+            amp = amp2.sqrt()
+            # chi² history from the |F| the projection needs anyway: two reductions.
+            spm = (amp * Mm).sum((-2, -1))
+            spp = (amp2 if measured is None else amp2 * measured).sum((-2, -1))
+            # Modulus projection: F *= M/|F| on measured pixels, 1 elsewhere; the 1/(HW) of
+            # the unscaled inverse FFT is folded into the ratio (one pass instead of three).
+            amp.add_(_EPS)
+            ratio = Mr / amp if unmeasured is None else torch.addcmul(Mr, unmeasured_r, amp).div_(amp)
+            F.mul_(ratio.to(torch.complex64))
         history[it] = 1.0 - spm.square() / (spp * smm).clamp_min(_EPS)
-        # Modulus projection: F *= M/|F| on measured pixels, 1 elsewhere; the 1/(HW) of
-        # the unscaled inverse FFT is folded into the ratio (one pass instead of three).
-        amp.add_(_EPS)
-        ratio = Mr / amp if unmeasured is None else torch.addcmul(Mr, unmeasured_r, amp).div_(amp)
-        F.mul_(ratio.to(torch.complex64))
         y = torch.fft.ifft2(F, norm="forward")  # unscaled
         if config.positivity:
             # The constraint set is {real, >= 0, inside S}: project y onto real values and
@@ -285,7 +310,9 @@ def refine(
             y = torch.complex(y.real, torch.zeros_like(y.real))
             ca, cb = (c.to(torch.complex64) for c in _coefficients(alg, beta, (S & (y.real > 0)).to(torch.float32)))
             coeff_key = None
-        if alg == "ER":
+        if fused_update:
+            kernels.update(x, y, ca, cb)
+        elif alg == "ER":
             x = y.mul_(cb)
         else:
             x.mul_(ca).addcmul_(y, cb)
@@ -304,14 +331,19 @@ def refine(
     )
 
 
-def _shrinkwrap(x, blur, threshold, support2, previous):
+def _shrinkwrap(x, blur, threshold, support2, previous, kernels=None):
     """Marchesini shrink-wrap: blurred |x| above ``threshold``·max, inside Support 2.
 
-    Frames whose new support would be empty keep their previous support.
+    Frames whose new support would be empty keep their previous support. ``kernels``:
+    the CPU kernels for |x| (torch's complex abs is slow there), or None.
     """
-    H, W = x.shape[-2:]
-    smooth = torch.fft.irfft2(torch.fft.rfft2(_abs2(x).sqrt_()) * blur, s=(H, W))
+    B, H, W = x.shape
+    amp = _abs2(x).sqrt_() if kernels is None else kernels.modulus(x)
+    smooth = torch.fft.irfft2(torch.fft.rfft2(amp) * blur, s=(H, W))
     peak = smooth.amax((-2, -1), keepdim=True)
     new = (smooth > threshold * peak) & support2
-    empty = ~new.any(dim=(-2, -1), keepdim=True)
-    return torch.where(empty, previous, new)
+    # (a uint8 max: bool any() over two axes costs as much as the blur's multiply)
+    empty = new.view(torch.uint8).view(B, -1).amax(1) == 0
+    if not empty.any():
+        return new
+    return torch.where(empty[:, None, None], previous, new)
