@@ -160,6 +160,21 @@ def _load_cpu_kernels():
     return _numba_kernels
 
 
+def _fft2_t(x: torch.Tensor) -> torch.Tensor:
+    """Unscaled 2-D DFT of (B, H, W) returned *transposed*, (B, W, H) contiguous.
+
+    Two 1-D FFTs along the contiguous axis, the second on the transposed view: ~15 %
+    faster than ``fft2`` with MKL on the CPU, whose column pass is strided. The
+    element-wise Fourier-space work does not mind the layout.
+    """
+    return torch.fft.fft(torch.fft.fft(x, dim=-1).mT, dim=-1)
+
+
+def _ifft2_t(Ft: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_fft2_t` without the 1/(HW) factor: (B, W, H) -> (B, H, W)."""
+    return torch.fft.ifft(torch.fft.ifft(Ft, dim=-1, norm="forward").mT, dim=-1, norm="forward")
+
+
 def _coefficients(alg: str, beta: float, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Real maps (a, b) of the update ``x <- a x + b P_M(x)`` for support ``s`` (float)."""
     out = 1.0 - s
@@ -266,7 +281,10 @@ def refine(
     fused_update = kernels is not None and not config.positivity
     if kernels is not None:
         sums = torch.empty((B, 2), dtype=torch.float64)  # Σ|F|·Mr, Σ_measured |F|²
-        measured_f = None if measured is None else measured.to(torch.float32)
+        # Fourier space is transposed on this path (see _fft2_t): so are the data.
+        Mr_t = Mr.mT.contiguous()
+        unmeasured_t = None if unmeasured_r is None else unmeasured_r.mT.contiguous()
+        measured_t = None if measured is None else measured.mT.to(torch.float32).contiguous()
     # Element-wise work stays on complex-by-complex or contiguous real tensors: on CPU,
     # torch's complex abs, strided real/imag arithmetic and broadcasting over
     # view_as_real's last axis each cost as much as an FFT.
@@ -287,11 +305,13 @@ def refine(
                 ca, cb = ca.to(torch.complex64), cb.to(torch.complex64)
             coeff_key = (alg, beta)
 
-        F = torch.fft.fft2(x, norm="backward")  # unscaled: sqrt(HW) x the unitary transform
         if kernels is not None:
-            kernels.project_modulus(F, Mr, unmeasured_r, measured_f, sums.numpy())
+            Ft = _fft2_t(x)
+            kernels.project_modulus(Ft, Mr_t, unmeasured_t, measured_t, sums.numpy())
             spm, spp = sums[:, 0] * math.sqrt(H * W), sums[:, 1]
+            y = _ifft2_t(Ft)
         else:
+            F = torch.fft.fft2(x, norm="backward")  # unscaled: sqrt(HW) x the unitary transform
             amp2 = _abs2(F)
             amp = amp2.sqrt()
             # chi² history from the |F| the projection needs anyway: two reductions.
@@ -302,8 +322,8 @@ def refine(
             amp.add_(_EPS)
             ratio = Mr / amp if unmeasured is None else torch.addcmul(Mr, unmeasured_r, amp).div_(amp)
             F.mul_(ratio.to(torch.complex64))
+            y = torch.fft.ifft2(F, norm="forward")  # unscaled
         history[it] = 1.0 - spm.square() / (spp * smm).clamp_min(_EPS)
-        y = torch.fft.ifft2(F, norm="forward")  # unscaled
         if config.positivity:
             # The constraint set is {real, >= 0, inside S}: project y onto real values and
             # treat negative pixels as outside the support for this iteration.
