@@ -272,7 +272,6 @@ def refine(
         x *= (1.0 / x.abs().square().sum((-2, -1)).sqrt().clamp_min(_EPS))[:, None, None]
 
     blur = _gaussian_transfer((H, W), config.shrinkwrap_sigma, device) if config.shrinkwrap else None
-    history = torch.empty((T, B), dtype=torch.float32, device=device)
     coeff_key = None
     # On the CPU the element-wise work runs in fused numba kernels (one pass each for the
     # modulus projection with its chi² sums and for the update); the torch code below is
@@ -280,13 +279,16 @@ def refine(
     kernels = _load_cpu_kernels() if device.type == "cpu" else None
     fused_update = kernels is not None and not config.positivity
     if kernels is not None:
-        sums = torch.empty((B, 2), dtype=torch.float64)  # Σ|F|·Mr, Σ_measured |F|²
+        sums = torch.empty((T, B, 2), dtype=torch.float64)  # Σ|F|·Mr, Σ_measured |F|² per iteration
+        sums_np = sums.numpy()
         # Fourier space is transposed on this path (see _fft2_t): so are the data.
         Mr_t = Mr.mT.contiguous()
         unmeasured_t = None if unmeasured_r is None else unmeasured_r.mT.contiguous()
         measured_t = None if measured is None else measured.mT.to(torch.float32).contiguous()
-    # Element-wise work stays on complex-by-complex or contiguous real tensors: on CPU,
-    # torch's complex abs, strided real/imag arithmetic and broadcasting over
+    else:
+        history = torch.empty((T, B), dtype=torch.float32, device=device)
+    # Torch path: element-wise work stays on complex-by-complex or contiguous real tensors:
+    # on CPU, torch's complex abs, strided real/imag arithmetic and broadcasting over
     # view_as_real's last axis each cost as much as an FFT.
     for it, (alg, beta) in enumerate(steps):
         beta = config.beta if beta is None else beta
@@ -307,8 +309,7 @@ def refine(
 
         if kernels is not None:
             Ft = _fft2_t(x)
-            kernels.project_modulus(Ft, Mr_t, unmeasured_t, measured_t, sums.numpy())
-            spm, spp = sums[:, 0] * math.sqrt(H * W), sums[:, 1]
+            kernels.project_modulus(Ft, Mr_t, unmeasured_t, measured_t, sums_np[it])
             y = _ifft2_t(Ft)
         else:
             F = torch.fft.fft2(x, norm="backward")  # unscaled: sqrt(HW) x the unitary transform
@@ -323,7 +324,7 @@ def refine(
             ratio = Mr / amp if unmeasured is None else torch.addcmul(Mr, unmeasured_r, amp).div_(amp)
             F.mul_(ratio.to(torch.complex64))
             y = torch.fft.ifft2(F, norm="forward")  # unscaled
-        history[it] = 1.0 - spm.square() / (spp * smm).clamp_min(_EPS)
+            history[it] = 1.0 - spm.square() / (spp * smm).clamp_min(_EPS)
         if config.positivity:
             # The constraint set is {real, >= 0, inside S}: project y onto real values and
             # treat negative pixels as outside the support for this iteration.
@@ -339,6 +340,9 @@ def refine(
         if progress is not None and (it + 1 == T or steps[it + 1] != steps[it]):
             progress(it + 1, T)
 
+    if kernels is not None:
+        spm, spp = sums[..., 0] * math.sqrt(H * W), sums[..., 1]
+        history = (1.0 - spm.square() / (spp * smm).clamp_min(_EPS)).to(torch.float32)
     obj = x * S
     final = chi2(_abs2(torch.fft.fft2(obj, norm="ortho")).sqrt_(), Mm, measured)
     obj *= scale[:, None, None]
