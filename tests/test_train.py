@@ -70,3 +70,25 @@ def test_train_cli_refuses_bad_config(tmp_path, capsys):
     assert cli(["train", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "TrainConfig.batch_size" in err and "TrainConfig.optimiser" in err
+
+
+def test_evaluate_cli_small(tiny_run, tmp_path, capsys):
+    _, run_dir, _ = tiny_run
+    out = tmp_path / "eval"
+    args = ["evaluate", "--n", "24", "--seed", "3", "--out", str(out), "--weights", str(run_dir), "--nns-size", "64",
+            "--refine-patterns", "2", "--repeats", "2", "--measured", str(tmp_path / "absent.npy"), "--device", "cpu"]
+    assert cli(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for part in ("chi2_modulus", "chi2_amplitude", "chi2_phase"):
+        s = m["cnn"][part]
+        assert s["n"] == 24 and s["gamma_mean"] > 0 and s["median"] <= s["p90"]
+    assert m["nns"]["index_size"] == 64 and m["nns"]["nns_chi2_modulus"]["n"] == 24
+    starts = {k for k, v in m["refinement"].items() if isinstance(v, dict)}
+    assert starts == {"random + rectangle", "random + CNN support", "CNN phase + support", "NNS"}
+    assert m["refinement"]["random + rectangle"]["runs"] == 4
+    assert "not found" in m["measured"]["skipped"]
+    for png in ("eval_fig3_chi2.png", "eval_nns.png", "eval_fig5f_refinement.png"):
+        assert (out / png).stat().st_size > 10_000
+    assert "skipped" in capsys.readouterr().out
+    assert cli(["evaluate", "--n", "0", "--out", str(out)]) == 2
+    assert cli(["evaluate", "--seed", str(10**9), "--out", str(out), "--weights", str(run_dir)]) == 2
