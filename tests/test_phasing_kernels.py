@@ -63,7 +63,7 @@ def test_kernels_refuse_non_contiguous_tensors():
     with pytest.raises(RuntimeError):
         K.project_modulus(F, Mr, None, None, sums)
     with pytest.raises(RuntimeError):
-        K.update(F, F.contiguous(), Mr, Mr)
+        K.update(F, F.contiguous(), Mr > 0.5, 1.0, -0.9)
 
 
 def test_kernel_projection_values():

@@ -84,20 +84,23 @@ def _project_masked(F, Mr, Ur, W, sums):
 
 
 @numba.njit(**_JIT)
-def _update(x, y, a, c):
-    for i in range(a.size):
-        ai = a[i]
-        ci = c[i]
-        x[2 * i] = ai * x[2 * i] + ci * y[2 * i]
-        x[2 * i + 1] = ai * x[2 * i + 1] + ci * y[2 * i + 1]
+def _update(x, y, s, a_out, b_out):
+    one = np.float32(1.0)
+    for i in range(s.size):
+        # blend, not a branch (a branch stays scalar): inside a = 0, b = 1 exactly
+        w = np.float32(s[i])
+        a = a_out * (one - w)
+        b = w + b_out * (one - w)
+        x[2 * i] = a * x[2 * i] + b * y[2 * i]
+        x[2 * i + 1] = a * x[2 * i + 1] + b * y[2 * i + 1]
 
 
 @numba.njit(**_JIT)
-def _update_er(x, y, c):
-    for i in range(c.size):
-        ci = c[i]
-        x[2 * i] = ci * y[2 * i]
-        x[2 * i + 1] = ci * y[2 * i + 1]
+def _update_er(x, y, s):
+    for i in range(s.size):
+        w = np.float32(s[i])
+        x[2 * i] = w * y[2 * i]
+        x[2 * i + 1] = w * y[2 * i + 1]
 
 
 @numba.njit(**_JIT)
@@ -143,17 +146,19 @@ def project_modulus(
         _project_masked(Fv, Mv, unmeasured_r.view(B, -1).numpy(), measured.view(B, -1).numpy(), sums)
 
 
-def update(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor | None, c: torch.Tensor) -> None:
-    """``x <- a·x + c·y`` in place (``x <- c·y`` when ``a`` is None).
+def update(x: torch.Tensor, y: torch.Tensor, support: torch.Tensor, a_out: float, b_out: float) -> None:
+    """``x <- y`` inside the support, ``x <- a_out·x + b_out·y`` outside, in place.
 
     x, y : (B, H, W) complex64, contiguous, CPU
-    a, c : (B, H, W) float32 real maps, contiguous
+    support : (B, H, W) bool, contiguous
+    a_out, b_out : the algorithm's coefficients outside the support (ER: 0, 0)
     """
     xv, yv = torch.view_as_real(x).view(-1).numpy(), torch.view_as_real(y).view(-1).numpy()
-    if a is None:
-        _update_er(xv, yv, c.view(-1).numpy())
+    sv = support.view(torch.uint8).view(-1).numpy()
+    if a_out == 0.0 and b_out == 0.0:
+        _update_er(xv, yv, sv)
     else:
-        _update(xv, yv, a.view(-1).numpy(), c.view(-1).numpy())
+        _update(xv, yv, sv, np.float32(a_out), np.float32(b_out))
 
 
 def modulus(x: torch.Tensor) -> torch.Tensor:

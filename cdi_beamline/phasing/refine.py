@@ -175,14 +175,20 @@ def _ifft2_t(Ft: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft(torch.fft.ifft(Ft, dim=-1, norm="forward").mT, dim=-1, norm="forward")
 
 
+def _outside_coefficients(alg: str, beta: float) -> tuple[float, float]:
+    """(a, b) of the update ``x <- a x + b P_M(x)`` outside the support (inside: 0, 1)."""
+    if alg == "ER":
+        return 0.0, 0.0
+    if alg == "HIO":
+        return 1.0, -beta
+    return beta, 1.0 - 2.0 * beta  # RAAR
+
+
 def _coefficients(alg: str, beta: float, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Real maps (a, b) of the update ``x <- a x + b P_M(x)`` for support ``s`` (float)."""
+    a_out, b_out = _outside_coefficients(alg, beta)
     out = 1.0 - s
-    if alg == "ER":
-        return torch.zeros_like(s), s
-    if alg == "HIO":
-        return out, s - beta * out
-    return beta * out, s + (1.0 - 2.0 * beta) * out  # RAAR
+    return a_out * out, s + b_out * out
 
 
 def _check_inputs(modulus, mask, init):
@@ -299,12 +305,8 @@ def refine(
         ):
             S = _shrinkwrap(x, blur, config.shrinkwrap_threshold, support2, S, kernels)
             coeff_key = None
-        if coeff_key != (alg, beta):
-            ca, cb = _coefficients(alg, beta, S.to(torch.float32))
-            if fused_update:
-                ca, cb = (None if alg == "ER" else ca.contiguous()), cb.contiguous()
-            else:
-                ca, cb = ca.to(torch.complex64), cb.to(torch.complex64)
+        if not fused_update and coeff_key != (alg, beta):
+            ca, cb = (c.to(torch.complex64) for c in _coefficients(alg, beta, S.to(torch.float32)))
             coeff_key = (alg, beta)
 
         if kernels is not None:
@@ -332,7 +334,7 @@ def refine(
             ca, cb = (c.to(torch.complex64) for c in _coefficients(alg, beta, (S & (y.real > 0)).to(torch.float32)))
             coeff_key = None
         if fused_update:
-            kernels.update(x, y, ca, cb)
+            kernels.update(x, y, S, *_outside_coefficients(alg, beta))
         elif alg == "ER":
             x = y.mul_(cb)
         else:
