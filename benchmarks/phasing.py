@@ -2,8 +2,10 @@
 with shrink-wrap (from iteration 100, every 10, same sigma and threshold), in one run.
 
 Reports time per pattern (wall and CPU) and the distribution of final chi² (eq. 5,
-scale invariant, computed by the same function for both codes), and the ratio
-cohere / ours. cohere runs one pattern at a time (its API); ours runs batches.
+scale invariant, computed by the same function for both codes), and the ratios
+cohere / ours. cohere runs one pattern at a time (its API); ours runs batches. On the
+CPU our engine is also timed with its fused numba kernels switched off (the torch
+element-wise path, i.e. the engine before those kernels), as a same-run baseline.
 
     .venv/bin/python benchmarks/phasing.py [--n 64] [--batch 64] [--cohere-n 8] [--device cpu]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import os
 import platform
@@ -51,6 +54,17 @@ def run_ours(moduli: np.ndarray, batch: int, device, cfg: RefineConfig) -> tuple
         out.append(refine(m[start : start + batch], config=cfg, seed=k).chi2)
     c = torch.cat(out).cpu().numpy()
     return (time.perf_counter() - w0) / len(m), (time.process_time() - c0) / len(m), c
+
+
+def run_ours_torch_path(moduli: np.ndarray, batch: int, device, cfg: RefineConfig) -> tuple[float, float, np.ndarray]:
+    """:func:`run_ours` with the fused CPU kernels switched off (torch element-wise path)."""
+    module = importlib.import_module("cdi_beamline.phasing.refine")
+    load = module._load_cpu_kernels
+    module._load_cpu_kernels = lambda: None
+    try:
+        return run_ours(moduli, batch, device, cfg)
+    finally:
+        module._load_cpu_kernels = load
 
 
 def run_cohere(moduli: np.ndarray, pkg: str, cfg: RefineConfig) -> tuple[float, float, np.ndarray]:
@@ -132,6 +146,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--skip-cohere", action="store_true", help="time our engine only")
+    ap.add_argument("--skip-torch-path", action="store_true", help="do not also time our CPU engine without its numba kernels")
     ap.add_argument("--nns", type=int, default=0, metavar="N", help="also time NNS over N references (e.g. 150000)")
     args = ap.parse_args()
     if args.threads:
@@ -150,16 +165,20 @@ def main() -> None:
     rows = []
     w, c, ch = run_ours(moduli, args.batch, device, cfg)
     rows.append((f"cdi_beamline (batch {args.batch}, {device.type})", w, c, ch))
+    if device.type == "cpu" and not args.skip_torch_path:
+        w, c, ch = run_ours_torch_path(moduli, args.batch, device, cfg)
+        rows.append(("cdi_beamline, torch element-wise path", w, c, ch))
     for pkg in () if args.skip_cohere else ("np", "torch"):
         try:
             w2, c2, ch2 = run_cohere(moduli[: args.cohere_n], pkg, cfg)
             rows.append((f"cohere-core {pkg} (one at a time)", w2, c2, ch2))
         except Exception as exc:  # report a backend that does not run, keep the others
             print(f"cohere-core {pkg}: failed: {type(exc).__name__}: {exc}")
-    base_w = rows[0][1]
-    print(f"{'engine':40s} {'ms/pattern wall':>16s} {'ms/pattern CPU':>15s} {'wall vs ours':>13s}   final chi²")
+    base_w, base_c = rows[0][1], rows[0][2]
+    print(f"{'engine':40s} {'ms/pattern wall':>16s} {'ms/pattern CPU':>15s} {'vs ours: wall; CPU':>19s}   final chi²")
     for name, w, c, ch in rows:
-        print(f"{name:40s} {w * 1e3:16.1f} {c * 1e3:15.1f} {w / base_w:12.1f}x   {summary(ch)} (n={len(ch)})")
+        ratio = f"{w / base_w:.1f}x; {c / base_c:.1f}x"
+        print(f"{name:40s} {w * 1e3:16.1f} {c * 1e3:15.1f} {ratio:>19s}   {summary(ch)} (n={len(ch)})")
 
 
 if __name__ == "__main__":
