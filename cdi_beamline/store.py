@@ -173,10 +173,10 @@ def connect(uri: str | None = None, api_key: str | None = None, data_dir: str | 
     if root not in _EMBEDDED:
         if not (tiled_dir / "catalog.db").exists():
             raise ValueError(f"no Tiled catalog in data_dir {str(root)!r} (run `cdi-beamline demo` first?)")
-        import atexit
-
         _EMBEDDED[root] = server = EmbeddedTiled(root)
-        atexit.register(server.close)
+        # the server thread is not a daemon: stop it before the interpreter joins threads
+        # (plain atexit handlers run only after that join, which would wait forever)
+        threading._register_atexit(server.close)
     return _EMBEDDED[root].client()
 
 

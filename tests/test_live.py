@@ -316,6 +316,7 @@ def test_worker_process_fed_by_0mq(source, tiled_server, client, run_engine, tmp
     import sys
     import time
 
+    import zmq
     from bluesky.callbacks.zmq import Publisher
 
     ports = []
@@ -335,9 +336,12 @@ def test_worker_process_fed_by_0mq(source, tiled_server, client, run_engine, tmp
             if line.startswith("listening on"):
                 break
         time.sleep(1.0)  # 0MQ subscriptions take a moment to reach the proxy
-        run_engine.subscribe(Publisher(f"127.0.0.1:{ports[0]}"))
+        publisher = Publisher(f"127.0.0.1:{ports[0]}")
+        run_engine.subscribe(publisher)
         (raw_uid,) = run_engine(count([ReplayDetector(source, name="det")], 4)).run_start_uids
         out, _ = worker.communicate(timeout=120)
+        publisher._socket.setsockopt(zmq.LINGER, 0)  # a stopped proxy must not hold the context
+        publisher.close()
         assert worker.returncode == 0, out
         (derived,) = derived_runs(client, raw_uid)
         res = load_results(client, derived.metadata["start"]["uid"])
@@ -348,3 +352,20 @@ def test_worker_process_fed_by_0mq(source, tiled_server, client, run_engine, tmp
             if p.poll() is None:
                 p.terminate()
                 p.wait(10)
+
+
+def test_demo_then_results_find_it_again(tmp_path, capsys):
+    import json
+
+    from cdi_beamline.cli import main
+
+    data = tmp_path / "demo"
+    assert main(["demo", "--data-dir", str(data), "--frames", "5", "--iterations", "5", "--init", "random",
+                 "--device", "cpu", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "5 reconstructed, 0 flagged, 0 dropped" in out and (data / "demo_recent.png").stat().st_size > 1000
+    assert main(["results", "--data-dir", str(data), "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    assert run["counts"]["reconstructed"] == 5 and len(run["chi2"]) == 5 and run["uid"] in out
+    with pytest.raises(ValueError, match="no Tiled catalog"):
+        main(["-v", "results", "--data-dir", str(tmp_path / "nothing")])  # -v: the error is raised

@@ -108,7 +108,8 @@ class ReconstructionWorker:
         return self._thread.is_alive()
 
     # -- metadata ------------------------------------------------------------------------
-    def start_metadata(self, raw_start: dict, image_key: str | None) -> dict:
+    def start_metadata(self, image_key: str | None) -> dict:
+        """Start-document metadata of a derived run: engine description, live config, image key."""
         if self._describe is None:
             try:
                 self._describe = dict(self.reconstructor.describe())
@@ -208,7 +209,7 @@ class ReconstructionWorker:
     def _derived(self, plan: FramePlan) -> DerivedRun:
         """The plan's derived run, started (start document emitted) on first use."""
         if plan.derived is None:
-            md = self.start_metadata(plan.raw_start, plan.image_key)
+            md = self.start_metadata(plan.image_key)
             plan.derived = DerivedRun(plan.raw_start, self.emit, self.results_dir, md)
             self.derived_uids[plan.raw_start["uid"]] = plan.derived.uid
         return plan.derived
