@@ -78,7 +78,9 @@ def test_kernels_refuse_non_contiguous_tensors():
     with pytest.raises(RuntimeError):
         K.project_modulus(F, Mr, None, None, sums)
     with pytest.raises(RuntimeError):
-        K.update(F, F.contiguous(), Mr > 0.5, 1.0, -0.9)
+        K.project_modulus_to(F.contiguous(), F, Mr, None, None, sums)
+    with pytest.raises(RuntimeError):
+        K.advance_project(F.contiguous(), F.contiguous(), F, F.contiguous(), (1.0, 0.5, 1.5), Mr, None, None, sums)
 
 
 def test_kernel_projection_values():
@@ -96,3 +98,15 @@ def test_kernel_projection_values():
     assert torch.allclose(sums[:, 0].float(), (amp * Mr * measured).sum((-2, -1)), rtol=1e-5)
     assert torch.allclose(sums[:, 1].float(), (amp.square() * measured).sum((-2, -1)), rtol=1e-5)
     assert torch.allclose(K.modulus(F), amp, rtol=1e-6)
+
+
+def test_pruned_loop_with_a_support_beyond_support2(monkeypatch, moduli):
+    # The pruned DFTs cover the batch's support box: here the whole frame at first (a given
+    # support wider than Support 2, one frame's support empty), then Support 2 after shrink-wrap.
+    S = torch.zeros(4, 32, 32, dtype=torch.bool)
+    S[:3, 2:30, 1:31] = True
+    cfg = RefineConfig(schedule="HIO**3 * RAAR**2 * ER**2", shrinkwrap_start=3, shrinkwrap_every=2)
+    fused, plain = _both(monkeypatch, moduli, init=InitialEstimate(support=S), config=cfg)
+    assert (fused.object - plain.object).abs().max() <= 1e-5 * plain.object.abs().max()
+    assert torch.equal(fused.support, plain.support)
+    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=1e-4, atol=1e-6)

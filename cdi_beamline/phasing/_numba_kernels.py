@@ -16,7 +16,7 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["modulus", "project_modulus", "update"]
+__all__ = ["advance_project", "modulus", "project_modulus", "project_modulus_to"]
 
 _JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 _CHUNK = 256  # pixels summed in float32 before adding to the float64 total
@@ -84,23 +84,98 @@ def _project_masked(F, Mr, Ur, W, sums):
 
 
 @numba.njit(**_JIT)
-def _update(x, y, s, a_out, b_out):
-    one = np.float32(1.0)
-    for i in range(s.size):
-        # blend, not a branch (a branch stays scalar): inside a = 0, b = 1 exactly
-        w = np.float32(s[i])
-        a = a_out * (one - w)
-        b = w + b_out * (one - w)
-        x[2 * i] = a * x[2 * i] + b * y[2 * i]
-        x[2 * i + 1] = a * x[2 * i + 1] + b * y[2 * i + 1]
+def _project_to(X, P, Mr, sums):
+    B, N = Mr.shape
+    for b in range(B):
+        spm = 0.0
+        spp = 0.0
+        for s0 in range(0, N, _CHUNK):
+            Xc = X[b, 2 * s0 : 2 * (s0 + _CHUNK)]
+            Pc = P[b, 2 * s0 : 2 * (s0 + _CHUNK)]
+            Mc = Mr[b, s0 : s0 + _CHUNK]
+            pm = np.float32(0.0)
+            pp = np.float32(0.0)
+            for i in range(Mc.size):
+                re = Xc[2 * i]
+                im = Xc[2 * i + 1]
+                a2 = re * re + im * im
+                amp = np.sqrt(a2)
+                r = Mc[i] / (amp + _EPS)
+                pm += amp * Mc[i]
+                pp += a2
+                Pc[2 * i] = re * r
+                Pc[2 * i + 1] = im * r
+            spm += pm
+            spp += pp
+        sums[b, 0] = spm
+        sums[b, 1] = spp
 
 
 @numba.njit(**_JIT)
-def _update_er(x, y, s):
-    for i in range(s.size):
-        w = np.float32(s[i])
-        x[2 * i] = w * y[2 * i]
-        x[2 * i + 1] = w * y[2 * i + 1]
+def _project_to_masked(X, P, Mr, Ur, W, sums):
+    B, N = Mr.shape
+    for b in range(B):
+        spm = 0.0
+        spp = 0.0
+        for s0 in range(0, N, _CHUNK):
+            Xc = X[b, 2 * s0 : 2 * (s0 + _CHUNK)]
+            Pc = P[b, 2 * s0 : 2 * (s0 + _CHUNK)]
+            Mc = Mr[b, s0 : s0 + _CHUNK]
+            Uc = Ur[b, s0 : s0 + _CHUNK]
+            Wc = W[b, s0 : s0 + _CHUNK]
+            pm = np.float32(0.0)
+            pp = np.float32(0.0)
+            for i in range(Mc.size):
+                re = Xc[2 * i]
+                im = Xc[2 * i + 1]
+                a2 = re * re + im * im
+                amp = np.sqrt(a2)
+                r = Mc[i] / (amp + _EPS) + Uc[i]
+                pm += amp * Mc[i]
+                pp += a2 * Wc[i]
+                Pc[2 * i] = re * r
+                Pc[2 * i + 1] = im * r
+            spm += pm
+            spp += pp
+        sums[b, 0] = spm
+        sums[b, 1] = spp
+
+
+@numba.njit(**_JIT)
+def _advance_project(X, P, Gp, G, Mr, Ur, W, masked, a, b, c, sums):
+    B, N = Mr.shape
+    for f in range(B):
+        spm = 0.0
+        spp = 0.0
+        for s0 in range(0, N, _CHUNK):
+            Xc = X[f, 2 * s0 : 2 * (s0 + _CHUNK)]
+            Pc = P[f, 2 * s0 : 2 * (s0 + _CHUNK)]
+            Gpc = Gp[f, 2 * s0 : 2 * (s0 + _CHUNK)]
+            Gc = G[f, 2 * s0 : 2 * (s0 + _CHUNK)]
+            Mc = Mr[f, s0 : s0 + _CHUNK]
+            Uc = Ur[f, s0 : s0 + _CHUNK]
+            Wc = W[f, s0 : s0 + _CHUNK]
+            pm = np.float32(0.0)
+            pp = np.float32(0.0)
+            for i in range(Mc.size):
+                re = a * (Xc[2 * i] - Gpc[2 * i]) + b * Pc[2 * i] + c * Gc[2 * i]
+                im = a * (Xc[2 * i + 1] - Gpc[2 * i + 1]) + b * Pc[2 * i + 1] + c * Gc[2 * i + 1]
+                Xc[2 * i] = re
+                Xc[2 * i + 1] = im
+                a2 = re * re + im * im
+                amp = np.sqrt(a2)
+                r = Mc[i] / (amp + _EPS)
+                if masked:
+                    r += Uc[i]
+                    a2 *= Wc[i]
+                pm += amp * Mc[i]
+                pp += a2
+                Pc[2 * i] = re * r
+                Pc[2 * i + 1] = im * r
+            spm += pm
+            spp += pp
+        sums[f, 0] = spm
+        sums[f, 1] = spp
 
 
 @numba.njit(**_JIT)
@@ -146,19 +221,47 @@ def project_modulus(
         _project_masked(Fv, Mv, unmeasured_r.view(B, -1).numpy(), measured.view(B, -1).numpy(), sums)
 
 
-def update(x: torch.Tensor, y: torch.Tensor, support: torch.Tensor, a_out: float, b_out: float) -> None:
-    """``x <- y`` inside the support, ``x <- a_out·x + b_out·y`` outside, in place.
-
-    x, y : (B, H, W) complex64, contiguous, CPU
-    support : (B, H, W) bool, contiguous
-    a_out, b_out : the algorithm's coefficients outside the support (ER: 0, 0)
-    """
-    xv, yv = torch.view_as_real(x).view(-1).numpy(), torch.view_as_real(y).view(-1).numpy()
-    sv = support.view(torch.uint8).view(-1).numpy()
-    if a_out == 0.0 and b_out == 0.0:
-        _update_er(xv, yv, sv)
+def project_modulus_to(
+    X: torch.Tensor,
+    P: torch.Tensor,
+    Mr: torch.Tensor,
+    unmeasured_r: torch.Tensor | None,
+    measured: torch.Tensor | None,
+    sums: np.ndarray,
+) -> None:
+    """:func:`project_modulus` out of place: ``P <- P_M(X)``, X unchanged (same arguments)."""
+    B = X.shape[0]
+    Xv, Pv = _interleaved(X), _interleaved(P)
+    Mv = Mr.view(B, -1).numpy()
+    if unmeasured_r is None:
+        _project_to(Xv, Pv, Mv, sums)
     else:
-        _update(xv, yv, sv, np.float32(a_out), np.float32(b_out))
+        _project_to_masked(Xv, Pv, Mv, unmeasured_r.view(B, -1).numpy(), measured.view(B, -1).numpy(), sums)
+
+
+def advance_project(
+    X: torch.Tensor,
+    P: torch.Tensor,
+    Gp: torch.Tensor,
+    G: torch.Tensor,
+    coefficients: tuple[float, float, float],
+    Mr: torch.Tensor,
+    unmeasured_r: torch.Tensor | None,
+    measured: torch.Tensor | None,
+    sums: np.ndarray,
+) -> None:
+    """``X <- a·(X - Gp) + b·P + c·G``, then ``P <- P_M(X)`` with its chi² sums, in one pass.
+
+    X, P, Gp, G : (B, ...) complex64, contiguous, CPU; X and P overwritten
+    coefficients : (a, b, c); the rest as in :func:`project_modulus`
+    """
+    B = X.shape[0]
+    Mv = Mr.view(B, -1).numpy()
+    masked = unmeasured_r is not None
+    Uv = unmeasured_r.view(B, -1).numpy() if masked else Mv
+    Wv = measured.view(B, -1).numpy() if masked else Mv
+    a, b, c = (np.float32(v) for v in coefficients)
+    _advance_project(*(_interleaved(t) for t in (X, P, Gp, G)), Mv, Uv, Wv, masked, a, b, c, sums)
 
 
 def modulus(x: torch.Tensor) -> torch.Tensor:
