@@ -32,6 +32,7 @@ __all__ = [
     "SpoolingWriter",
     "connect",
     "make_writer",
+    "serving",
     "derived_runs",
     "load_results",
     "load_raw_frames",
@@ -115,13 +116,7 @@ class EmbeddedTiled:
         """A new client of the server's run catalog: the container ``runs`` (created on first
         use) with the ``CatalogOfBlueskyRuns`` spec, so databroker-style access works
         (``catalog[-1]``, ``catalog[scan_id]``, ``catalog.search(...)``)."""
-        from tiled.client import from_uri
-        from tiled.structures.core import Spec
-
-        root = from_uri(self.uri, api_key=self.api_key)
-        if CATALOG_KEY not in root:
-            root.create_container(CATALOG_KEY, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")])
-        return root[CATALOG_KEY]
+        return _run_catalog(self.uri, self.api_key)
 
     def close(self) -> None:
         """Stop the server; the data stay in ``data_dir``."""
@@ -164,12 +159,9 @@ def connect(uri: str | None = None, api_key: str | None = None, data_dir: str | 
     if data_dir is None:
         raise ValueError("connect: give a Tiled server uri or a data_dir")
     root, tiled_dir, _, _ = _dirs(data_dir)
-    server_json = tiled_dir / "server.json"
-    if server_json.exists():
-        info = json.loads(server_json.read_text())
-        key = (tiled_dir / "api_key").read_text().strip()
-        if _reachable(info["uri"]):
-            return from_uri(info["uri"], api_key=key)[CATALOG_KEY]
+    running = serving(root)
+    if running is not None:
+        return _run_catalog(*running)
     if root not in _EMBEDDED:
         if not (tiled_dir / "catalog.db").exists():
             raise ValueError(f"no Tiled catalog in data_dir {str(root)!r} (run `cdi-beamline demo` first?)")
@@ -178,6 +170,27 @@ def connect(uri: str | None = None, api_key: str | None = None, data_dir: str | 
         # (plain atexit handlers run only after that join, which would wait forever)
         threading._register_atexit(server.close)
     return _EMBEDDED[root].client()
+
+
+def serving(data_dir: str | Path) -> tuple[str, str] | None:
+    """``(uri, api_key)`` of a server answering for ``data_dir`` (``cdi-beamline serve``), or None."""
+    _, tiled_dir, _, _ = _dirs(data_dir)
+    server_json = tiled_dir / "server.json"
+    if not server_json.exists():
+        return None
+    uri = json.loads(server_json.read_text())["uri"]
+    return (uri, (tiled_dir / "api_key").read_text().strip()) if _reachable(uri) else None
+
+
+def _run_catalog(uri: str, api_key: str):
+    """The ``runs`` catalog of one of our servers, created on first use."""
+    from tiled.client import from_uri
+    from tiled.structures.core import Spec
+
+    root = from_uri(uri, api_key=api_key)
+    if CATALOG_KEY not in root:
+        root.create_container(CATALOG_KEY, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")])
+    return root[CATALOG_KEY]
 
 
 def _reachable(uri: str, timeout: float = 1.0) -> bool:

@@ -369,3 +369,32 @@ def test_demo_then_results_find_it_again(tmp_path, capsys):
     assert run["counts"]["reconstructed"] == 5 and len(run["chi2"]) == 5 and run["uid"] in out
     with pytest.raises(ValueError, match="no Tiled catalog"):
         main(["-v", "results", "--data-dir", str(tmp_path / "nothing")])  # -v: the error is raised
+
+
+def test_serve_is_reused_by_connect(tmp_path):
+    """`cdi-beamline serve` in its own process; `connect(data_dir=...)` finds and uses it."""
+    import signal
+    import subprocess
+    import sys
+
+    from cdi_beamline.store import connect
+
+    data = tmp_path / "served"
+    server = subprocess.Popen([sys.executable, "-m", "cdi_beamline.cli", "serve", "--data-dir", str(data)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        uri = next(ln.split()[1] for ln in lines if ln.strip().startswith("uri"))
+        catalog = connect(data_dir=data)
+        assert str(catalog.context.api_uri).startswith(uri) and len(catalog) == 0
+        assert "CatalogOfBlueskyRuns" in {s.name for s in catalog.specs}
+        server.send_signal(signal.SIGINT)
+        assert server.wait(30) == 0
+        assert not (data / "tiled" / "server.json").exists()
+    finally:
+        if server.poll() is None:
+            server.kill()

@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LiveConfig, StoreConfig
-from ..store import EmbeddedTiled, connect, make_writer
+from ..store import EmbeddedTiled, connect, make_writer, serving
 from ._live import LiveReconstruction
 
 __all__ = ["LiveSession"]
 
 
 class LiveSession:
-    """Tiled (embedded under ``store.data_dir``, or ``store.uri``), a raw-run writer, and a
+    """Tiled (``store.uri``; else the server already serving ``store.data_dir``; else an
+    embedded one started here), a raw-run writer, and a
     :class:`LiveReconstruction` whose derived runs go to the same server.
 
     Parameters
@@ -37,11 +38,14 @@ class LiveSession:
                  *, write_raw: bool = True, mask=None, device: str = "auto"):
         self.store = store or StoreConfig()
         self.server: EmbeddedTiled | None = None
-        if self.store.uri is None:
+        if self.store.uri is None and serving(self.store.data_dir) is not None:
+            self.client = connect(data_dir=self.store.data_dir)  # `cdi-beamline serve` runs there
+        elif self.store.uri is None:
             self.server = EmbeddedTiled(self.store.data_dir, port=self.store.port)
             self.client = self.server.client()
         else:
             self.client = connect(uri=self.store.uri, api_key=self.store.api_key)
+        self.uri = str(self.client.context.api_uri).split("/api/")[0]
         data_dir = Path(self.store.data_dir).expanduser().resolve()
         spool = data_dir / "spool"
         self.raw_writer = (make_writer(self.client, spool, batch_size=self.store.raw_batch_size,

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             det = ReplayDetector(source, name="det")
             plan = count([det], n)
         describe = rec.describe()
-        print(f"Tiled at {session.server.uri}; reconstructing with init={describe['config']['init']}, "
+        print(f"Tiled at {session.uri}; reconstructing with init={describe['config']['init']}, "
               f"{describe['iterations']} iterations on {describe['device']}", flush=True)
         stats = session.callback.worker.stats
         bar = tqdm(total=n, desc="reconstructed", unit="frame")
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_plot:
             png = data_dir / "demo_recent.png"
             _plot_recent(res, png)
-        uri = session.server.uri
+        uri = session.uri
     ok = res["status"] == "ok"
     chi2 = res["chi2"][ok]
     counts = res["stop"].get("cdi_counts", {})
