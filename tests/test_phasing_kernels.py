@@ -80,7 +80,7 @@ def test_kernels_refuse_non_contiguous_tensors():
     with pytest.raises(RuntimeError):
         K.project_modulus_to(F.contiguous(), F, Mr, None, None, sums)
     with pytest.raises(RuntimeError):
-        K.advance_project(F.contiguous(), F.contiguous(), F, F.contiguous(), (1.0, 0.5, 1.5), Mr, None, None, sums)
+        K.advance_project(F.contiguous(), F, F.contiguous(), (1.0, 0.5, 1.5), Mr, None, None, sums)
 
 
 def test_kernel_projection_values():

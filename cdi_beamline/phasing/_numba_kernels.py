@@ -142,15 +142,45 @@ def _project_to_masked(X, P, Mr, Ur, W, sums):
 
 
 @numba.njit(**_JIT)
-def _advance_project(X, P, Gp, G, Mr, Ur, W, masked, a, b, c, sums):
+def _advance_project(E, P, G, Mr, a, b, c, sums):
     B, N = Mr.shape
     for f in range(B):
         spm = 0.0
         spp = 0.0
         for s0 in range(0, N, _CHUNK):
-            Xc = X[f, 2 * s0 : 2 * (s0 + _CHUNK)]
+            Ec = E[f, 2 * s0 : 2 * (s0 + _CHUNK)]
             Pc = P[f, 2 * s0 : 2 * (s0 + _CHUNK)]
-            Gpc = Gp[f, 2 * s0 : 2 * (s0 + _CHUNK)]
+            Gc = G[f, 2 * s0 : 2 * (s0 + _CHUNK)]
+            Mc = Mr[f, s0 : s0 + _CHUNK]
+            pm = np.float32(0.0)
+            pp = np.float32(0.0)
+            for i in range(Mc.size):
+                re = a * Ec[2 * i] + b * Pc[2 * i] + c * Gc[2 * i]
+                im = a * Ec[2 * i + 1] + b * Pc[2 * i + 1] + c * Gc[2 * i + 1]
+                Ec[2 * i] = re - Gc[2 * i]
+                Ec[2 * i + 1] = im - Gc[2 * i + 1]
+                a2 = re * re + im * im
+                amp = np.sqrt(a2)
+                r = Mc[i] / (amp + _EPS)
+                pm += amp * Mc[i]
+                pp += a2
+                Pc[2 * i] = re * r
+                Pc[2 * i + 1] = im * r
+            spm += pm
+            spp += pp
+        sums[f, 0] = spm
+        sums[f, 1] = spp
+
+
+@numba.njit(**_JIT)
+def _advance_project_masked(E, P, G, Mr, Ur, W, a, b, c, sums):
+    B, N = Mr.shape
+    for f in range(B):
+        spm = 0.0
+        spp = 0.0
+        for s0 in range(0, N, _CHUNK):
+            Ec = E[f, 2 * s0 : 2 * (s0 + _CHUNK)]
+            Pc = P[f, 2 * s0 : 2 * (s0 + _CHUNK)]
             Gc = G[f, 2 * s0 : 2 * (s0 + _CHUNK)]
             Mc = Mr[f, s0 : s0 + _CHUNK]
             Uc = Ur[f, s0 : s0 + _CHUNK]
@@ -158,18 +188,15 @@ def _advance_project(X, P, Gp, G, Mr, Ur, W, masked, a, b, c, sums):
             pm = np.float32(0.0)
             pp = np.float32(0.0)
             for i in range(Mc.size):
-                re = a * (Xc[2 * i] - Gpc[2 * i]) + b * Pc[2 * i] + c * Gc[2 * i]
-                im = a * (Xc[2 * i + 1] - Gpc[2 * i + 1]) + b * Pc[2 * i + 1] + c * Gc[2 * i + 1]
-                Xc[2 * i] = re
-                Xc[2 * i + 1] = im
+                re = a * Ec[2 * i] + b * Pc[2 * i] + c * Gc[2 * i]
+                im = a * Ec[2 * i + 1] + b * Pc[2 * i + 1] + c * Gc[2 * i + 1]
+                Ec[2 * i] = re - Gc[2 * i]
+                Ec[2 * i + 1] = im - Gc[2 * i + 1]
                 a2 = re * re + im * im
                 amp = np.sqrt(a2)
-                r = Mc[i] / (amp + _EPS)
-                if masked:
-                    r += Uc[i]
-                    a2 *= Wc[i]
+                r = Mc[i] / (amp + _EPS) + Uc[i]
                 pm += amp * Mc[i]
-                pp += a2
+                pp += a2 * Wc[i]
                 Pc[2 * i] = re * r
                 Pc[2 * i + 1] = im * r
             spm += pm
@@ -240,9 +267,8 @@ def project_modulus_to(
 
 
 def advance_project(
-    X: torch.Tensor,
+    E: torch.Tensor,
     P: torch.Tensor,
-    Gp: torch.Tensor,
     G: torch.Tensor,
     coefficients: tuple[float, float, float],
     Mr: torch.Tensor,
@@ -250,19 +276,20 @@ def advance_project(
     measured: torch.Tensor | None,
     sums: np.ndarray,
 ) -> None:
-    """``X <- a·(X - Gp) + b·P + c·G``, then ``P <- P_M(X)`` with its chi² sums, in one pass.
+    """One step of the Fourier-space iterate, in one pass (see ``refine._refine_box_pruned``).
 
-    X, P, Gp, G : (B, ...) complex64, contiguous, CPU; X and P overwritten
+    ``X = a·E + b·P + c·G``, then ``E <- X - G`` and ``P <- P_M(X)`` with its chi² sums.
+
+    E, P, G : (B, ...) complex64, contiguous, CPU; E and P overwritten
     coefficients : (a, b, c); the rest as in :func:`project_modulus`
     """
-    B = X.shape[0]
-    Mv = Mr.view(B, -1).numpy()
-    masked = unmeasured_r is not None
-    Uv = unmeasured_r.view(B, -1).numpy() if masked else Mv
-    Wv = measured.view(B, -1).numpy() if masked else Mv
+    B = E.shape[0]
+    views = [_interleaved(t) for t in (E, P, G)] + [Mr.view(B, -1).numpy()]
     a, b, c = (np.float32(v) for v in coefficients)
-    _advance_project(*(_interleaved(t) for t in (X, P, Gp, G)), Mv, Uv, Wv, masked, a, b, c, sums)
-
+    if unmeasured_r is None:
+        _advance_project(*views, a, b, c, sums)
+    else:
+        _advance_project_masked(*views, unmeasured_r.view(B, -1).numpy(), measured.view(B, -1).numpy(), a, b, c, sums)
 
 def modulus(x: torch.Tensor) -> torch.Tensor:
     """|x| of a contiguous complex64 CPU tensor, float32 of the same shape."""

@@ -421,7 +421,8 @@ def _refine_box_pruned(x, S, support2, steps, config, fourier_data, blur, kernel
 
         X_{n+1} = a·(X_n - F[S x_n]) + b·P_n + (1 - b)·F[S y_n]
 
-    and ``F[S x_n] = F[S y_{n-1}]`` while S is unchanged. Only S·y, which vanishes outside
+    and ``F[S x_n] = F[S y_{n-1}]`` while S is unchanged. The state is
+    ``E_n = X_n - F[S x_n]`` (the exterior's DFT), P_n and ``G_n = F[S y_n]``. Only S·y, which vanishes outside
     the box of the supports (Support 2 after shrink-wrap), ever goes through the real
     space: pruned DFTs (:class:`_BoxDFT`). The full inverse is taken only for shrink-wrap.
     Real space is in centred order here (a shift only multiplies X by a unit phase ramp,
@@ -448,8 +449,9 @@ def _refine_box_pruned(x, S, support2, steps, config, fourier_data, blur, kernel
 
     X = _fft2_t(x)
     P = torch.empty_like(X)
-    dft, S_box, G_prev = reset(S, x)
+    dft, S_box, G = reset(S, x)
     kernels.project_modulus_to(X, P, *fourier_data, sums[0].numpy())
+    E = X.sub_(G)
     for it, (alg, beta) in enumerate(steps):
         beta = config.beta if beta is None else beta
         if (
@@ -457,16 +459,17 @@ def _refine_box_pruned(x, S, support2, steps, config, fourier_data, blur, kernel
             and it >= config.shrinkwrap_start
             and (it - config.shrinkwrap_start) % config.shrinkwrap_every == 0
         ):
+            X = E.add_(G)
             x = _ifft2_t(X).mul_(1.0 / HW)
             S = _shrinkwrap(x, blur, config.shrinkwrap_threshold, support2, S, kernels)
-            dft, S_box, G_prev = reset(S, x)
+            dft, S_box, G = reset(S, x)
+            E = X.sub_(G)
         # P = P_M(X_n) is ready (with the chi² sums of iteration it)
         torch.mul(dft.inverse(P), S_box, out=dft.box())  # S·y_n (P carries the 1/(HW))
         G = dft.forward()
         a, b = _outside_coefficients(alg, beta)
-        # X_{n+1}, then P_M(X_{n+1}) and the sums of the next iteration (a spare last row)
-        kernels.advance_project(X, P, G_prev, G, (a, b * HW, 1.0 - b), *fourier_data, sums[it + 1].numpy())
-        G_prev = G
+        # X_{n+1} = a E_n + b P_n + c G_n; E_{n+1}, P_M(X_{n+1}) and its sums (a spare last row)
+        kernels.advance_project(E, P, G, (a, b * HW, 1.0 - b), *fourier_data, sums[it + 1].numpy())
         if progress is not None and (it + 1 == len(steps) or steps[it + 1] != steps[it]):
             progress(it + 1, len(steps))
 
