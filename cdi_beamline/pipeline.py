@@ -107,8 +107,12 @@ class Reconstructor:
         self.device = resolve_device(device)
         refine_cfg = self.config.refine
         if self.config.iterations is not None:
-            sched = parse_schedule(refine_cfg.schedule).resized(self.config.iterations)
-            refine_cfg = refine_cfg.model_copy(update={"schedule": str(sched)})
+            # Scale the schedule and the shrink-wrap start together, so that a short run
+            # (say 100 iterations live) still lets the support grow and shrink.
+            original = parse_schedule(refine_cfg.schedule)
+            sched = original.resized(self.config.iterations)
+            start = round(refine_cfg.shrinkwrap_start * self.config.iterations / len(original))
+            refine_cfg = refine_cfg.model_copy(update={"schedule": str(sched), "shrinkwrap_start": start})
         self.refine_config = refine_cfg
         self.iterations = len(parse_schedule(refine_cfg.schedule))
         self._net = None

@@ -85,6 +85,8 @@ def test_bad_frames_are_flagged_and_the_rest_reconstructed(pattern):
 def test_iterations_scale_the_schedule_and_describe_is_json():
     rec = Reconstructor(ReconstructorConfig.build(iterations=120), device="cpu")
     assert rec.iterations == 120 and len(parse_schedule(rec.refine_config.schedule)) == 120
+    # the paper's shrink-wrap start (100 of 600) scales with the schedule
+    assert rec.refine_config.shrinkwrap_start == 20
     d = json.loads(json.dumps(rec.describe()))
     assert d["fft_convention"] == FFT_CONVENTION and d["config"]["iterations"] == 120
     assert d["schedule"] == rec.refine_config.schedule and "cdi_beamline" in d["software"]
