@@ -81,8 +81,8 @@ def run_cohere(moduli: np.ndarray, pkg: str, cfg: RefineConfig) -> tuple[float, 
     }
     chis, wall, cpu = [], 0.0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        # Untimed warm-up (imports, first-call set-up), as ours gets: without it the first
-        # pattern's one-time cost inflated cohere's mean by ~25 % over 8 patterns.
+        # Untimed warm-up (imports, first-call set-up), as ours gets: cohere's first
+        # create_rec costs ~340 ms once, which doubled its mean per pattern over 8 patterns.
         path = os.path.join(tmp, "warmup.npy")
         np.save(path, moduli[0].astype(np.float32))
         with contextlib.redirect_stdout(io.StringIO()):
