@@ -285,9 +285,8 @@ def refine(
 
     blur = _gaussian_transfer((H, W), config.shrinkwrap_sigma, device) if config.shrinkwrap else None
     coeff_key = None
-    # On the CPU the element-wise work runs in fused numba kernels (one pass each for the
-    # modulus projection with its chi² sums and for the update); the torch code below is
-    # the same arithmetic, used on other devices and where numba is missing.
+    # On the CPU with numba: _refine_box_pruned, or (positivity) the loop below with the
+    # fused modulus projection; elsewhere the torch code below, the same arithmetic.
     kernels = _load_cpu_kernels() if device.type == "cpu" else None
     if kernels is not None:
         sums = torch.empty((T + 1, B, 2), dtype=torch.float64)  # Σ|F|·Mr, Σ_measured |F|² per iteration
@@ -302,8 +301,7 @@ def refine(
                 _from_fft_order(x), _from_fft_order(S), square_support((H, W), config.support2_size),
                 steps, config, fourier_data, blur, kernels, sums, progress,
             )
-            spm, spp = sums[:T, :, 0] * math.sqrt(H * W), sums[:T, :, 1]
-            history = (1.0 - spm.square() / (spp * smm).clamp_min(_EPS)).to(torch.float32)
+            history = _history_from_sums(sums[:T], H * W, smm)
             # obj is centred: |DFT| is that of the FFT-order object (shift theorem)
             final = chi2(_abs2(torch.fft.fft2(obj, norm="ortho")).sqrt_(), Mm, measured)
             return RefineResult(
@@ -363,8 +361,7 @@ def refine(
             progress(it + 1, T)
 
     if kernels is not None:
-        spm, spp = sums[:T, :, 0] * math.sqrt(H * W), sums[:T, :, 1]
-        history = (1.0 - spm.square() / (spp * smm).clamp_min(_EPS)).to(torch.float32)
+        history = _history_from_sums(sums[:T], H * W, smm)
     obj = x * S
     final = chi2(_abs2(torch.fft.fft2(obj, norm="ortho")).sqrt_(), Mm, measured)
     obj *= scale[:, None, None]
@@ -375,6 +372,12 @@ def refine(
         chi2_history=history.T.clamp_min(0.0).contiguous(),
         schedule=str(schedule),
     )
+
+
+def _history_from_sums(sums: torch.Tensor, HW: int, smm: torch.Tensor) -> torch.Tensor:
+    """chi² history (T, B) from the kernels' (T, B, 2) sums ``Σ|F|·Mr``, ``Σ_measured |F|²``."""
+    spm, spp = sums[..., 0] * math.sqrt(HW), sums[..., 1]
+    return (1.0 - spm.square() / (spp * smm).clamp_min(_EPS)).to(torch.float32)
 
 
 def _support_box(S: torch.Tensor) -> tuple[int, int, int, int]:
