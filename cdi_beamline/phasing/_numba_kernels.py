@@ -3,8 +3,10 @@
 In eager torch the modulus projection with its chi² sums is ~8 passes over memory
 (|F|², sqrt, ratio, two products for the sums, the complex cast, the multiply) and the
 update ``x <- a x + b y`` two more; on a busy 2-core CPU they cost as much as the two
-FFTs. Here each is one vectorised pass over the interleaved (re, im) float32 view of the
-complex64 tensors, in place. Same arithmetic as the torch path of :mod:`.refine` up to
+FFTs. Here the projection (:func:`project_modulus`, :func:`project_modulus_to`) and the
+Fourier-space step of ``refine._refine_box_pruned`` (update, then the next projection:
+:func:`advance_project`) are one vectorised pass each over the interleaved (re, im) float32
+view of the complex64 tensors. Same arithmetic as the torch path of :mod:`.refine` up to
 float rounding (``fastmath``: reassociated sums, accumulated in float64 per 256 pixels).
 
 Compiled on first use and cached on disk (numba's ``cache=True``).
