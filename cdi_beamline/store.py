@@ -57,7 +57,8 @@ def _dirs(data_dir: str | Path) -> tuple[Path, Path, Path, Path]:
 class EmbeddedTiled:
     """A local Tiled server (SQLite catalog + files) serving ``data_dir``.
 
-    The API key is kept in ``data_dir/tiled/api_key`` so that a data directory keeps one
+    The API key is kept in ``data_dir/tiled/api_key`` (shared by all embedded servers of one
+    process, see :func:`_process_api_key`) so that a data directory keeps one
     key across restarts; ``server.json`` tells other processes where the server listens.
 
     Parameters
@@ -77,11 +78,7 @@ class EmbeddedTiled:
         self.data_dir, self.tiled_dir, self.results_dir, self.spool_dir = _dirs(data_dir)
         for d in (self.tiled_dir, self.results_dir, self.spool_dir):
             d.mkdir(parents=True, exist_ok=True)
-        key_file = self.tiled_dir / "api_key"
-        if not key_file.exists():
-            key_file.write_text(secrets.token_hex(16))
-            key_file.chmod(0o600)
-        self.api_key = key_file.read_text().strip()
+        self.api_key = _process_api_key(self.tiled_dir / "api_key")
         self.port = port
         self._server = None
         self.start()
@@ -133,6 +130,24 @@ class EmbeddedTiled:
 
 
 _EMBEDDED: dict[Path, EmbeddedTiled] = {}
+_PROCESS_API_KEY: list[str] = []
+
+
+def _process_api_key(key_file: Path) -> str:
+    """The one API key of every embedded server in this process, written to ``key_file``.
+
+    Tiled's server settings are a single object per process, and each app started sets
+    its single-user key on it: with two servers in one process (a test session, a demo
+    beside a profile), the first would then refuse its own clients (401). So the first
+    server's key (from its data directory, or new) is shared by all of them.
+    """
+    if not _PROCESS_API_KEY:
+        existing = key_file.read_text().strip() if key_file.exists() else ""
+        _PROCESS_API_KEY.append(existing or secrets.token_hex(16))
+    if not key_file.exists() or key_file.read_text().strip() != _PROCESS_API_KEY[0]:
+        key_file.write_text(_PROCESS_API_KEY[0])
+        key_file.chmod(0o600)
+    return _PROCESS_API_KEY[0]
 
 
 def connect(uri: str | None = None, api_key: str | None = None, data_dir: str | Path | None = None):
