@@ -79,7 +79,7 @@ class CDINetWeights(Enum):
     CPU_REDUCED_V1 = Weights(
         file="cdinet_cpu_reduced_v1.pt",
         card="cdinet_cpu_reduced_v1.json",
-        sha256="c99056d80b3d44a98bea8371bbc37dcf546d383c942dcb40063babe9926d3072",
+        sha256="dc157bf7037e8b0bbed887f9a537f098216b34e1c41e20de9104c70d8c9bf60b",
     )
     DEFAULT = CPU_REDUCED_V1
 
