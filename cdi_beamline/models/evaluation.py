@@ -233,7 +233,7 @@ def refinement_curves(net: CDINet, data, match, k: int, repeats: int, seed: int,
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("χ² (geometric mean, ±1 sd of log χ²)")
-    ax.set_title(f"ER/HIO + shrink-wrap from four starts ({k} patterns, {repeats} random repeats)")
+    ax.set_title(f"ER/HIO + shrink-wrap from four starts ({k} patterns, {repeats} random repeats)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "eval_fig5f_refinement.png", dpi=110)
