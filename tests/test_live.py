@@ -180,7 +180,7 @@ def test_worker_raising_is_recorded_and_reprocess_rebuilds(source, tiled_server,
     assert load_raw_frames(client, raw_uid)[0].shape == (6, 64, 64)
 
     rc = main(["reprocess", raw_uid, "--uri", tiled_server.uri, "--api-key", tiled_server.api_key,
-               "--data-dir", str(tiled_server.data_dir), "--iterations", str(ITER), "--init", "random",
+               "--data-dir", str(tiled_server.data_dir), "--iterations", str(ITER), "--init", "cnn",
                "--device", "cpu", "--batch-size", "3"])
     assert rc == 0
     runs = derived_runs(client, raw_uid)

@@ -65,7 +65,7 @@ def wait_idle(proxy, timeout: float = 60.0) -> tango.DevState:
 def test_reconstructor_round_trip_matches_offline(reconstructor, aps):
     pattern = aps.frame(99)
     assert reconstructor.state() == tango.DevState.ON
-    assert reconstructor.iterations == ITER and reconstructor.init_mode == "random"
+    assert reconstructor.iterations == ITER and reconstructor.init_mode == "cnn"
     reconstructor.seed = 5
     reconstructor.pattern = pattern
     np.testing.assert_array_equal(reconstructor.pattern, pattern)
@@ -73,7 +73,7 @@ def test_reconstructor_round_trip_matches_offline(reconstructor, aps):
     assert wait_idle(reconstructor) == tango.DevState.ON, reconstructor.status()
     assert "reconstructed: chi2" in reconstructor.status()
 
-    offline = Reconstructor(ReconstructorConfig.build(init="random", iterations=ITER), device="cpu")
+    offline = Reconstructor(ReconstructorConfig.build(init="cnn", iterations=ITER), device="cpu")
     expected = offline.reconstruct(pattern[None], seed=5)
     amplitude, phase, support = reconstructor.amplitude, reconstructor.phase, reconstructor.support
     assert amplitude.shape == phase.shape == support.shape == (64, 64) and support.dtype == bool

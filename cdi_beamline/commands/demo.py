@@ -25,9 +25,7 @@ def add_parser(subparsers) -> None:
                    "the 189 frames of the rocking scan for aps34idc)")
     p.add_argument("--source", choices=("synthetic", "aps34idc"), default="synthetic",
                    help="simulated detector's frames (default synthetic)")
-    # random start by default: with the CNN weights of 2026-11-27 a CNN start + 100 iterations
-    # collapsed the support (mean chi² 0.42 vs 0.0004 from random starts; docs/benchmarks.md)
-    add_reconstructor_options(p, init_default="random", iterations_default=100)
+    add_reconstructor_options(p, init_default="cnn", iterations_default=100)
     p.add_argument("--queue-policy", choices=("block", "drop"), default="block",
                    help="full queue: block the scan (replay, default) or drop and count (live)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")

@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("input", metavar="INPUT", help="pattern file; FILE.h5:/path or FILE.npz:key selects a dataset")
     p.add_argument("--out", required=True, metavar="OUT.h5", help="output HDF5 (overwritten)")
     p.add_argument("--quantity", choices=["intensity", "modulus"], help="what INPUT holds (default intensity)")
-    p.add_argument("--init", choices=["random", "support", "cnn", "nns"], help="initialisation (default random)")
+    p.add_argument("--init", choices=["random", "support", "cnn", "nns"], help="initialisation (default cnn: the shipped weights; random for frames that are not 64x64)")
     p.add_argument("--support", metavar="FILE", help="real-space support (H, W) for --init support (nonzero = inside)")
     p.add_argument("--support-grow", type=int, default=0, metavar="PX",
                    help="dilate the --support by PX pixels first (a loose support for shrink-wrap)")

@@ -15,10 +15,11 @@ __all__ = ["ReconstructorConfig"]
 class ReconstructorConfig(FrozenModel):
     """How :class:`cdi_beamline.pipeline.Reconstructor` turns frames into objects."""
 
-    init: Literal["cnn", "random", "support", "nns"] = "random"
-    """Start of the refinement (the paper's Fig. 5): the CNN's object and support,
-    random phases in a rectangle, random phases in a given support, or the nearest
-    neighbour of a simulated set."""
+    init: Literal["cnn", "random", "support", "nns"] = "cnn"
+    """Start of the refinement (the paper's Fig. 5): the CNN's object and support (the
+    default; frames that are not 64x64 fall back to random, and say so), random phases in
+    a rectangle, random phases in a given support, or the nearest neighbour of a
+    simulated set."""
 
     refine: RefineConfig = Field(default_factory=RefineConfig)
     """Schedule, shrink-wrap and supports of the iterative refinement."""

@@ -150,7 +150,7 @@ class CDIReconstructor(Device):
     )
     TorchDevice = device_property(dtype=str, default_value="auto", doc="Torch device: auto, cpu, cuda, cuda:N")
     Iterations = device_property(dtype=int, default_value=600, doc="Initial value of `iterations`")
-    InitMode = device_property(dtype=str, default_value="random", doc="Initial value of `init_mode` (cnn|random)")
+    InitMode = device_property(dtype=str, default_value="cnn", doc="Initial value of `init_mode` (cnn|random)")
 
     INITS = ("cnn", "random")
 
