@@ -318,11 +318,7 @@ def refine(
     # view_as_real's last axis each cost as much as an FFT.
     for it, (alg, beta) in enumerate(steps):
         beta = config.beta if beta is None else beta
-        if (
-            blur is not None
-            and it >= config.shrinkwrap_start
-            and (it - config.shrinkwrap_start) % config.shrinkwrap_every == 0
-        ):
+        if blur is not None and _shrinkwrap_due(it, config):
             S = _shrinkwrap(x, blur, config.shrinkwrap_threshold, support2, S, kernels)
             coeff_key = None
         if coeff_key != (alg, beta):
@@ -463,11 +459,7 @@ def _refine_box_pruned(x, S, support2, steps, config, fourier_data, blur, kernel
     E = X.sub_(G)
     for it, (alg, beta) in enumerate(steps):
         beta = config.beta if beta is None else beta
-        if (
-            blur is not None
-            and it >= config.shrinkwrap_start
-            and (it - config.shrinkwrap_start) % config.shrinkwrap_every == 0
-        ):
+        if blur is not None and _shrinkwrap_due(it, config):
             X = E.add_(G)
             x = _ifft2_t(X).mul_(1.0 / HW)
             S = _shrinkwrap(x, blur, config.shrinkwrap_threshold, support2, S, kernels)
@@ -486,6 +478,12 @@ def _refine_box_pruned(x, S, support2, steps, config, fourier_data, blur, kernel
     obj[:, dft.r0 : dft.r1, dft.c0 : dft.c1] = dft.box()  # inside S, x_T = y_{T-1}
     return obj, S
 
+
+
+def _shrinkwrap_due(it: int, config: RefineConfig) -> bool:
+    """Whether shrink-wrap updates the support before iteration ``it`` (0-based)."""
+    start = config.shrinkwrap_start
+    return it >= start and (it - start) % config.shrinkwrap_every == 0
 
 def _shrinkwrap(x, blur, threshold, support2, previous, kernels=None):
     """Marchesini shrink-wrap: blurred |x| above ``threshold``·max, inside Support 2.
