@@ -18,8 +18,8 @@ import torch
 from . import __version__
 from .config import ReconstructorConfig
 from .device import resolve_device
-from .fourier import FFT_CONVENTION, embed_centre
-from .phasing import InitialEstimate, parse_schedule, refine
+from .fourier import FFT_CONVENTION, embed_centre, fourier_modulus
+from .phasing import InitialEstimate, chi2, parse_schedule, refine
 
 __all__ = ["MIN_SIZE", "MAX_SIZE", "Reconstructor", "ReconstructionBatch", "validate_frame"]
 
@@ -106,7 +106,7 @@ class Reconstructor:
         self.config = config or ReconstructorConfig()
         self.device = resolve_device(device)
         refine_cfg = self.config.refine
-        if self.config.iterations is not None:
+        if self.config.iterations:
             # Scale the schedule and the shrink-wrap start together, so that a short run
             # (say 100 iterations live) still lets the support grow and shrink.
             original = parse_schedule(refine_cfg.schedule)
@@ -114,7 +114,7 @@ class Reconstructor:
             start = round(refine_cfg.shrinkwrap_start * self.config.iterations / len(original))
             refine_cfg = refine_cfg.model_copy(update={"schedule": str(sched), "shrinkwrap_start": start})
         self.refine_config = refine_cfg
-        self.iterations = len(parse_schedule(refine_cfg.schedule))
+        self.iterations = 0 if self.config.iterations == 0 else len(parse_schedule(refine_cfg.schedule))
         self._net = None
         self._nns = None
 
@@ -180,20 +180,30 @@ class Reconstructor:
             m = None if mask_t is None else mask_t[idx].to(self.device)
             s = None if support_t is None else support_t[idx].to(self.device)
             init, how = self._initial_estimate(modulus, s)
-            res = refine(
-                modulus,
-                mask=m,
-                init=init,
-                config=self.refine_config,
-                seed=(0 if seed is None else int(seed)) + k,
-            )
-            obj = _fix_global_phase(res.object)
+            if T == 0:
+                if init is None or init.object is None:  # e.g. cnn on a frame that is not 64x64
+                    for i in idx:
+                        out.status[i], out.reason[i] = "bad", f"iterations=0 needs a {self.config.init} estimate; got {how}"
+                    continue
+                obj, support_k = init.object, init.support
+                chi2_k = chi2(fourier_modulus(obj), modulus, m)
+                history_k = torch.empty((len(idx), 0))
+            else:
+                res = refine(
+                    modulus,
+                    mask=m,
+                    init=init,
+                    config=self.refine_config,
+                    seed=(0 if seed is None else int(seed)) + k,
+                )
+                obj, support_k, chi2_k, history_k = res.object, res.support, res.chi2, res.chi2_history
+            obj = _fix_global_phase(obj)
             out.object[idx] = obj.cpu().numpy()
             out.amplitude[idx] = obj.abs().cpu().numpy()
             out.phase[idx] = obj.angle().cpu().numpy()
-            out.support[idx] = res.support.cpu().numpy()
-            out.chi2[idx] = res.chi2.double().cpu().numpy()
-            out.chi2_history[idx] = res.chi2_history.cpu().numpy()
+            out.support[idx] = support_k.cpu().numpy()
+            out.chi2[idx] = chi2_k.double().cpu().numpy()
+            out.chi2_history[idx] = history_k.cpu().numpy()
             for i in idx:
                 out.init[i] = how
         return out

@@ -173,3 +173,33 @@ def test_cnn_init_with_the_shipped_weights(pattern):
     assert np.isfinite(out.chi2).all()
     weights = rec.describe()["weights"]
     assert weights["sha256"] == CDINetWeights.DEFAULT.sha256 and weights["id"] == CDINetWeights.DEFAULT.id
+
+
+def test_zero_iterations_returns_the_cnn_estimate_alone(tmp_path):
+    """`--iterations 0`: the CNN's object in the pattern's grid, its chi² against the data."""
+    from cdi_beamline.cli import main
+    from cdi_beamline.models import cdinet, initial_estimate
+    from cdi_beamline.physics import simulate_batch
+
+    b = simulate_batch(3, seed=4, device="cpu")
+    intensity = (b.modulus**2).numpy()
+    out = Reconstructor(ReconstructorConfig.build(init="cnn", iterations=0), device="cpu").reconstruct(intensity)
+    assert out.status == ["ok"] * 3 and out.chi2_history.shape == (3, 0)
+    est = initial_estimate(cdinet(), b.modulus)
+    np.testing.assert_array_equal(out.support, est.support.numpy())
+    np.testing.assert_allclose(out.amplitude, est.object.abs().numpy(), rtol=1e-5, atol=1e-6)
+    expected = chi2(torch.from_numpy(np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(out.object, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)))), b.modulus)
+    np.testing.assert_allclose(out.chi2, expected.numpy(), rtol=1e-4)
+    with pytest.raises(ConfigError, match="iterations=0"):
+        ReconstructorConfig.build(init="random", iterations=0)
+    # a frame the CNN cannot take (not 64x64) is flagged, not silently refined
+    big = Reconstructor(ReconstructorConfig.build(init="cnn", iterations=0), device="cpu").reconstruct(np.pad(intensity[0], 16))
+    assert big.status == ["bad"] and "iterations=0" in big.reason[0]
+    np.save(tmp_path / "p.npy", intensity)
+    assert main(["reconstruct", str(tmp_path / "p.npy"), "--out", str(tmp_path / "o.h5"), "--iterations", "0",
+                 "--device", "cpu", "--plot", str(tmp_path / "o.png")]) == 0
+    import h5py
+
+    with h5py.File(tmp_path / "o.h5") as f:
+        np.testing.assert_allclose(f["chi2"][()], out.chi2, rtol=1e-5)
+        assert f["object"].shape == (3, 64, 64) and f["chi2_history"].shape == (3, 0)

@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
                    help="require a real, non-negative object (forward CDI; not for Bragg CDI strain phases)")
     p.add_argument("--nns-index", metavar="FILE.h5", help="HDF5 from `cdi-beamline simulate` for --init nns")
     p.add_argument("--weights", help="CNN weights name for --init cnn (default DEFAULT)")
-    p.add_argument("--iterations", type=int, metavar="N", help="total iterations (the schedule is scaled to N)")
+    p.add_argument("--iterations", type=int, metavar="N", help="total iterations (the schedule is scaled to N); 0 = the CNN (or NNS) estimate alone")
     p.add_argument("--schedule", metavar="S", help="e.g. '(HIO**130 * ER**20)**4' (left to right in time)")
     p.add_argument("--mask", metavar="FILE", help="detector mask (H, W) or (N, H, W), nonzero = measured")
     p.add_argument("--mask-zeros", action="store_true", help="also treat zero-valued pixels as unmeasured")

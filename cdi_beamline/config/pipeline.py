@@ -24,8 +24,9 @@ class ReconstructorConfig(FrozenModel):
     refine: RefineConfig = Field(default_factory=RefineConfig)
     """Schedule, shrink-wrap and supports of the iterative refinement."""
 
-    iterations: int | None = Field(None, ge=1, le=100_000)
-    """Total iterations; the schedule's counts are scaled to it. None = the schedule's own."""
+    iterations: int | None = Field(None, ge=0, le=100_000)
+    """Total iterations; the schedule's counts are scaled to it. None = the schedule's own.
+    0 returns the initial estimate alone (``init`` cnn or nns), placed in the frame's grid."""
 
     weights: str = "DEFAULT"
     """Name of the CNN weights (``init="cnn"``)."""
@@ -46,4 +47,6 @@ class ReconstructorConfig(FrozenModel):
     def _nns_needs_an_index(self) -> "ReconstructorConfig":
         if self.init == "nns" and not self.nns_index:
             raise ValueError("init='nns' needs nns_index (an HDF5 written by `cdi-beamline simulate`)")
+        if self.iterations == 0 and self.init not in ("cnn", "nns"):
+            raise ValueError(f"iterations=0 returns the initial estimate alone: it needs init='cnn' or 'nns', not {self.init!r}")
         return self
