@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
         description="Start the embedded Tiled server in DIR, run a Bluesky scan of a simulated detector "
         "(synthetic patterns, or the measured APS 34-ID-C rocking scan replayed against a rocking motor) "
         "with LiveReconstruction subscribed, and print where the results are and a summary. Writes "
-        "DIR/demo_recent.png (amplitude and unwrapped phase of recent frames). The data stay in DIR: "
+        "DIR/demo_recent.png (amplitude and unwrapped phase of frames across the scan). The data stay in DIR: "
         "`cdi-beamline results --data-dir DIR` lists them again.",
     )
     p.add_argument("--data-dir", default="cdi-demo", metavar="DIR", help="data directory (default ./cdi-demo)")
@@ -122,8 +122,9 @@ def _reconstructor(args):
     return build_reconstructor(args)
 
 
-def _plot_recent(res: dict, path: Path, n: int = 6) -> None:
-    """Amplitude (top) and unwrapped phase in the support (bottom) of the last ``n`` good frames."""
+def _plot_recent(res: dict, path: Path, n: int = 8) -> None:
+    """Amplitude (top) and unwrapped phase in the support (bottom) of ``n`` good frames spread
+    evenly over the scan (a rocking scan then shows its weak tails and its peak)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,9 +133,10 @@ def _plot_recent(res: dict, path: Path, n: int = 6) -> None:
 
     from ..phasing import unwrap
 
-    good = np.flatnonzero(res["status"] == "ok")[-n:]
+    good = np.flatnonzero(res["status"] == "ok")
     if good.size == 0:
         return
+    good = good[np.unique(np.linspace(0, good.size - 1, min(n, good.size)).round().astype(int))]
     fig, axes = plt.subplots(2, len(good), figsize=(2.2 * len(good), 4.6), squeeze=False)
     for col, i in enumerate(good):
         amp = res["amplitude"][i]
@@ -155,7 +157,7 @@ def _plot_recent(res: dict, path: Path, n: int = 6) -> None:
             ax.set_yticks([])
     axes[0, 0].set_ylabel("amplitude")
     axes[1, 0].set_ylabel("phase (rad, unwrapped)\nwhere amplitude > 10 %")
-    fig.suptitle(f"recent live reconstructions ({len(res['status'])} frames)", fontsize=10)
+    fig.suptitle(f"live reconstructions across the scan ({len(res['status'])} frames)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
