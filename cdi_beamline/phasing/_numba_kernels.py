@@ -30,62 +30,6 @@ _EPS = np.float32(1e-12)
 
 
 @numba.njit(**_JIT)
-def _project(F, Mr, sums):
-    B, N = Mr.shape
-    for b in range(B):
-        spm = 0.0
-        spp = 0.0
-        for s0 in range(0, N, _CHUNK):
-            Fc = F[b, 2 * s0 : 2 * (s0 + _CHUNK)]
-            Mc = Mr[b, s0 : s0 + _CHUNK]
-            pm = np.float32(0.0)
-            pp = np.float32(0.0)
-            for i in range(Mc.size):
-                re = Fc[2 * i]
-                im = Fc[2 * i + 1]
-                a2 = re * re + im * im
-                amp = np.sqrt(a2)
-                r = Mc[i] / (amp + _EPS)
-                pm += amp * Mc[i]
-                pp += a2
-                Fc[2 * i] = re * r
-                Fc[2 * i + 1] = im * r
-            spm += pm
-            spp += pp
-        sums[b, 0] = spm
-        sums[b, 1] = spp
-
-
-@numba.njit(**_JIT)
-def _project_masked(F, Mr, Ur, W, sums):
-    B, N = Mr.shape
-    for b in range(B):
-        spm = 0.0
-        spp = 0.0
-        for s0 in range(0, N, _CHUNK):
-            Fc = F[b, 2 * s0 : 2 * (s0 + _CHUNK)]
-            Mc = Mr[b, s0 : s0 + _CHUNK]
-            Uc = Ur[b, s0 : s0 + _CHUNK]
-            Wc = W[b, s0 : s0 + _CHUNK]
-            pm = np.float32(0.0)
-            pp = np.float32(0.0)
-            for i in range(Mc.size):
-                re = Fc[2 * i]
-                im = Fc[2 * i + 1]
-                a2 = re * re + im * im
-                amp = np.sqrt(a2)
-                r = Mc[i] / (amp + _EPS) + Uc[i]
-                pm += amp * Mc[i]
-                pp += a2 * Wc[i]
-                Fc[2 * i] = re * r
-                Fc[2 * i + 1] = im * r
-            spm += pm
-            spp += pp
-        sums[b, 0] = spm
-        sums[b, 1] = spp
-
-
-@numba.njit(**_JIT)
 def _project_to(X, P, Mr, sums):
     B, N = Mr.shape
     for b in range(B):
@@ -241,13 +185,8 @@ def project_modulus(
     measured : (B, H, W) float32 (1 = measured) or None; None with ``unmeasured_r`` None
     sums : (B, 2) float64, receives ``Σ |F|·Mr`` and ``Σ_measured |F|²`` per frame
     """
-    B = F.shape[0]
-    Fv = _interleaved(F)
-    Mv = Mr.view(B, -1).numpy()
-    if unmeasured_r is None:
-        _project(Fv, Mv, sums)
-    else:
-        _project_masked(Fv, Mv, unmeasured_r.view(B, -1).numpy(), measured.view(B, -1).numpy(), sums)
+    # Each pixel is read before it is written, at the same index: in place is safe.
+    project_modulus_to(F, F, Mr, unmeasured_r, measured, sums)
 
 
 def project_modulus_to(
