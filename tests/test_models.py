@@ -38,9 +38,11 @@ def test_network_refuses_wrong_shape():
 
 
 def test_amplitude_head_not_born_dead():
+    # Seeded: with this seed a zero final bias leaves 3 % of the pixels alive (a dead ReLU).
+    torch.manual_seed(0)
     net = CDINet(ModelConfig(base_channels=4)).eval()
     amp, _ = net(torch.rand(2, 64, 64))
-    assert (amp > 0).float().mean() > 0.5
+    assert (amp > 0).float().mean() > 0.9
 
 
 def test_output_invariant_to_photon_scale(batch):
