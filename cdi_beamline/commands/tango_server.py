@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
                    "(default aps34idc)")
     p.add_argument("--device", metavar="D", help="reconstructor property TorchDevice: auto | cpu | cuda[:n]")
     p.add_argument("--iterations", type=int, metavar="N", help="reconstructor property Iterations (default 600)")
-    p.add_argument("--init", choices=("cnn", "random"), help="reconstructor property InitMode (default random)")
+    p.add_argument("--init", choices=("cnn", "random"), help="reconstructor property InitMode (default cnn)")
     p.add_argument("--pattern-shape", type=int, nargs=2, metavar=("ROWS", "COLS"),
                    help="reconstructor property PatternShape (default 64 64)")
     p.add_argument("--tango-verbose", type=int, default=0, metavar="LEVEL", help="Tango trace level 0-5")
