@@ -98,7 +98,7 @@ class Reconstructor:
 
     Parameters
     ----------
-    config : ReconstructorConfig (default: random init, the paper's 600-iteration schedule)
+    config : ReconstructorConfig (default: CNN start, the paper's 600-iteration schedule)
     device : "auto" | "cpu" | "cuda[:n]"
     """
 

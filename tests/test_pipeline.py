@@ -134,7 +134,7 @@ def test_aps_frame99_random_start_reaches_paper_level_chi2(shared_data):
     from scipy import ndimage
 
     frame = np.load(shared_data / "aps34idc_S0054" / "aps34idc_S0054_frame099_crop64_wfcorr.npy")
-    rec = Reconstructor(device="cpu")  # the default: random start, the paper's 600 iterations
+    rec = Reconstructor(ReconstructorConfig.build(init="random"), device="cpu")  # the paper's 600 iterations
     out = rec.reconstruct(np.stack([frame] * 8), seed=0)
     assert np.median(out.chi2) <= 0.005, out.chi2
     for s in out.support[out.chi2 <= np.median(out.chi2)]:
