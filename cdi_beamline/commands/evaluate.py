@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-DEFAULT_MEASURED = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "aps34idc_S0054" / "aps34idc_S0054_frame099_crop64_wfcorr.npy"
-)
 
 
 def add_parser(subparsers) -> None:
@@ -27,8 +22,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--nns-size", type=int, default=10_000, help="patterns simulated for the NNS index (default 10000)")
     p.add_argument("--refine-patterns", type=int, default=16, help="patterns refined in part (c) (default 16)")
     p.add_argument("--repeats", type=int, default=4, help="random restarts per pattern in part (c) (default 4)")
-    p.add_argument("--measured", default=str(DEFAULT_MEASURED), metavar="FILE.npy",
-                   help="measured 64×64 intensity for part (d) (default: the APS frame 99, skipped if absent)")
+    p.add_argument("--measured", default="aps34idc", metavar="FILE.npy",
+                   help="measured 64×64 intensity for part (d) (default aps34idc: frame 99 of the APS 34-ID-C "
+                   "rocking scan shipped in the package, flat-field corrected; a missing file is skipped)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (default auto)")
     p.set_defaults(func=run)
 
@@ -41,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
     for name in ("n", "nns_size", "refine_patterns", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    measured = args.measured
+    if measured == "aps34idc":  # the shipped scan's frame 99 equals the shared wfcorr crop (tested)
+        from ..devices import make_source
+
+        measured = make_source("aps34idc").frame(99)
     dev = resolve_device(args.device)
     net = cdinet(args.weights).to(dev)
     evaluate(
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         nns_size=args.nns_size,
         refine_patterns=args.refine_patterns,
         repeats=args.repeats,
-        measured=args.measured,
+        measured=measured,
         device=dev,
         say=lambda s: print(s, flush=True),
     )

@@ -241,13 +241,16 @@ def refinement_curves(net: CDINet, data, match, k: int, repeats: int, seed: int,
     return res
 
 
-def measured_frame(net: CDINet, path: Path, seeds: int, out: Path, device) -> dict[str, Any]:
-    """Fig. 7: the measured APS 34-ID-C frame — CNN alone, then CNN-seeded refinement
-    (deterministic), beside ``seeds`` random-start refinements for comparison."""
+def measured_frame(net: CDINet, path: Path | np.ndarray, seeds: int, out: Path, device) -> dict[str, Any]:
+    """Fig. 7: the measured APS 34-ID-C frame (a .npy path or the (64, 64) intensity itself)
+    — CNN alone, then CNN-seeded refinement (deterministic), beside ``seeds`` random-start
+    refinements for comparison."""
     from ..phasing import chi2, refine, unwrap
 
     plt = _plt()
-    intensity = np.load(path).astype(np.float32)
+    intensity = (np.asarray(path) if isinstance(path, np.ndarray) else np.load(path)).astype(np.float32)
+    if isinstance(path, np.ndarray):
+        path = "APS 34-ID-C frame 99, flat-field corrected (shipped with cdi_beamline.devices)"
     m = torch.from_numpy(np.sqrt(np.clip(intensity, 0, None)))[None].to(device)
     amp, phase = predict(net, m)
     c_cnn = float(chi2(predicted_modulus(amp, phase, m.shape[-2:]), m)[0])
@@ -299,7 +302,7 @@ def evaluate(
     nns_size: int = 10_000,
     refine_patterns: int = 16,
     repeats: int = 4,
-    measured: str | Path | None = None,
+    measured: str | Path | np.ndarray | None = None,
     device="cpu",
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -312,7 +315,8 @@ def evaluate(
     nns_index : HDF5 from ``cdi-beamline simulate`` to search; default ``nns_size``
         patterns simulated with seed ``seed + 1``
     refine_patterns, repeats : patterns and random restarts of part (c)
-    measured : the APS frame (.npy intensity); None or missing -> part (d) skipped
+    measured : the APS frame, as (64, 64) intensities or a .npy path; None or a missing
+        file -> part (d) skipped
     """
     from ..physics import simulate_batch
 
@@ -339,9 +343,10 @@ def evaluate(
     for k in ("_amp", "_phase", "_chi2_modulus"):
         cnn.pop(k)
     metrics.update(cnn=cnn, nns=nns, refinement=curves)
-    if measured is not None and Path(measured).is_file():
-        say(f"(d) measured frame {measured}")
-        metrics["measured"] = measured_frame(net, Path(measured), 8, out, device)
+    if isinstance(measured, np.ndarray) or (measured is not None and Path(measured).is_file()):
+        say("(d) measured frame")
+        frame = measured if isinstance(measured, np.ndarray) else Path(measured)
+        metrics["measured"] = measured_frame(net, frame, 8, out, device)
         say(f"    CNN chi² {metrics['measured']['cnn_chi2_modulus']:.3f}; CNN-seeded refinement "
             f"{metrics['measured']['cnn_seeded_chi2']:.4f}; random starts median "
             f"{metrics['measured']['random_chi2_median']:.4f}")
