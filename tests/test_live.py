@@ -311,9 +311,11 @@ def test_ophyd_async_hdf5_detector_path(rec, source, tiled_server, client, run_e
 
 def test_worker_process_fed_by_0mq(source, tiled_server, client, run_engine, tmp_path):
     """The worker in its own process, behind a real 0MQ proxy on 127.0.0.1."""
+    import queue
     import socket
     import subprocess
     import sys
+    import threading
     import time
 
     import zmq
@@ -331,15 +333,27 @@ def test_worker_process_fed_by_0mq(source, tiled_server, client, run_engine, tmp
          "--uri", tiled_server.uri, "--api-key", tiled_server.api_key, "--data-dir", str(tiled_server.data_dir),
          "--init", "random", "--iterations", str(ITER), "--device", "cpu", "--batch-size", "4", "--max-runs", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in worker.stdout], daemon=True)
+    reader.start()
     try:
-        for line in worker.stdout:
-            if line.startswith("listening on"):
-                break
-        time.sleep(1.0)  # 0MQ subscriptions take a moment to reach the proxy
         publisher = Publisher(f"127.0.0.1:{ports[0]}")
+        # handshake: 0MQ drops messages sent before both sockets reach the proxy, so publish a stop of an
+        # unknown run until the worker reports ignoring it; only then is the path known to be live
+        deadline, seen = time.monotonic() + 60, []
+        while not any("ignored stop of run probe" in line for line in seen):
+            assert time.monotonic() < deadline and worker.poll() is None, "".join(seen)
+            publisher("stop", {"uid": "probe-stop", "run_start": "probe", "time": time.time(),
+                               "exit_status": "success", "num_events": {}})
+            try:
+                seen.append(lines.get(timeout=0.25))
+            except queue.Empty:
+                pass
         run_engine.subscribe(publisher)
         (raw_uid,) = run_engine(count([ReplayDetector(source, name="det")], 4)).run_start_uids
-        out, _ = worker.communicate(timeout=120)
+        worker.wait(timeout=120)
+        reader.join(timeout=10)
+        out = "".join(seen) + "".join(lines.queue)
         publisher._socket.setsockopt(zmq.LINGER, 0)  # a stopped proxy must not hold the context
         publisher.close()
         assert worker.returncode == 0, out

@@ -49,10 +49,16 @@ def run(args: argparse.Namespace) -> int:
     live = LiveConfig(batch_size=args.batch_size, queue_policy=args.queue_policy, image_key=args.image_key,
                       data_dir=data_dir)
     dispatcher = RemoteDispatcher(args.zmq, prefix=args.prefix.encode())
-    stops = []
+    starts, stops = set(), []
 
     def _count_stops(name, doc):
-        if name == "stop":
+        if name == "start":
+            starts.add(doc["uid"])
+        elif name == "stop" and doc["run_start"] not in starts:
+            # 0MQ drops what is published before a subscription reaches the proxy ("slow joiner")
+            print(f"ignored stop of run {doc['run_start']}: its start was not received (subscribed late?)",
+                  flush=True)
+        elif name == "stop":
             stops.append(doc["run_start"])
             print(f"raw run {doc['run_start']} done ({len(stops)})", flush=True)
             if args.max_runs and len(stops) >= args.max_runs:
