@@ -394,8 +394,10 @@ def test_serve_is_reused_by_connect(tmp_path):
     from cdi_beamline.store import connect
 
     data = tmp_path / "served"
-    server = subprocess.Popen([sys.executable, "-m", "cdi_beamline.cli", "serve", "--data-dir", str(data)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    err = open(tmp_path / "serve.err", "w+")
+    # -X faulthandler: if the server hangs on Ctrl-C, SIGABRT dumps every thread's stack into serve.err
+    server = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "cdi_beamline.cli", "serve",
+                               "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=err, text=True)
     try:
         lines = []
         for line in server.stdout:
@@ -407,8 +409,15 @@ def test_serve_is_reused_by_connect(tmp_path):
         assert str(catalog.context.api_uri).startswith(uri) and len(catalog) == 0
         assert "CatalogOfBlueskyRuns" in {s.name for s in catalog.specs}
         server.send_signal(signal.SIGINT)
-        assert server.wait(30) == 0
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.send_signal(signal.SIGABRT)
+            server.wait(10)
+        err.seek(0)
+        assert server.returncode == 0, f"serve did not stop on Ctrl-C:\n{err.read()[-8000:]}"
         assert not (data / "tiled" / "server.json").exists()
     finally:
         if server.poll() is None:
             server.kill()
+        err.close()
