@@ -92,3 +92,36 @@ def test_evaluate_cli_small(tiny_run, tmp_path, capsys):
     assert "skipped" in capsys.readouterr().out
     assert cli(["evaluate", "--n", "0", "--out", str(out)]) == 2
     assert cli(["evaluate", "--seed", str(10**9), "--out", str(out), "--weights", str(run_dir)]) == 2
+
+
+def test_fine_tune_starts_from_given_weights(tiny_run, tmp_path):
+    cfg, out, meta = tiny_run
+    ft = cfg.model_copy(update={"init_weights": str(out), "seed": 1, "epochs": 0.25})
+    first_val = []
+    ft_meta = train(ft, tmp_path / "ft", device="cpu", progress=first_val.append)
+    assert ft_meta["init_weights"] == {"id": str((out / "model.pt").resolve()), "sha256": meta["sha256"]}
+    assert "starting from weights" in first_val[0]
+    # 10 more steps from the trained weights validate near them, far below a random init
+    scratch = train(cfg.model_copy(update={"epochs": 0.25}), tmp_path / "scratch", device="cpu", progress=lambda s: None)
+    assert ft_meta["validation"]["total"] < scratch["validation"]["total"]
+
+
+def test_fine_tune_refuses_another_architecture(tiny_run, tmp_path):
+    cfg, out, _ = tiny_run
+    wider = cfg.model.model_copy(update={"base_channels": 16})
+    with pytest.raises(ValueError, match="same architecture"):
+        train(cfg.model_copy(update={"init_weights": str(out), "model": wider}), tmp_path, device="cpu")
+    with pytest.raises(FileNotFoundError, match="unknown weights"):
+        train(cfg.model_copy(update={"init_weights": "NO_SUCH_WEIGHTS"}), tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize("name", ["paper", "gpu", "cpu", "cpu_finetune", "tiny"])
+def test_recipe_files_match_the_recipes(name):
+    """The JSON recipes users pass to `train --config` are the documented recipe functions."""
+    from importlib import resources
+
+    from cdi_beamline.config import TrainConfig, load_config
+    from cdi_beamline.config import model as recipes
+
+    with resources.as_file(resources.files("cdi_beamline.models").joinpath("recipes", f"{name}.json")) as path:
+        assert load_config(TrainConfig, path) == getattr(recipes, f"{name}_recipe")()

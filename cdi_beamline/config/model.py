@@ -10,6 +10,8 @@ Three documented recipes are provided as functions returning a validated
   twin-aware loss.
 * :func:`cpu_recipe` — a narrower network trained on fresh patterns on a CPU for a
   fixed wall-clock budget (how the shipped weights were made when no GPU was lent).
+* :func:`cpu_finetune_recipe` — the second CPU stage: the cpu recipe's weights trained
+  further on new patterns (``init_weights``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from pydantic import Field, model_validator
 
 from ._base import FrozenModel
 
-__all__ = ["ModelConfig", "TrainConfig", "paper_recipe", "gpu_recipe", "cpu_recipe", "tiny_recipe"]
+__all__ = [
+    "ModelConfig",
+    "TrainConfig",
+    "paper_recipe",
+    "gpu_recipe",
+    "cpu_recipe",
+    "cpu_finetune_recipe",
+    "tiny_recipe",
+]
 
 
 class ModelConfig(FrozenModel):
@@ -102,6 +112,11 @@ class TrainConfig(FrozenModel):
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm (None = no clipping)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (CUDA only; fp32 on the CPU)")
     compile: bool = Field(False, description="torch.compile the model (CUDA only)")
+    init_weights: str | None = Field(
+        None,
+        description="start from these weights instead of a random init (fine-tuning): a shipped name such as "
+        "'CPU_REDUCED_V1' or a training output folder / model.pt; their architecture must equal `model`",
+    )
     seed: int = Field(0, ge=0, description="seed of weights init and training patterns")
     val_seed: int = Field(1_000_003, ge=0, description="seed of the validation patterns (never trained on)")
     max_minutes: float | None = Field(None, gt=0, description="stop gracefully after this wall-clock time")
@@ -196,6 +211,23 @@ def cpu_recipe() -> TrainConfig:
         log_every=50,
         eval_every=500,
         checkpoint_every=250,
+    )
+
+
+def cpu_finetune_recipe() -> TrainConfig:
+    """Continue the CPU weights on new patterns (seed 1): the second CPU stage of the shipped model."""
+    return cpu_recipe().model_copy(
+        update=dict(
+            name="cpu-finetune",
+            init_weights="CPU_REDUCED_V1",
+            seed=1,
+            batch_size=64,
+            lr=1e-3,
+            data_reuse=2,
+            max_minutes=95.0,
+            num_threads=2,
+            eval_every=250,
+        )
     )
 
 

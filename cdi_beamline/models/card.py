@@ -78,8 +78,11 @@ def ship(run_dir: str | Path, name: str, metrics: str | Path | None = None, note
         "support_threshold": SUPPORT_THRESHOLD,
         "recipe": train_meta["recipe"],
         "generator": train_meta["generator"],
-        "training": {k: train_meta[k] for k in ("steps", "samples_seen", "stopped", "best_step", "training_time_s",
-                                                "machine", "created")},
+        "training": {
+            **{k: train_meta[k] for k in ("steps", "samples_seen", "stopped", "best_step", "training_time_s",
+                                          "machine", "created")},
+            "init_weights": train_meta.get("init_weights"),  # fine-tuned from these (None: random init)
+        },
         "validation": train_meta["validation"],
         "test_metrics": _test_metrics(json.loads(Path(metrics).read_text())) if metrics else None,
         "notes": notes,
@@ -117,6 +120,11 @@ def render_card(weights: CDINetWeights = CDINetWeights.DEFAULT) -> str:
         f"- {tr['steps']:,} steps, {tr['samples_seen']:,} samples seen ({tr['samples_seen'] // r['data_reuse']:,} "
         f"distinct simulated patterns), {tr['training_time_s'] / 60:.1f} min; stopped: {tr['stopped']}; best "
         f"validation at step {tr['best_step']}",
+        *(
+            [f"- Fine-tuned from `{tr['init_weights']['id']}` (sha256 `{tr['init_weights']['sha256'][:16]}…`); "
+             "the numbers here are this stage's, see the notes for the whole lineage"]
+            if tr.get("init_weights") else []
+        ),
         f"- Machine: {tr['machine']['device']}, {tr['machine']['threads']} torch thread(s), "
         f"{tr['machine']['cpu_count']} CPUs, torch {tr['machine']['torch']}, {tr['machine']['platform']}",
         f"- Generator: `SimulationConfig` defaults of the physics package (phase span "

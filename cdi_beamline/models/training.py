@@ -208,6 +208,23 @@ def _recipe_key(dump: dict) -> dict:
     return {k: v for k, v in dump.items() if k not in skip}
 
 
+def _load_init_weights(net: CDINet, config: TrainConfig) -> dict[str, str]:
+    """Load ``config.init_weights`` into ``net``; their architecture must be ``config.model``.
+
+    Returns the provenance recorded in meta.json: {"id", "sha256"}.
+    """
+    from .weights import cdinet
+
+    source = cdinet(config.init_weights)
+    if source.config != config.model:
+        raise ValueError(
+            f"init_weights {config.init_weights!r} are a {source.config.model_dump()} network but the recipe's "
+            f"model is {config.model.model_dump()}: fine-tuning needs the same architecture"
+        )
+    net.load_state_dict(source.state_dict())
+    return {"id": source.weights_id, "sha256": source.weights_sha256}
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -252,6 +269,9 @@ def train(
     opt = _optimizer(net, config)
     loss_fn = _loss_fn(config)
     step, elapsed0, best = 0, 0.0, {"loss": math.inf, "step": -1, "metrics": {}}
+    init = _load_init_weights(net, config) if config.init_weights else None
+    if init is not None:
+        say(f"starting from weights {init['id']} (sha256 {init['sha256'][:12]}...)")
     if resume is not None:
         ckpt = torch.load(resume, map_location=dev, weights_only=False)
         if _recipe_key(ckpt["config"]) != _recipe_key(config.model_dump(mode="json")):
@@ -358,6 +378,7 @@ def train(
         "num_params": net.num_params(),
         "recipe": config.model_dump(mode="json"),
         "generator": batches.sim_config.model_dump(mode="json"),
+        "init_weights": init,
         "steps": step,
         "samples_seen": step * config.batch_size,
         "stopped": stopped,
