@@ -261,7 +261,9 @@ class Reconstructor:
             net = self._cnn()
             from .models import initial_estimate
 
-            return initial_estimate(net, modulus), f"cnn ({self.config.weights})"
+            sym = self.config.cnn_symmetries
+            how = f"cnn ({self.config.weights}{', best of 8 symmetries' if sym > 1 else ''})"
+            return initial_estimate(net, modulus, symmetries=sym), how
         index = self._index()
         if (H, W) != index.pattern_shape:
             return None, f"random (nns index holds {index.pattern_shape[0]}x{index.pattern_shape[1]} patterns, got {H}x{W})"

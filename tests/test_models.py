@@ -12,7 +12,8 @@ import torch
 from cdi_beamline.config import ConfigError, ModelConfig, TrainConfig, cpu_recipe, gpu_recipe, paper_recipe, tiny_recipe
 from cdi_beamline.models import CDINet, cdi_loss, twin_aware_loss
 from cdi_beamline.models.loss import fix_global_phase, pearson_loss, predicted_modulus, twin
-from cdi_beamline.models.training import dihedral, lr_factor
+from cdi_beamline.models.symmetry import dihedral, undo_dihedral
+from cdi_beamline.models.training import lr_factor
 from cdi_beamline.physics import simulate_batch
 
 
@@ -106,6 +107,10 @@ def test_dihedral_pairs_are_exact(batch):
         torch.testing.assert_close(predicted_modulus(dihedral(a, k), dihedral(p, k), (64, 64)), dihedral(m, k),
                                    atol=2e-5, rtol=1e-4)
     assert not torch.equal(dihedral(m, 1), m)
+    images = {dihedral(m[0], k).flatten().tolist().__repr__() for k in range(8)}
+    assert len(images) == 8  # eight distinct symmetries
+    for k in range(8):
+        assert torch.equal(undo_dihedral(dihedral(m, k), k), m)
 
 
 def test_lr_schedules():

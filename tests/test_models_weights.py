@@ -148,3 +148,21 @@ def test_cnn_seeded_refinement_of_the_shipped_aps_frame(tmp_path):
     res = measured_frame(cdinet(), make_source("aps34idc").frame(99), 1, tmp_path, "cpu")
     assert res["cnn_seeded_chi2"] <= 0.003 < res["cnn_chi2_modulus"]
     assert "shipped" in res["file"]
+
+
+def test_predict_under_the_squares_symmetries(net, batch):
+    from cdi_beamline.models.symmetry import dihedral, undo_dihedral
+
+    m = batch.modulus
+    plain = chi2(predicted_modulus(*predict(net, m), (64, 64)), m)
+    # each symmetry's prediction, mapped back, is a fair estimate of the same object
+    for k in range(1, 8):
+        with torch.inference_mode():
+            a, p = (undo_dihedral(t, k) for t in net(dihedral(m, k)))
+        assert float(chi2(predicted_modulus(a, p, (64, 64)), m).mean()) < 1.5 * float(plain.mean()), k
+    best = chi2(predicted_modulus(*predict(net, m, symmetries=8), (64, 64)), m)
+    assert (best <= plain + 1e-6).all() and float(best.mean()) < 0.95 * float(plain.mean())
+    est = initial_estimate(net, m[:2], symmetries=8)
+    assert est.object.shape == (2, 64, 64)
+    with pytest.raises(ValueError, match="symmetries must be 1 or 8"):
+        predict(net, m, symmetries=4)

@@ -28,6 +28,9 @@ def add_parser(subparsers) -> None:
                    help="require a real, non-negative object (forward CDI; not for Bragg CDI strain phases)")
     p.add_argument("--nns-index", metavar="FILE.h5", help="HDF5 from `cdi-beamline simulate` for --init nns")
     p.add_argument("--weights", help="CNN weights name for --init cnn (default DEFAULT)")
+    p.add_argument("--cnn-symmetries", type=int, choices=(1, 8),
+                   help="--init cnn: 8 = predict under the square's 8 symmetries and keep the best fit per frame "
+                   "(8x the CNN's cost, lower chi²; default 1)")
     p.add_argument("--iterations", type=int, metavar="N", help="total iterations (the schedule is scaled to N); 0 = the CNN (or NNS) estimate alone")
     p.add_argument("--schedule", metavar="S", help="e.g. '(HIO**130 * ER**20)**4' (left to right in time)")
     p.add_argument("--mask", metavar="FILE", help="detector mask (H, W) or (N, H, W), nonzero = measured")
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         "init": args.init,
         "nns_index": args.nns_index,
         "weights": args.weights,
+        "cnn_symmetries": args.cnn_symmetries,
         "iterations": args.iterations,
         "batch_size": args.batch_size,
     }

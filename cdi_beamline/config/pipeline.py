@@ -31,6 +31,10 @@ class ReconstructorConfig(FrozenModel):
     weights: str = "DEFAULT"
     """Name of the CNN weights (``init="cnn"``)."""
 
+    cnn_symmetries: Literal[1, 8] = 1
+    """CNN test-time augmentation: 8 = predict under the 8 symmetries of the square and keep,
+    per frame, the prediction that best fits the data (8× the CNN's cost, lower chi²)."""
+
     nns_index: str | None = None
     """HDF5 of ``simulate`` indexed for ``init="nns"``."""
 

@@ -38,6 +38,10 @@ def _test_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         **{f"cnn_chi2_{k}": cnn[f"chi2_{k}"]["gamma_mean"] for k in ("modulus", "amplitude", "phase")},
         **{f"cnn_chi2_{k}_median": cnn[f"chi2_{k}"]["median"] for k in ("modulus", "amplitude", "phase")},
         "cnn_ms_per_pattern": 1e3 * cnn["seconds_per_pattern"],
+        **(
+            {f"cnn_sym8_chi2_{k}": cnn["symmetries8"][f"chi2_{k}"]["gamma_mean"] for k in ("modulus", "amplitude", "phase")}
+            if "symmetries8" in cnn else {}
+        ),
         "cnn_device": cnn["device"],
         "nns_index_size": nns["index_size"],
         "nns_chi2_modulus": nns["nns_chi2_modulus"]["gamma_mean"],
@@ -143,6 +147,10 @@ def render_card(weights: CDINetWeights = CDINetWeights.DEFAULT) -> str:
         for k in ("modulus", "amplitude", "phase"):
             lines.append(f"| CNN chi² {k} | {t[f'cnn_chi2_{k}']:.4f} / {t[f'cnn_chi2_{k}_median']:.4f} | "
                          f"{PAPER[f'cnn_chi2_{k}']} |")
+        if "cnn_sym8_chi2_modulus" in t:
+            lines.append("| CNN, best of the square's 8 symmetries (`symmetries=8`), chi² modulus / amplitude / phase | "
+                         + " / ".join(f"{t[f'cnn_sym8_chi2_{k}']:.4f}" for k in ("modulus", "amplitude", "phase"))
+                         + " | — |")
         lines += [
             f"| NNS chi² modulus ({t['nns_index_size']:,} references) | {t['nns_chi2_modulus']:.4f} "
             f"({t['nns_over_cnn_chi2_modulus']:.1f}× the CNN's) | {PAPER['nns_chi2_modulus']} (4× the CNN's) |",

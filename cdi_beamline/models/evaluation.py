@@ -90,11 +90,11 @@ def _aligned_chi2(objects: np.ndarray, truths: np.ndarray) -> tuple[np.ndarray, 
 
 
 @torch.no_grad()
-def _run_cnn(net: CDINet, modulus: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _run_cnn(net: CDINet, modulus: torch.Tensor, batch: int = 256, symmetries: int = 1):
     """Amplitude, phase (B, 32, 32) and seconds per pattern (after one warm-up batch)."""
-    predict(net, modulus[: min(batch, len(modulus))])
+    predict(net, modulus[: min(batch, len(modulus))], symmetries)
     t0 = time.perf_counter()
-    parts = [predict(net, modulus[i : i + batch]) for i in range(0, len(modulus), batch)]
+    parts = [predict(net, modulus[i : i + batch], symmetries) for i in range(0, len(modulus), batch)]
     dt = (time.perf_counter() - t0) / len(modulus)
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), dt
 
@@ -117,6 +117,15 @@ def cnn_accuracy(net: CDINet, data, out: Path) -> dict[str, Any]:
         "chi2_phase": gamma_summary(c_ph),
         "seconds_per_pattern": dt,
         "device": str(dev),
+    }
+    # test-time augmentation: the best fit of the 8 symmetries of the square (predict(symmetries=8))
+    amp8, phase8, dt8 = _run_cnn(net, m, symmetries=8)
+    c_amp8, c_ph8 = _aligned_chi2(torch.polar(amp8, phase8).cpu().numpy(), truth)
+    res["symmetries8"] = {
+        "chi2_modulus": gamma_summary(chi2(predicted_modulus(amp8, phase8, m.shape[-2:]), m).cpu().numpy()),
+        "chi2_amplitude": gamma_summary(c_amp8),
+        "chi2_phase": gamma_summary(c_ph8),
+        "seconds_per_pattern": dt8,
     }
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (name, v) in zip(axes, (("modulus", c_mod), ("amplitude", c_amp), ("phase", c_ph))):

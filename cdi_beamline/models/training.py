@@ -28,8 +28,9 @@ from ..config import TrainConfig
 from ..device import resolve_device
 from .loss import cdi_loss, predicted_modulus, twin_aware_loss
 from .network import CDINet
+from .symmetry import dihedral
 
-__all__ = ["train", "file_sha256", "machine_description", "Batches", "dihedral"]
+__all__ = ["train", "file_sha256", "machine_description", "Batches"]
 
 log = logging.getLogger(__name__)
 
@@ -69,33 +70,12 @@ def _simulator(config: TrainConfig):
     return simulate_batch, SimulationConfig.build(**config.simulation)
 
 
-def _invert(x: torch.Tensor, dim: int) -> torch.Tensor:
-    # r -> -r along one axis about the centre pixel: index i -> (n - i) mod n.
-    return torch.roll(torch.flip(x, dims=(dim,)), shifts=1, dims=dim)
-
-
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Symmetry k (0..7) of the square applied to centred images (..., n, n).
-
-    Bit 0 inverts rows, bit 1 inverts columns, bit 2 transposes. An orthogonal map R of
-    the object maps its pattern by the same R (centred convention), so applying the same
-    k to object and pattern gives another exact training pair; k = 0 is the identity.
-    """
-    if k & 1:
-        x = _invert(x, -2)
-    if k & 2:
-        x = _invert(x, -1)
-    if k & 4:
-        x = x.transpose(-2, -1)
-    return x
-
-
 @dataclass
 class Batches:
     """Deterministic training batches by step, for fresh or fixed data; resumable at any step.
 
     Fresh: chunks of ``CHUNK`` patterns, chunk k simulated with seed TRAIN_SEED_BASE + k,
-    each used ``data_reuse`` times, pass r under the symmetry :func:`dihedral` (r).
+    each used ``data_reuse`` times, pass r under the symmetry ``dihedral(·, r)`` of :mod:`.symmetry`.
     Fixed: the dataset is simulated once; each epoch is a seeded permutation.
     """
 
