@@ -98,23 +98,32 @@ def test_reconstructor_round_trip_matches_offline(reconstructor, aps):
 def test_detector_pushes_change_events(tango_ctx, aps):
     det = tango_ctx.get_device(DET)
     det.Rewind()
-    frames, counts, done = [], [], threading.Event()
+    frames, counts = [], []
+    images_done, counts_done = threading.Event(), threading.Event()
 
     def on_image(ev):
         if not ev.err:
             frames.append(ev.attr_value.value)
             if len(frames) == 4:  # the subscription's first event + 3 acquisitions
-                done.set()
+                images_done.set()
+
+    def on_count(ev):
+        if not ev.err:
+            counts.append(ev.attr_value.value)
+            if len(counts) == 4:
+                counts_done.set()
 
     ids = [
         det.subscribe_event("image", tango.EventType.CHANGE_EVENT, on_image),
-        det.subscribe_event("frame_count", tango.EventType.CHANGE_EVENT, lambda ev: counts.append(ev.attr_value.value)),
+        det.subscribe_event("frame_count", tango.EventType.CHANGE_EVENT, on_count),
     ]
     try:
         start = det.frame_count
         for _ in range(3):
             det.Acquire()
-        assert done.wait(10), f"got {len(frames)} image events"
+        # the two attributes' events arrive independently: wait for both
+        assert images_done.wait(10), f"got {len(frames)} image events"
+        assert counts_done.wait(10), f"got frame_count events {counts}"
     finally:
         for i in ids:
             det.unsubscribe_event(i)

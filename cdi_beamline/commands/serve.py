@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import threading
+    import time
 
     from ..store import EmbeddedTiled
 
@@ -31,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  browse   {server.uri}/?api_key={server.api_key}", flush=True)
         print("Ctrl-C to stop", flush=True)
         try:
-            threading.Event().wait()
+            # Sleep in short steps: a signal the kernel hands to one of the server's threads
+            # would not wake a main thread blocked for good, and Ctrl-C would be lost.
+            while True:
+                time.sleep(0.5)
         except KeyboardInterrupt:
             print("stopping", flush=True)
     return 0
