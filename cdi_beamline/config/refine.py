@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from ._base import FrozenModel
@@ -49,6 +51,14 @@ class RefineConfig(FrozenModel):
 
     init_support_size: float = Field(0.375, gt=0.0, le=1.0)
     """Side of the rectangular initial support used when no support is given."""
+
+    fused: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the torch path's iteration (FFTs, modulus projection, chi² sums "
+        "and update fused into a few kernels; on CUDA with CUDA graphs): 'on', 'off', or 'auto' = "
+        "on for CUDA only. The CPU's numba path (without positivity) does not use it. If compiling "
+        "fails (no C++ compiler, no Triton), one warning is logged and the eager path runs.",
+    )
 
     @field_validator("schedule")
     @classmethod

@@ -22,7 +22,10 @@ On the CPU (with numba, without positivity) the same iteration runs as
 :func:`_refine_box_pruned`: the iterate is kept in Fourier space, only S·y crosses to real
 space, through DFTs pruned to the supports' box, and the element-wise work is in the fused
 kernels of :mod:`._numba_kernels` (about 2x faster per pattern than the torch path, which
-runs everywhere else; same arithmetic up to float rounding).
+runs everywhere else; same arithmetic up to float rounding). One iteration of the torch
+path is the pure function :func:`_torch_iteration`; ``RefineConfig.fused`` runs it compiled
+by torch.compile (:func:`_fused_iteration`: the element-wise work fused into a few kernels
+between the FFTs, with CUDA graphs on CUDA), by default on CUDA only.
 
 chi² (eq. 5 of Wu et al. 2021) is scale invariant: before comparing, the model modulus
 is multiplied by the scale ``s`` that minimises the error in closed form,
@@ -34,7 +37,10 @@ entering each iteration, and ``RefineResult.chi2`` is that of the returned objec
 
 from __future__ import annotations
 
+import logging
 import math
+import types
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -53,6 +59,7 @@ __all__ = [
 ]
 
 _EPS = 1e-12
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -153,7 +160,14 @@ def _gaussian_transfer(shape: tuple[int, int], sigma: float, device) -> torch.Te
 
 
 def _abs2(z: torch.Tensor) -> torch.Tensor:
-    """|z|² as a contiguous real tensor (several times faster on CPU than ``z.abs()``)."""
+    """|z|² as a contiguous real tensor (several times faster on CPU than ``z.abs()``).
+
+    Under torch.compile it is computed on the real view, like every complex product of
+    :func:`_torch_iteration`: inductor generates no code for complex operators (each would
+    stay one eager kernel), but fuses real ones.
+    """
+    if torch.compiler.is_compiling():
+        return torch.view_as_real(z).square().sum(-1)
     return (z * z.conj()).real.contiguous()
 
 
@@ -195,6 +209,125 @@ def _coefficients(alg: str, beta: float, s: torch.Tensor) -> tuple[torch.Tensor,
     a_out, b_out = _outside_coefficients(alg, beta)
     out = 1.0 - s
     return a_out * out, s + b_out * out
+
+
+def _times_real_(z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``z·r`` for complex z and real r of the same shape; in place on z in eager."""
+    if torch.compiler.is_compiling():
+        return torch.view_as_complex(torch.view_as_real(z) * r.unsqueeze(-1))
+    return z.mul_(r.to(z.dtype))
+
+
+def _update(x, y, ca, cb, er: bool, outside=None):
+    """The update ``a·x + b·y`` (ER: ``b·y``, x unused) for real maps a = ca, b = cb.
+
+    x, y : (B, H, W) complex64 (y is overwritten in eager); ca, cb : (B, H, W), float32 or
+    complex64 with zero imaginary part. outside : None, or with positivity the (2,) (a, b)
+    outside the support: y is projected onto real values and its non-positive pixels are
+    treated as outside the support.
+    """
+    compiling = torch.compiler.is_compiling()
+    if outside is not None:
+        yr = y.real
+        keep = yr > 0  # inside S: (a, b) = (0, 1); outside S or where y <= 0: `outside`
+        ca, cb = torch.where(keep, ca, outside[0]), torch.where(keep, cb, outside[1])
+        zero = torch.zeros_like(yr)
+        y = torch.view_as_complex(torch.stack((yr, zero), -1)) if compiling else torch.complex(yr, zero)
+    if compiling:
+        by = torch.view_as_real(y) * cb.real.unsqueeze(-1)
+        return torch.view_as_complex(by if er else torch.view_as_real(x) * ca.real.unsqueeze(-1) + by)
+    return y.mul_(cb) if er else (x * ca).addcmul_(y, cb)
+
+
+def _torch_iteration(x, ca, cb, Mm, Mr, measured, unmeasured_r, smm, er: bool, outside=None):
+    """One iteration of the torch path: modulus projection, chi² of x, update.
+
+    No argument is modified, so that torch.compile can fuse it (:func:`_fused_iteration`).
+    In eager the element-wise work stays on complex-by-complex or contiguous real tensors:
+    on the CPU, torch's complex abs, strided real/imag arithmetic and broadcasting over
+    view_as_real's last axis each cost as much as an FFT.
+
+    Parameters
+    ----------
+    x : (B, H, W) complex64, the iterate in FFT order
+    ca, cb : (B, H, W) maps (a, b) of the update ``x <- a·x + b·P_M(x)`` (:func:`_coefficients`),
+        float32 or complex64 with zero imaginary part (faster in eager on the CPU)
+    Mm : (B, H, W) float32, the normalised data, zero on unmeasured pixels
+    Mr : (B, H, W) float32, ``Mm / sqrt(HW)``: the data in the units of the unscaled FFT, / HW
+    measured : (B, H, W) bool, True = measured, or None (all measured)
+    unmeasured_r : (B, H, W) float32, ``(1 - measured) / HW``, or None
+    smm : (B,) float32, ``Σ Mm²``
+    er : ER's update (``b·y``; x is not read)
+    outside : None, or with positivity the (2,) float32 (a, b) outside the support (see :func:`_update`)
+
+    Returns
+    -------
+    x_next : (B, H, W) complex64
+    chi2 : (B,) float32, chi² of x (eq. 5)
+    """
+    F = torch.fft.fft2(x, norm="backward")  # unscaled: sqrt(HW) x the unitary transform
+    amp2 = _abs2(F)
+    amp = amp2.sqrt()
+    # chi² from the |F| the projection needs anyway: two reductions.
+    spm = (amp * Mm).sum((-2, -1))
+    spp = (amp2 if measured is None else amp2 * measured).sum((-2, -1))
+    # Modulus projection: F *= M/|F| on measured pixels, 1 elsewhere; the 1/(HW) of the
+    # unscaled inverse FFT is folded into the ratio (one pass instead of three).
+    amp.add_(_EPS)
+    ratio = Mr / amp if unmeasured_r is None else torch.addcmul(Mr, unmeasured_r, amp).div_(amp)
+    y = torch.fft.ifft2(_times_real_(F, ratio), norm="forward")  # unscaled
+    return _update(x, y, ca, cb, er, outside), 1.0 - spm.square() / (spp * smm).clamp_min(_EPS)
+
+
+#: The compiled iteration per variant (device, shape, dtype, mask or not, ER or not,
+#: positivity or not), each from its own copy of :func:`_torch_iteration`: dynamo keeps its
+#: graphs per code object, at most ``recompile_limit`` (8) of them, and a copy per variant
+#: keeps every variant to one graph without touching that global setting.
+_compiled: dict[tuple, Callable] = {}
+#: Why the fused path is off in this process (its first failure), or None.
+_fused_failure: str | None = None
+
+
+def _fused_iteration(x, ca, cb, Mm, Mr, measured, unmeasured_r, smm, er: bool, outside=None):
+    """:func:`_torch_iteration` compiled by torch.compile: the same arguments and results.
+
+    Mode "reduce-overhead" on CUDA (CUDA graphs: one launch per iteration instead of ~10,
+    which dominate at small batches), "default" elsewhere; ``dynamic=False``, whole graph.
+    Compiled on the first call of each variant; beta and the support change only the
+    values of ca, cb and outside, so they reuse the graph. The first time compiling or
+    running fails (no C++ compiler, no Triton, ...), one warning is logged and the eager
+    :func:`_torch_iteration` runs from then on in this process. The returned chi² may be
+    overwritten by the next call (CUDA graphs): copy it.
+    """
+    global _fused_failure
+    args = (x, ca, cb, Mm, Mr, measured, unmeasured_r, smm, er, outside)
+    if _fused_failure is None:
+        cuda_graphs = x.device.type == "cuda"
+        key = (x.device, tuple(x.shape), x.dtype, measured is not None, er, outside is not None)
+        try:
+            step = _compiled.get(key)
+            if step is None:
+                # inductor warns once that it generates no code for complex operators, which
+                # "may be worse than eager": here only the views view_as_real/view_as_complex
+                # are complex (see _abs2), so that message is silenced.
+                warnings.filterwarnings("ignore", "Torchinductor does not support code generation for complex",
+                                        UserWarning, r"torch\._inductor\.lowering")
+                code = _torch_iteration.__code__
+                copy = types.FunctionType(code.replace(), _torch_iteration.__globals__, code.co_name, _torch_iteration.__defaults__)
+                mode = "reduce-overhead" if cuda_graphs else "default"
+                step = _compiled[key] = torch.compile(copy, mode=mode, dynamic=False, fullgraph=True)
+            x_next, c = step(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # compilation failed: never fail the reconstruction
+            text = str(exc).strip()
+            _fused_failure = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+            _log.warning("refine: fused (torch.compile) iteration unavailable, running the eager torch path: %s", _fused_failure)
+            _log.debug("refine: torch.compile failure", exc_info=True)
+        else:
+            # A CUDA graph's outputs are overwritten by its next replay, and x is fed back.
+            return (x_next.clone() if cuda_graphs else x_next), c
+    return _torch_iteration(*args)
 
 
 def _check_inputs(modulus, mask, init):
@@ -284,12 +417,11 @@ def refine(
         x *= (1.0 / x.abs().square().sum((-2, -1)).sqrt().clamp_min(_EPS))[:, None, None]
 
     blur = _gaussian_transfer((H, W), config.shrinkwrap_sigma, device) if config.shrinkwrap else None
-    coeff_key = None
-    # On the CPU with numba: _refine_box_pruned, or (positivity) the loop below with the
-    # fused modulus projection; elsewhere the torch code below, the same arithmetic.
+    # On the CPU with numba and without positivity: _refine_box_pruned. Otherwise the loop
+    # below, whose iteration is _torch_iteration, eager or compiled (config.fused), or (CPU
+    # with numba and positivity, not fused) the numba modulus projection and _update.
     kernels = _load_cpu_kernels() if device.type == "cpu" else None
     if kernels is not None:
-        sums = torch.empty((T + 1, B, 2), dtype=torch.float64)  # Σ|F|·Mr, Σ_measured |F|² per iteration
         # Fourier space is transposed on this path (see _fft2_t): so are the data.
         fourier_data = (
             Mr.mT.contiguous(),
@@ -297,6 +429,7 @@ def refine(
             None if measured is None else measured.mT.to(torch.float32).contiguous(),
         )
         if not config.positivity:
+            sums = torch.empty((T + 1, B, 2), dtype=torch.float64)  # Σ|F|·Mr, Σ_measured |F|² per iteration
             obj, S = _refine_box_pruned(
                 _from_fft_order(x), _from_fft_order(S), square_support((H, W), config.support2_size),
                 steps, config, fourier_data, blur, kernels, sums, progress,
@@ -311,53 +444,36 @@ def refine(
                 chi2_history=history.T.clamp_min(0.0).contiguous(),
                 schedule=str(schedule),
             )
+    fused = config.fused == "on" or (config.fused == "auto" and device.type == "cuda")
+    numba_projection = kernels is not None and not fused
+    if numba_projection:
+        sums = torch.empty((T, B, 2), dtype=torch.float64)
     else:
         history = torch.empty((T, B), dtype=torch.float32, device=device)
-    # Torch path: element-wise work stays on complex-by-complex or contiguous real tensors:
-    # on CPU, torch's complex abs, strided real/imag arithmetic and broadcasting over
-    # view_as_real's last axis each cost as much as an FFT.
+    iteration = _fused_iteration if fused else _torch_iteration
+    coeff_key = None
     for it, (alg, beta) in enumerate(steps):
         beta = config.beta if beta is None else beta
         if blur is not None and _shrinkwrap_due(it, config):
             S = _shrinkwrap(x, blur, config.shrinkwrap_threshold, support2, S, kernels)
             coeff_key = None
         if coeff_key != (alg, beta):
-            ca, cb = (c.to(torch.complex64) for c in _coefficients(alg, beta, S.to(torch.float32)))
+            ca, cb = _coefficients(alg, beta, S.to(torch.float32))
+            if not fused:  # complex-by-complex products: the fastest in eager on the CPU
+                ca, cb = ca.to(torch.complex64), cb.to(torch.complex64)
+            outside = torch.tensor(_outside_coefficients(alg, beta), device=device) if config.positivity else None
             coeff_key = (alg, beta)
-
-        if kernels is not None:
+        if numba_projection:
             Ft = _fft2_t(x)
             kernels.project_modulus(Ft, *fourier_data, sums[it].numpy())
-            y = _ifft2_t(Ft)
+            x = _update(x, _ifft2_t(Ft), ca, cb, alg == "ER", outside)
         else:
-            F = torch.fft.fft2(x, norm="backward")  # unscaled: sqrt(HW) x the unitary transform
-            amp2 = _abs2(F)
-            amp = amp2.sqrt()
-            # chi² history from the |F| the projection needs anyway: two reductions.
-            spm = (amp * Mm).sum((-2, -1))
-            spp = (amp2 if measured is None else amp2 * measured).sum((-2, -1))
-            # Modulus projection: F *= M/|F| on measured pixels, 1 elsewhere; the 1/(HW) of
-            # the unscaled inverse FFT is folded into the ratio (one pass instead of three).
-            amp.add_(_EPS)
-            ratio = Mr / amp if unmeasured is None else torch.addcmul(Mr, unmeasured_r, amp).div_(amp)
-            F.mul_(ratio.to(torch.complex64))
-            y = torch.fft.ifft2(F, norm="forward")  # unscaled
-            history[it] = 1.0 - spm.square() / (spp * smm).clamp_min(_EPS)
-        if config.positivity:
-            # The constraint set is {real, >= 0, inside S}: project y onto real values and
-            # treat negative pixels as outside the support for this iteration.
-            y = torch.complex(y.real, torch.zeros_like(y.real))
-            ca, cb = (c.to(torch.complex64) for c in _coefficients(alg, beta, (S & (y.real > 0)).to(torch.float32)))
-            coeff_key = None
-        if alg == "ER":
-            x = y.mul_(cb)
-        else:
-            x.mul_(ca).addcmul_(y, cb)
+            x, history[it] = iteration(x, ca, cb, Mm, Mr, measured, unmeasured_r, smm, alg == "ER", outside)
         if progress is not None and (it + 1 == T or steps[it + 1] != steps[it]):
             progress(it + 1, T)
 
-    if kernels is not None:
-        history = _history_from_sums(sums[:T], H * W, smm)
+    if numba_projection:
+        history = _history_from_sums(sums, H * W, smm)
     obj = x * S
     final = chi2(_abs2(torch.fft.fft2(obj, norm="ortho")).sqrt_(), Mm, measured)
     obj *= scale[:, None, None]
