@@ -5,9 +5,12 @@ Reports time per pattern (wall and CPU) and the distribution of final chi² (eq.
 scale invariant, computed by the same function for both codes), and the ratios
 cohere / ours. cohere runs one pattern at a time (its API); ours runs batches. On the
 CPU our engine is also timed with its fused numba kernels switched off (the torch
-element-wise path, i.e. the engine before those kernels), as a same-run baseline.
+element-wise path, i.e. the engine before those kernels), as a same-run baseline. On CUDA
+the torch path is also timed eager vs fused (``RefineConfig.fused``): frames/s at a large
+batch and batch-1 latency, as ratios to eager.
 
     .venv/bin/python benchmarks/phasing.py [--n 64] [--batch 64] [--cohere-n 8] [--device cpu]
+    .venv/bin/python benchmarks/phasing.py --device cuda --skip-cohere [--fused-batch 4096]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from cdi_beamline.config import RefineConfig
 from cdi_beamline.device import resolve_device
 from cdi_beamline.phasing import chi2, refine
+from cdi_beamline.phasing.schedule import parse_schedule
 
 COHERE_SEQUENCE = "4*(130*HIO+20*ER)"  # == our default "(HIO**130 * ER**20)**4"
 
@@ -65,6 +69,53 @@ def run_ours_torch_path(moduli: np.ndarray, batch: int, device, cfg: RefineConfi
         return run_ours(moduli, batch, device, cfg)
     finally:
         module._load_cpu_kernels = load
+
+
+def _median_seconds(fn, repeats: int, device) -> float:
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def run_fused_comparison(moduli: np.ndarray, device, cfg: RefineConfig, batch: int) -> None:
+    """On CUDA: the torch path eager vs fused (torch.compile, with and without CUDA graphs),
+    frames/s at ``batch`` frames and batch-1 latency for the full schedule, as ratios to
+    eager within this run. The first run of each (compilation, graph recording) is untimed
+    and reported apart."""
+    module = importlib.import_module("cdi_beamline.phasing.refine")
+    m = torch.from_numpy(moduli).to(device)
+    big = m.repeat((batch + len(m) - 1) // len(m), 1, 1)[:batch].contiguous()
+    one = m[:1].contiguous()
+    rows = []
+    for name, fused, graphs in [("eager", "off", True), ("fused (torch.compile + CUDA graphs)", "on", True),
+                                ("fused, no CUDA graphs", "on", False)]:
+        module._cuda_graphs = graphs
+        c = cfg.model_copy(update={"fused": fused})
+        try:
+            t0 = time.perf_counter()
+            refine(big, config=c)
+            refine(one, config=c)
+            torch.cuda.synchronize(device)
+            first = time.perf_counter() - t0
+            chis = []
+            t_big = _median_seconds(lambda: chis.append(refine(big, config=c, seed=1).chi2), 3, device)
+            t_one = _median_seconds(lambda: refine(one, config=c, seed=1), 10, device)
+        finally:
+            module._cuda_graphs = True
+        if fused == "on" and module._fused_failure is not None:
+            print(f"{name}: not available ({module._fused_failure}); ran eager")
+        rows.append((name, batch / t_big, t_one, first, chis[-1].cpu().numpy()))
+    _, base_fps, base_lat, _, _ = rows[0]
+    print(f"torch path on {torch.cuda.get_device_name(device)}, {cfg.schedule} ({len(parse_schedule(cfg.schedule))} iterations), "
+          f"64x64: frames/s at batch {batch}, latency at batch 1 (medians of 3 and 10 runs)")
+    print(f"{'torch path':38s} {'frames/s':>10s} {'vs eager':>9s} {'batch-1 ms':>11s} {'vs eager':>9s} {'first runs s':>13s}   final chi²")
+    for name, fps, lat, first, ch in rows:
+        print(f"{name:38s} {fps:10.0f} {fps / base_fps:8.2f}x {lat * 1e3:11.1f} {base_lat / lat:8.2f}x {first:13.1f}   {summary(ch)} (n={len(ch)})")
 
 
 def run_cohere(moduli: np.ndarray, pkg: str, cfg: RefineConfig) -> tuple[float, float, np.ndarray]:
@@ -154,6 +205,8 @@ def main() -> None:
     ap.add_argument("--skip-cohere", action="store_true", help="time our engine only")
     ap.add_argument("--skip-torch-path", action="store_true", help="do not also time our CPU engine without its numba kernels")
     ap.add_argument("--nns", type=int, default=0, metavar="N", help="also time NNS over N references (e.g. 150000)")
+    ap.add_argument("--fused-batch", type=int, default=4096,
+                    help="on CUDA: batch of the eager vs fused torch-path rows (default 4096; 0 = skip them)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -185,6 +238,8 @@ def main() -> None:
     for name, w, c, ch in rows:
         ratio = f"{w / base_w:.1f}x; {c / base_c:.1f}x"
         print(f"{name:40s} {w * 1e3:16.1f} {c * 1e3:15.1f} {ratio:>19s}   {summary(ch)} (n={len(ch)})")
+    if device.type == "cuda" and args.fused_batch:
+        run_fused_comparison(moduli, device, cfg, args.fused_batch)
 
 
 if __name__ == "__main__":

@@ -280,19 +280,24 @@ def _torch_iteration(x, ca, cb, Mm, Mr, measured, unmeasured_r, smm, er: bool, o
 
 
 #: The compiled iteration per variant (device, shape, dtype, mask or not, ER or not,
-#: positivity or not), each from its own copy of :func:`_torch_iteration`: dynamo keeps its
+#: positivity or not, CUDA graphs or not), each from its own copy of :func:`_torch_iteration`: dynamo keeps its
 #: graphs per code object, at most ``recompile_limit`` (8) of them, and a copy per variant
 #: keeps every variant to one graph without touching that global setting.
 _compiled: dict[tuple, Callable] = {}
 #: Why the fused path is off in this process (its first failure), or None.
 _fused_failure: str | None = None
+#: CUDA graphs for the fused iteration on CUDA. They replace ~10 launches per iteration by
+#: one, but copy the tensor arguments into the graph's own buffers at each replay: at large
+#: batches that copy may cost more than the launches (benchmarks/phasing.py times both).
+_cuda_graphs = True
 
 
 def _fused_iteration(x, ca, cb, Mm, Mr, measured, unmeasured_r, smm, er: bool, outside=None):
     """:func:`_torch_iteration` compiled by torch.compile: the same arguments and results.
 
     Mode "reduce-overhead" on CUDA (CUDA graphs: one launch per iteration instead of ~10,
-    which dominate at small batches), "default" elsewhere; ``dynamic=False``, whole graph.
+    which dominate at small batches; see ``_cuda_graphs``), "default" elsewhere;
+    ``dynamic=False``, whole graph.
     Compiled on the first call of each variant; beta and the support change only the
     values of ca, cb and outside, so they reuse the graph. The first time compiling or
     running fails (no C++ compiler, no Triton, ...), one warning is logged and the eager
@@ -302,8 +307,8 @@ def _fused_iteration(x, ca, cb, Mm, Mr, measured, unmeasured_r, smm, er: bool, o
     global _fused_failure
     args = (x, ca, cb, Mm, Mr, measured, unmeasured_r, smm, er, outside)
     if _fused_failure is None:
-        cuda_graphs = x.device.type == "cuda"
-        key = (x.device, tuple(x.shape), x.dtype, measured is not None, er, outside is not None)
+        cuda_graphs = x.device.type == "cuda" and _cuda_graphs
+        key = (x.device, tuple(x.shape), x.dtype, measured is not None, er, outside is not None, cuda_graphs)
         try:
             step = _compiled.get(key)
             if step is None:
