@@ -44,7 +44,10 @@ def _beamstop_mask(H=64, W=64):
 
 
 def _graphs_per_variant() -> list[int]:
-    """Graphs dynamo holds for each compiled variant: one each, else it recompiled."""
+    """Graphs dynamo holds for each compiled variant: one each, else it recompiled.
+
+    (dynamo's own bookkeeping, private: if it moves in a torch upgrade, this fails loudly.)
+    """
     entries = torch._dynamo.eval_frame._debug_get_cache_entry_list
     return [len(entries(step._torchdynamo_orig_callable.__code__)) for step in R._compiled.values()]
 
@@ -57,7 +60,7 @@ def _iteration_inputs(moduli, masked, alg, beta, support_size):
     Mm = (Mm / Mm.square().sum((-2, -1)).sqrt()[:, None, None]).contiguous()
     unmeasured_r = None if measured is None else (~measured).to(torch.float32) * (1.0 / (H * W))
     S = R._to_fft_order(R.square_support((H, W), support_size)).expand(B, H, W).to(torch.float32)
-    x = torch.randn(B, H, W, dtype=torch.complex64, generator=torch.Generator().manual_seed(4)) * S
+    x = torch.randn(B, H, W, dtype=torch.complex64, generator=torch.Generator().manual_seed(4))  # also outside S: a·x
     ca, cb = R._coefficients(alg, beta, S)
     return x, ca, cb, Mm, Mm * (1.0 / math.sqrt(H * W)), measured, unmeasured_r, Mm.square().sum((-2, -1))
 
