@@ -160,6 +160,6 @@ def test_auto_is_off_on_the_cpu(torch_path, monkeypatch, moduli):
 
 
 def test_bad_fused_value_is_refused_naming_the_field():
-    assert RefineConfig().fused == "auto"
+    assert RefineConfig().fused == "off"  # until timed on a GPU
     with pytest.raises(ConfigError, match=r"RefineConfig\.fused"):
         RefineConfig.build(fused="yes")

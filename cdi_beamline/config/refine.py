@@ -53,11 +53,13 @@ class RefineConfig(FrozenModel):
     """Side of the rectangular initial support used when no support is given."""
 
     fused: Literal["auto", "on", "off"] = Field(
-        "auto",
+        "off",
         description="torch.compile the torch path's iteration (FFTs, modulus projection, chi² sums "
         "and update fused into a few kernels; on CUDA with CUDA graphs): 'on', 'off', or 'auto' = "
-        "on for CUDA only. The CPU's numba path (without positivity) does not use it. If compiling "
-        "fails (no C++ compiler, no Triton), one warning is logged and the eager path runs.",
+        "on for CUDA only. Default 'off' until it has been timed on a GPU (tested for equality on the "
+        "CPU only; each new batch size compiles anew). The CPU's numba path (without positivity) does "
+        "not use it. If compiling fails (no C++ compiler, no Triton), one warning is logged and the "
+        "eager path runs.",
     )
 
     @field_validator("schedule")
