@@ -3,7 +3,7 @@
 Baseline, measured in the same run: the same network and weights in the default NCHW
 layout, eager fp32 at batch 1 under ``torch.no_grad``. Variants: the shipped NHWC
 (channels_last) layout, ``torch.inference_mode``, batch 1024, the full ``predict``
-(validation + phase wrapping); on CUDA also bf16 autocast and a CUDA graph at batch 1. Prints one line per case with frames/s, ms/frame and the ratio to
+(validation + phase wrapping) and its test-time augmentation ``symmetries=8``; on CUDA also bf16 autocast and a CUDA graph at batch 1. Prints one line per case with frames/s, ms/frame and the ratio to
 the baseline. Usage::
 
     python benchmarks/inference.py [--threads N] [--weights DEFAULT] [--paper-size]
@@ -67,6 +67,7 @@ def cases(net: CDINet, device: torch.device, big: int):
     yield "NHWC (as shipped), no_grad", big, run(net, xb)
     yield "NHWC, inference_mode", big, run(net, xb, torch.inference_mode)
     yield "predict() (validation + wrap)", big, lambda: (predict(net, xb), sync(device))
+    yield "predict(symmetries=8) (best of the square's 8)", big, lambda: (predict(net, xb, symmetries=8), sync(device))
     if device.type == "cuda":
         yield "NHWC, bf16 autocast", big, run(net, xb, torch.inference_mode, torch.bfloat16)
         yield "NHWC, bf16 autocast", 8 * big, run(net, torch.rand(8 * big, 64, 64, device=device),
