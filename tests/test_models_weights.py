@@ -36,7 +36,7 @@ def test_shipped_weights_match_their_card(net):
     assert len(data) == meta["file_bytes"] <= 16_000_000
     assert net.num_params() == meta["num_params"]
     assert not net.training
-    assert net.weights_id == "CDINetWeights.CPU_REDUCED_V1" and net.weights_sha256 == w.sha256
+    assert net.weights_id == "CDINetWeights.CPU_FINETUNE_V2" and net.weights_sha256 == w.sha256
     for key in ("recipe", "generator", "training", "validation", "test_metrics", "input_normalisation", "notes"):
         assert meta[key], key
     assert meta["training"]["machine"]["device"]

@@ -81,7 +81,12 @@ class CDINetWeights(Enum):
         card="cdinet_cpu_reduced_v1.json",
         sha256="dc157bf7037e8b0bbed887f9a537f098216b34e1c41e20de9104c70d8c9bf60b",
     )
-    DEFAULT = CPU_REDUCED_V1
+    CPU_FINETUNE_V2 = Weights(
+        file="cdinet_cpu_finetune_v2.pt",
+        card="cdinet_cpu_finetune_v2.json",
+        sha256="40ded88846e5c8ac728ee4685de870c205d034af33bca28208e1f87ceecff465",
+    )
+    DEFAULT = CPU_FINETUNE_V2
 
     @property
     def meta(self) -> dict[str, Any]:
