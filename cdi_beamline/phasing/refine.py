@@ -25,7 +25,7 @@ kernels of :mod:`._numba_kernels` (about 2x faster per pattern than the torch pa
 runs everywhere else; same arithmetic up to float rounding). One iteration of the torch
 path is the pure function :func:`_torch_iteration`; ``RefineConfig.fused`` runs it compiled
 by torch.compile (:func:`_fused_iteration`: the element-wise work fused into a few kernels
-between the FFTs, with CUDA graphs on CUDA), by default on CUDA only.
+between the FFTs, with CUDA graphs on CUDA); off by default until timed on a GPU.
 
 chi² (eq. 5 of Wu et al. 2021) is scale invariant: before comparing, the model modulus
 is multiplied by the scale ``s`` that minimises the error in closed form,
