@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 
-
 def events_per_s(RE, plan_factory, n: int) -> float:
     RE(plan_factory(min(n, 20)))  # warm up (connections, first file, caches)
     t0 = time.perf_counter()
@@ -46,7 +45,9 @@ def main() -> None:
     from cdi_beamline.devices import ApsRockingSource, ReplayDetector, ReplayHDF5Detector, SyntheticSource
     from cdi_beamline.devices.tango import CDIReplayDetector, TangoReplayDetector
 
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print(
+        f"machine: {platform.node()} {platform.processor() or platform.machine()}, python {platform.python_version()}"
+    )
     aps = ApsRockingSource()
     RE = RunEngine({})
     fixed = aps.frame(99)
@@ -56,13 +57,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         with init_devices():
             hdet = ReplayHDF5Detector(aps, StaticPathProvider(UUIDFilenameProvider(), Path(tmp)), name="hdet")
-        rows.append(("ReplayHDF5Detector (ophyd-async, HDF5 + StreamDatum)", events_per_s(RE, lambda k: count([hdet], k), n)))
-    devices = [{"class": CDIReplayDetector, "devices": [{"name": "sim/cdi/detector", "properties": {"Source": "aps34idc"}}]}]
+        rows.append(
+            ("ReplayHDF5Detector (ophyd-async, HDF5 + StreamDatum)", events_per_s(RE, lambda k: count([hdet], k), n))
+        )
+    devices = [
+        {"class": CDIReplayDetector, "devices": [{"name": "sim/cdi/detector", "properties": {"Source": "aps34idc"}}]}
+    ]
     with MultiDeviceTestContext(devices, process=True) as ctx:
         with init_devices():
             tdet = TangoReplayDetector(ctx.get_device_access("sim/cdi/detector"), name="tdet")
-        rows.append(("TangoReplayDetector (ophyd-async.tango, server in a subprocess)",
-                     events_per_s(RE, lambda k: count([tdet], k), n)))
+        rows.append(
+            (
+                "TangoReplayDetector (ophyd-async.tango, server in a subprocess)",
+                events_per_s(RE, lambda k: count([tdet], k), n),
+            )
+        )
     base = rows[0][1]
     print(f"RunEngine count of {n} 64x64 frames, no callbacks:")
     for name, rate in rows:

@@ -57,6 +57,7 @@ def cases(net: CDINet, device: torch.device, big: int):
             with mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 model(x)
             sync(device)
+
         return f
 
     yield "NCHW fp32, no_grad (baseline)", 1, run(nchw, x1)
@@ -70,8 +71,11 @@ def cases(net: CDINet, device: torch.device, big: int):
     yield "predict(symmetries=8) (best of the square's 8)", big, lambda: (predict(net, xb, symmetries=8), sync(device))
     if device.type == "cuda":
         yield "NHWC, bf16 autocast", big, run(net, xb, torch.inference_mode, torch.bfloat16)
-        yield "NHWC, bf16 autocast", 8 * big, run(net, torch.rand(8 * big, 64, 64, device=device),
-                                                  torch.inference_mode, torch.bfloat16)
+        yield (
+            "NHWC, bf16 autocast",
+            8 * big,
+            run(net, torch.rand(8 * big, 64, 64, device=device), torch.inference_mode, torch.bfloat16),
+        )
         # CUDA graph at batch 1: capture once, replay.
         static = x1.clone()
         s = torch.cuda.Stream(device)
@@ -103,8 +107,10 @@ def main() -> None:
     if args.paper_size:
         nets.append(("paper-size (random init)", CDINet(ModelConfig(base_channels=32))))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(f"# {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA"))
+    print(
+        f"# {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA")
+    )
     for label, net in nets:
         for dev in devices:
             print(f"\n## {label}: {net.num_params():,} parameters, {dev}")

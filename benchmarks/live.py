@@ -65,10 +65,13 @@ def main() -> None:
     synth = SyntheticSource(n=n, seed=0)
     frames = np.stack([synth.frame(i) for i in range(n)])
     source = MemorySource(frames)
-    rec = Reconstructor(ReconstructorConfig(init=args.init, iterations=args.iterations, batch_size=args.batch_size),
-                        device=args.device)
-    print(f"machine: {torch.get_num_threads()} torch threads, device {rec.device}; "
-          f"{n} frames 64x64, init={args.init}, {args.iterations} iterations, batch {args.batch_size}")
+    rec = Reconstructor(
+        ReconstructorConfig(init=args.init, iterations=args.iterations, batch_size=args.batch_size), device=args.device
+    )
+    print(
+        f"machine: {torch.get_num_threads()} torch threads, device {rec.device}; "
+        f"{n} frames 64x64, init={args.init}, {args.iterations} iterations, batch {args.batch_size}"
+    )
 
     def scan_rate(cb=None) -> float:
         RE = RunEngine({})
@@ -93,8 +96,14 @@ def main() -> None:
             self.gate.wait()
             b = len(frames)
             zeros = np.zeros(frames.shape, np.float32)
-            return SimpleNamespace(amplitude=zeros, phase=zeros, support=zeros.astype(bool),
-                                   chi2=np.full(b, np.nan), status=["ok"] * b, reason=[""] * b)
+            return SimpleNamespace(
+                amplitude=zeros,
+                phase=zeros,
+                support=zeros.astype(bool),
+                chi2=np.full(b, np.nan),
+                status=["ok"] * b,
+                reason=[""] * b,
+            )
 
         def describe(self):
             return {"engine": "held (benchmark)"}
@@ -106,8 +115,9 @@ def main() -> None:
     for _ in range(args.repeats):
         rates["alone"].append(scan_rate())
         gate = threading.Event()
-        held = LiveReconstruction(Held(gate), None, data_dir=tmp / "held", batch_size=args.batch_size,
-                                  queue_size=n + 16)
+        held = LiveReconstruction(
+            Held(gate), None, data_dir=tmp / "held", batch_size=args.batch_size, queue_size=n + 16
+        )
         spent = [0.0]
 
         def timed(name, doc, _cb=held, _spent=spent):
@@ -123,17 +133,21 @@ def main() -> None:
     print(f"\nRunEngine count rate (events/s, median of {args.repeats} interleaved repeats)")
     for k, v in rates.items():
         r = float(np.median(v))
-        print(f"  {k:28s} {r:8.1f}   x{r / base:.3f} of alone   (scan cost {100 * (1 - r / base):+.1f} %)  "
-              f"runs: {', '.join(f'{x:.0f}' for x in v)}")
+        print(
+            f"  {k:28s} {r:8.1f}   x{r / base:.3f} of alone   (scan cost {100 * (1 - r / base):+.1f} %)  "
+            f"runs: {', '.join(f'{x:.0f}' for x in v)}"
+        )
     per_event = float(np.median(inside)) / n
-    print(f"  time inside the callback: {1e6 * per_event:.1f} us per event = "
-          f"{100 * per_event * base:.2f} % of an event's time in the scan alone")
+    print(
+        f"  time inside the callback: {1e6 * per_event:.1f} us per event = "
+        f"{100 * per_event * base:.2f} % of an event's time in the scan alone"
+    )
 
     # 4: offline baseline, same batches, in the calling thread and in a worker thread (as live)
     def offline_rate() -> float:
         t = time.perf_counter()
         for i in range(0, n, args.batch_size):
-            rec.reconstruct(frames[i:i + args.batch_size], seed=0)
+            rec.reconstruct(frames[i : i + args.batch_size], seed=0)
         return n / (time.perf_counter() - t)
 
     offline_main = offline_rate()
@@ -161,13 +175,17 @@ def main() -> None:
     ok = int((res["status"] == "ok").sum())
     lost = n - len(res["status"])
     print(f"\nend to end (RunEngine -> callback -> reconstruction -> Tiled), Tiled started in {t_server:.1f} s")
-    print(f"  scan {t_scan:.1f} s ({n / t_scan:.1f} events/s, x{n / t_scan / base:.3f} of alone: raw TiledWriter + "
-          f"callback + worker competing for the CPU)")
+    print(
+        f"  scan {t_scan:.1f} s ({n / t_scan:.1f} events/s, x{n / t_scan / base:.3f} of alone: raw TiledWriter + "
+        f"callback + worker competing for the CPU)"
+    )
     print(f"  results in Tiled after {t_e2e:.1f} s: {n / t_e2e:.1f} frames/s sustained")
     print(f"  raw frames in Tiled {raw_n}/{n}; derived rows {len(res['status'])}/{n}, ok {ok}, lost {lost}")
     print(f"  mean chi2 {np.nanmean(res['chi2']):.4g}, worst {np.nanmax(res['chi2']):.4g}")
-    print(f"offline Reconstructor.reconstruct, same batches: {offline:.1f} frames/s in a thread "
-          f"(as the worker), {offline_main:.1f} frames/s in the main thread")
+    print(
+        f"offline Reconstructor.reconstruct, same batches: {offline:.1f} frames/s in a thread "
+        f"(as the worker), {offline_main:.1f} frames/s in the main thread"
+    )
     print(f"end to end / offline (thread): x{(n / t_e2e) / offline:.3f}")
 
 

@@ -40,10 +40,16 @@ def patterns(n: int, seed: int) -> tuple[np.ndarray, str]:
     try:
         from cdi_beamline.physics import simulate_batch
 
-        return simulate_batch(n, seed=seed, device="cpu").modulus.numpy(), "simulated (cdi_beamline.physics, default SimulationConfig)"
+        return simulate_batch(
+            n, seed=seed, device="cpu"
+        ).modulus.numpy(), "simulated (cdi_beamline.physics, default SimulationConfig)"
     except ImportError:
         here = os.path.dirname(os.path.abspath(__file__))
-        frame = np.load(os.path.join(here, "..", "..", "shared", "data", "aps34idc_S0054", "aps34idc_S0054_frame099_crop64_wfcorr.npy"))
+        frame = np.load(
+            os.path.join(
+                here, "..", "..", "shared", "data", "aps34idc_S0054", "aps34idc_S0054_frame099_crop64_wfcorr.npy"
+            )
+        )
         return np.repeat(np.sqrt(frame)[None], n, 0).astype(np.float32), "APS 34-ID-C frame 99 (repeated)"
 
 
@@ -92,8 +98,11 @@ def run_fused_comparison(moduli: np.ndarray, device, cfg: RefineConfig, batch: i
     big = m.repeat((batch + len(m) - 1) // len(m), 1, 1)[:batch].contiguous()
     one = m[:1].contiguous()
     rows = []
-    for name, fused, graphs in [("eager", "off", True), ("fused (torch.compile + CUDA graphs)", "on", True),
-                                ("fused, no CUDA graphs", "on", False)]:
+    for name, fused, graphs in [
+        ("eager", "off", True),
+        ("fused (torch.compile + CUDA graphs)", "on", True),
+        ("fused, no CUDA graphs", "on", False),
+    ]:
         module._cuda_graphs = graphs
         c = cfg.model_copy(update={"fused": fused})
         try:
@@ -111,11 +120,17 @@ def run_fused_comparison(moduli: np.ndarray, device, cfg: RefineConfig, batch: i
             print(f"{name}: not available ({module._fused_failure}); ran eager")
         rows.append((name, batch / t_big, t_one, first, chis[-1].cpu().numpy()))
     _, base_fps, base_lat, _, _ = rows[0]
-    print(f"torch path on {torch.cuda.get_device_name(device)}, {cfg.schedule} ({len(parse_schedule(cfg.schedule))} iterations), "
-          f"64x64: frames/s at batch {batch}, latency at batch 1 (medians of 3 and 10 runs)")
-    print(f"{'torch path':38s} {'frames/s':>10s} {'vs eager':>9s} {'batch-1 ms':>11s} {'vs eager':>9s} {'first runs s':>13s}   final chi²")
+    print(
+        f"torch path on {torch.cuda.get_device_name(device)}, {cfg.schedule} ({len(parse_schedule(cfg.schedule))} iterations), "
+        f"64x64: frames/s at batch {batch}, latency at batch 1 (medians of 3 and 10 runs)"
+    )
+    print(
+        f"{'torch path':38s} {'frames/s':>10s} {'vs eager':>9s} {'batch-1 ms':>11s} {'vs eager':>9s} {'first runs s':>13s}   final chi²"
+    )
     for name, fps, lat, first, ch in rows:
-        print(f"{name:38s} {fps:10.0f} {fps / base_fps:8.2f}x {lat * 1e3:11.1f} {base_lat / lat:8.2f}x {first:13.1f}   {summary(ch)} (n={len(ch)})")
+        print(
+            f"{name:38s} {fps:10.0f} {fps / base_fps:8.2f}x {lat * 1e3:11.1f} {base_lat / lat:8.2f}x {first:13.1f}   {summary(ch)} (n={len(ch)})"
+        )
 
 
 def run_cohere(moduli: np.ndarray, pkg: str, cfg: RefineConfig) -> tuple[float, float, np.ndarray]:
@@ -164,10 +179,14 @@ def run_nns(n: int, queries: int, seed: int) -> None:
 
     g = torch.Generator().manual_seed(seed)
     # Smooth non-negative random moduli (cheap stand-ins with realistic PCA spectra).
-    mod = torch.cat([
-        torch.nn.functional.interpolate(torch.rand(c, 1, 8, 8, generator=g), size=(64, 64), mode="bicubic")[:, 0].abs()
-        for c in [min(8192, n - i) for i in range(0, n, 8192)]
-    ])
+    mod = torch.cat(
+        [
+            torch.nn.functional.interpolate(torch.rand(c, 1, 8, 8, generator=g), size=(64, 64), mode="bicubic")[
+                :, 0
+            ].abs()
+            for c in [min(8192, n - i) for i in range(0, n, 8192)]
+        ]
+    )
     dummy = torch.zeros(n, 4, 4)
     t0 = time.perf_counter()
     index = NearestNeighbourIndex(mod, dummy, dummy, dummy.bool())
@@ -184,10 +203,12 @@ def run_nns(n: int, queries: int, seed: int) -> None:
     qv = torch.nn.functional.normalize(q[:16].reshape(16, -1), dim=1)
     best = torch.cat([(qv @ c.T) for c in index.vectors.split(32768)], 1).argmax(1)
     brute = (time.perf_counter() - t0) / 16
-    print(f"NNS over {n} references (64x64): build {build:.1f} s; {per * 1e3:.2f} ms/query in a batch of {queries} "
-          f"(brute-force matmul {brute * 1e3:.1f} ms/query, {brute / per:.0f}x slower); "
-          f"exact item returned for {exact:.0%} of queries taken from the index "
-          f"(brute force agrees: {(best == pick[:16]).float().mean().item():.0%})")
+    print(
+        f"NNS over {n} references (64x64): build {build:.1f} s; {per * 1e3:.2f} ms/query in a batch of {queries} "
+        f"(brute-force matmul {brute * 1e3:.1f} ms/query, {brute / per:.0f}x slower); "
+        f"exact item returned for {exact:.0%} of queries taken from the index "
+        f"(brute force agrees: {(best == pick[:16]).float().mean().item():.0%})"
+    )
 
 
 def summary(c: np.ndarray) -> str:
@@ -203,10 +224,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--skip-cohere", action="store_true", help="time our engine only")
-    ap.add_argument("--skip-torch-path", action="store_true", help="do not also time our CPU engine without its numba kernels")
+    ap.add_argument(
+        "--skip-torch-path", action="store_true", help="do not also time our CPU engine without its numba kernels"
+    )
     ap.add_argument("--nns", type=int, default=0, metavar="N", help="also time NNS over N references (e.g. 150000)")
-    ap.add_argument("--fused-batch", type=int, default=4096,
-                    help="on CUDA: batch of the eager vs fused torch-path rows (default 4096; 0 = skip them)")
+    ap.add_argument(
+        "--fused-batch",
+        type=int,
+        default=4096,
+        help="on CUDA: batch of the eager vs fused torch-path rows (default 4096; 0 = skip them)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -216,11 +243,15 @@ def main() -> None:
     device = resolve_device(args.device)
     cfg = RefineConfig()
     moduli, source = patterns(args.n, args.seed)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
-          f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-          f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}")
-    print(f"patterns: {source}; schedule {cfg.schedule} (cohere: {COHERE_SEQUENCE}); shrink-wrap from "
-          f"{cfg.shrinkwrap_start} every {cfg.shrinkwrap_every}, sigma {cfg.shrinkwrap_sigma}, threshold {cfg.shrinkwrap_threshold}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+        f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+        f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}"
+    )
+    print(
+        f"patterns: {source}; schedule {cfg.schedule} (cohere: {COHERE_SEQUENCE}); shrink-wrap from "
+        f"{cfg.shrinkwrap_start} every {cfg.shrinkwrap_every}, sigma {cfg.shrinkwrap_sigma}, threshold {cfg.shrinkwrap_threshold}"
+    )
     rows = []
     w, c, ch = run_ours(moduli, args.batch, device, cfg)
     rows.append((f"cdi_beamline (batch {args.batch}, {device.type})", w, c, ch))

@@ -23,7 +23,9 @@ from cdi_beamline.physics import simulate_batch
 def numpy_pattern(rng: np.random.Generator, cfg: SimulationConfig) -> np.ndarray:
     """One pattern the plain way: dense 32^3 grid, numpy FFTs, the same steps as the simulator."""
     s = 32
-    a, b, c, e, n, lx, ly, lz, span = (rng.uniform(*getattr(cfg, k)) for k in ("a", "b", "c", "e", "n", "Lx", "Ly", "Lz", "phase_span"))
+    a, b, c, e, n, lx, ly, lz, span = (
+        rng.uniform(*getattr(cfg, k)) for k in ("a", "b", "c", "e", "n", "Lx", "Ly", "Lz", "phase_span")
+    )
     q = rng.normal(size=4)
     w, x, y, z = q / np.linalg.norm(q)
     R = np.array([

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cdi-beamline {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS:
+    for _name, module in COMMANDS:
         try:
             mod = importlib.import_module(f"cdi_beamline.commands.{module}")
         except ModuleNotFoundError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = ["resolve_device"]
 
 
-def resolve_device(device: "str | object" = "auto"):
+def resolve_device(device: str | object = "auto"):
     """Return a ``torch.device``. ``"auto"`` picks CUDA when available, else the CPU.
 
     Raises ``ValueError`` for an unknown name and ``RuntimeError`` when CUDA is asked

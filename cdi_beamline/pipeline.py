@@ -9,8 +9,8 @@ bad frame, so a live scan keeps running.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -157,7 +157,10 @@ class Reconstructor:
         for name, t in (("mask", mask_t), ("support", support_t)):
             if t is not None:
                 empty = ~t.flatten(1).any(1)
-                reasons = [r or (f"{name} of this frame is empty (all False)" if e else None) for r, e in zip(reasons, empty.tolist())]
+                reasons = [
+                    r or (f"{name} of this frame is empty (all False)" if e else None)
+                    for r, e in zip(reasons, empty.tolist())
+                ]
         good = [i for i, r in enumerate(reasons) if r is None]
 
         T = self.iterations
@@ -183,7 +186,10 @@ class Reconstructor:
             if T == 0:
                 if init is None or init.object is None:  # e.g. cnn on a frame that is not 64x64
                     for i in idx:
-                        out.status[i], out.reason[i] = "bad", f"iterations=0 needs a {self.config.init} estimate; got {how}"
+                        out.status[i], out.reason[i] = (
+                            "bad",
+                            f"iterations=0 needs a {self.config.init} estimate; got {how}",
+                        )
                     continue
                 obj, support_k = init.object, init.support
                 chi2_k = chi2(fourier_modulus(obj), modulus, m)
@@ -243,9 +249,13 @@ class Reconstructor:
         if arr.shape == tuple(shape):
             arr = np.broadcast_to(arr, (B, *shape))
         if arr.shape != (B, *shape):
-            raise ValueError(f"{name} shape {arr.shape} does not match the frames: expected {tuple(shape)} or {(B, *shape)}")
+            raise ValueError(
+                f"{name} shape {arr.shape} does not match the frames: expected {tuple(shape)} or {(B, *shape)}"
+            )
         if np.iscomplexobj(arr) or not np.isfinite(arr).all():
-            raise ValueError(f"{name} must be real and finite (True/nonzero = {'measured' if name == 'mask' else 'inside'})")
+            raise ValueError(
+                f"{name} must be real and finite (True/nonzero = {'measured' if name == 'mask' else 'inside'})"
+            )
         return torch.from_numpy(np.ascontiguousarray(arr != 0))
 
     def _initial_estimate(self, modulus, support):
@@ -266,11 +276,17 @@ class Reconstructor:
             return initial_estimate(net, modulus, symmetries=sym), how
         index = self._index()
         if (H, W) != index.pattern_shape:
-            return None, f"random (nns index holds {index.pattern_shape[0]}x{index.pattern_shape[1]} patterns, got {H}x{W})"
+            return (
+                None,
+                f"random (nns index holds {index.pattern_shape[0]}x{index.pattern_shape[1]} patterns, got {H}x{W})",
+            )
         match = index.query(modulus)
         obj = torch.polar(match.amplitude, match.phase) * match.support
         return (
-            InitialEstimate(object=embed_centre(obj, (H, W)).to(self.device), support=embed_centre(match.support, (H, W)).to(self.device)),
+            InitialEstimate(
+                object=embed_centre(obj, (H, W)).to(self.device),
+                support=embed_centre(match.support, (H, W)).to(self.device),
+            ),
             "nns",
         )
 
@@ -279,7 +295,9 @@ class Reconstructor:
             try:
                 from .models import cdinet
             except ImportError as exc:
-                raise RuntimeError(f"init='cnn' needs cdi_beamline.models.cdinet, which is not available: {exc}") from exc
+                raise RuntimeError(
+                    f"init='cnn' needs cdi_beamline.models.cdinet, which is not available: {exc}"
+                ) from exc
             self._net = cdinet(weights=self.config.weights).to(self.device).eval()
         return self._net
 

@@ -510,8 +510,15 @@ def load_results(client, derived_uid: str, stream: str = "primary") -> dict[str,
     out: dict[str, Any] = {"start": dict(md["start"]), "stop": dict(md.get("stop") or {})}
     if stream not in run:
         empty = np.zeros((0, 0, 0), np.float32)
-        out.update(amplitude=empty, phase=empty, support=empty.astype(bool), chi2=np.zeros(0),
-                   raw_seq_num=np.zeros(0, int), status=np.array([], str), reason=np.array([], str))
+        out.update(
+            amplitude=empty,
+            phase=empty,
+            support=empty.astype(bool),
+            chi2=np.zeros(0),
+            raw_seq_num=np.zeros(0, int),
+            status=np.array([], str),
+            reason=np.array([], str),
+        )
         return out
     node = run[stream]
     table = node.read()

@@ -57,7 +57,9 @@ def test_aps_raw_frame99_is_the_measured_crop(shared_data):
     np.testing.assert_array_equal(raw.frame(99), ref)
     assert np.unravel_index(raw.frame(99).argmax(), (64, 64)) == (32, 32)
     # the shipped example data equals the measured file, byte for byte
-    shipped = Path(__import__("cdi_beamline.devices").devices.__file__).parent / "data" / f"{APS}_rocking_201x128x128.npz"
+    shipped = (
+        Path(__import__("cdi_beamline.devices").devices.__file__).parent / "data" / f"{APS}_rocking_201x128x128.npz"
+    )
     assert shipped.read_bytes() == (shared_data / APS / shipped.name).read_bytes()
 
 

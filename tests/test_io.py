@@ -28,7 +28,9 @@ def test_npy_npz_h5_round_trip(tmp_path, stack):
         f["entry/data/data"] = stack
         f["entry/extra"] = 1
     for spec in ("s.npy", "one.npz", "two.npz", "two.npz:data", "s.h5:/entry/data/data", "s.h5:entry/data/data"):
-        np.testing.assert_array_equal(read_patterns(tmp_path / spec if ":" not in spec else f"{tmp_path}/{spec}"), stack)
+        np.testing.assert_array_equal(
+            read_patterns(tmp_path / spec if ":" not in spec else f"{tmp_path}/{spec}"), stack
+        )
     assert read_patterns(f"{tmp_path}/two.npz:other").shape == (1, 40, 48)
     with pytest.raises(ValueError, match="2 datasets"):
         read_array(tmp_path / "s.h5")

@@ -179,9 +179,26 @@ def test_worker_raising_is_recorded_and_reprocess_rebuilds(source, tiled_server,
     # the raw run is untouched
     assert load_raw_frames(client, raw_uid)[0].shape == (6, 64, 64)
 
-    rc = main(["reprocess", raw_uid, "--uri", tiled_server.uri, "--api-key", tiled_server.api_key,
-               "--data-dir", str(tiled_server.data_dir), "--iterations", str(ITER), "--init", "cnn",
-               "--device", "cpu", "--batch-size", "3"])
+    rc = main(
+        [
+            "reprocess",
+            raw_uid,
+            "--uri",
+            tiled_server.uri,
+            "--api-key",
+            tiled_server.api_key,
+            "--data-dir",
+            str(tiled_server.data_dir),
+            "--iterations",
+            str(ITER),
+            "--init",
+            "cnn",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "3",
+        ]
+    )
     assert rc == 0
     runs = derived_runs(client, raw_uid)
     assert len(runs) == 2
@@ -326,13 +343,40 @@ def test_worker_process_fed_by_0mq(source, tiled_server, client, run_engine, tmp
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
-    proxy = subprocess.Popen([sys.executable, "-c", "from bluesky.callbacks.zmq import Proxy; "
-                              f"Proxy({ports[0]}, {ports[1]}).start()"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proxy = subprocess.Popen(
+        [sys.executable, "-c", f"from bluesky.callbacks.zmq import Proxy; Proxy({ports[0]}, {ports[1]}).start()"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "cdi_beamline.cli", "worker", "--zmq", f"127.0.0.1:{ports[1]}",
-         "--uri", tiled_server.uri, "--api-key", tiled_server.api_key, "--data-dir", str(tiled_server.data_dir),
-         "--init", "random", "--iterations", str(ITER), "--device", "cpu", "--batch-size", "4", "--max-runs", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "cdi_beamline.cli",
+            "worker",
+            "--zmq",
+            f"127.0.0.1:{ports[1]}",
+            "--uri",
+            tiled_server.uri,
+            "--api-key",
+            tiled_server.api_key,
+            "--data-dir",
+            str(tiled_server.data_dir),
+            "--init",
+            "random",
+            "--iterations",
+            str(ITER),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            "--max-runs",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in worker.stdout], daemon=True)
     reader.start()
@@ -343,8 +387,16 @@ def test_worker_process_fed_by_0mq(source, tiled_server, client, run_engine, tmp
         deadline, seen = time.monotonic() + 60, []
         while not any("ignored stop of run probe" in line for line in seen):
             assert time.monotonic() < deadline and worker.poll() is None, "".join(seen)
-            publisher("stop", {"uid": "probe-stop", "run_start": "probe", "time": time.time(),
-                               "exit_status": "success", "num_events": {}})
+            publisher(
+                "stop",
+                {
+                    "uid": "probe-stop",
+                    "run_start": "probe",
+                    "time": time.time(),
+                    "exit_status": "success",
+                    "num_events": {},
+                },
+            )
             try:
                 seen.append(lines.get(timeout=0.25))
             except queue.Empty:
@@ -374,8 +426,26 @@ def test_demo_then_results_find_it_again(tmp_path, capsys):
     from cdi_beamline.cli import main
 
     data = tmp_path / "demo"
-    assert main(["demo", "--data-dir", str(data), "--frames", "5", "--iterations", "5", "--init", "random",
-                 "--device", "cpu", "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--data-dir",
+                str(data),
+                "--frames",
+                "5",
+                "--iterations",
+                "5",
+                "--init",
+                "random",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "5 reconstructed, 0 flagged, 0 dropped" in out and (data / "demo_recent.png").stat().st_size > 1000
     assert main(["results", "--data-dir", str(data), "--json"]) == 0
@@ -396,8 +466,12 @@ def test_serve_is_reused_by_connect(tmp_path):
     data = tmp_path / "served"
     err = open(tmp_path / "serve.err", "w+")
     # -X faulthandler: if the server hangs on Ctrl-C, SIGABRT dumps every thread's stack into serve.err
-    server = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "cdi_beamline.cli", "serve",
-                               "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=err, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-m", "cdi_beamline.cli", "serve", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+    )
     try:
         lines = []
         for line in server.stdout:

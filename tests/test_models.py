@@ -104,8 +104,9 @@ def test_twin_aware_loss_blind_to_phase_wrap_and_global_phase(batch):
 def test_dihedral_pairs_are_exact(batch):
     a, p, m = batch.amplitude, batch.phase, batch.modulus
     for k in range(8):
-        torch.testing.assert_close(predicted_modulus(dihedral(a, k), dihedral(p, k), (64, 64)), dihedral(m, k),
-                                   atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            predicted_modulus(dihedral(a, k), dihedral(p, k), (64, 64)), dihedral(m, k), atol=2e-5, rtol=1e-4
+        )
     assert not torch.equal(dihedral(m, 1), m)
     images = {dihedral(m[0], k).flatten().tolist().__repr__() for k in range(8)}
     assert len(images) == 8  # eight distinct symmetries

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from cdi_beamline.fourier import crop_centre, fourier_modulus
-from cdi_beamline.models import CDINetWeights, SUPPORT_THRESHOLD, cdinet, initial_estimate, predict
+from cdi_beamline.models import SUPPORT_THRESHOLD, CDINetWeights, cdinet, initial_estimate, predict
 from cdi_beamline.models.card import CARD_PATH, render_card
-from cdi_beamline.models.weights import Weights, load_state_dict
 from cdi_beamline.models.loss import predicted_modulus
+from cdi_beamline.models.weights import Weights, load_state_dict
 from cdi_beamline.phasing import InitialEstimate, chi2
 from cdi_beamline.physics import simulate_batch
 
@@ -128,7 +128,10 @@ def test_reconstruct_cli_init_cnn(batch, tmp_path):
     frames = tmp_path / "frames.npy"
     np.save(frames, batch.modulus[:2].numpy() ** 2)
     out = tmp_path / "out.h5"
-    assert cli(["reconstruct", str(frames), "--out", str(out), "--init", "cnn", "--iterations", "60", "--device", "cpu"]) == 0
+    assert (
+        cli(["reconstruct", str(frames), "--out", str(out), "--init", "cnn", "--iterations", "60", "--device", "cpu"])
+        == 0
+    )
     with h5py.File(out) as f:
         assert "cnn" in f.attrs["init"]
         obj, hist, c = f["object"][()], f["chi2_history"][()], f["chi2"][()]

@@ -14,7 +14,6 @@ from cdi_beamline.fourier import to_detector
 from cdi_beamline.phasing import (
     ER,
     HIO,
-    RAAR,
     InitialEstimate,
     NearestNeighbourIndex,
     align,
@@ -80,7 +79,9 @@ def test_shrinkwrap_tightens_a_loose_support(blob):
     loose = torch.zeros_like(support)
     loose[N // 2 - 16 : N // 2 + 16, N // 2 - 16 : N // 2 + 16] = True
     cfg = RefineConfig(schedule="(HIO**80 * ER**20)**3", shrinkwrap_start=50, support2_size=0.5)
-    res = refine(modulus[None].expand(4, N, N), init=InitialEstimate(support=loose[None].expand(4, N, N)), config=cfg, seed=2)
+    res = refine(
+        modulus[None].expand(4, N, N), init=InitialEstimate(support=loose[None].expand(4, N, N)), config=cfg, seed=2
+    )
     best = min(range(4), key=lambda i: res.chi2[i].item())
     assert res.chi2[best] < 1e-3
     areas = res.support.sum((-2, -1)).float()

@@ -65,7 +65,9 @@ def test_fused_kernels_match_on_non_square_frames(monkeypatch):
 
 
 def test_fused_kernels_match_with_given_object(monkeypatch, moduli):
-    init = InitialEstimate(object=torch.randn(4, 32, 32, dtype=torch.complex64, generator=torch.Generator().manual_seed(3)))
+    init = InitialEstimate(
+        object=torch.randn(4, 32, 32, dtype=torch.complex64, generator=torch.Generator().manual_seed(3))
+    )
     fused, plain = _both(monkeypatch, moduli, init=init, config=RefineConfig(schedule="HIO**4"))
     assert (fused.object - plain.object).abs().max() <= 1e-5 * plain.object.abs().max()
 

@@ -180,7 +180,11 @@ def test_phase_field_covariance_is_eq3_rotated():
     grid = _Grid(SimulationConfig(Lx=(2.0, 2.0), Ly=(3.0, 3.0), Lz=(5.0, 5.0)), torch.device(CPU))
     n = 32
     rot = random_rotations(1, torch.Generator().manual_seed(1), CPU).expand(n, 3, 3)
-    params = {"a": torch.ones(n), "rotation": rot, **{k: torch.full((n,), float(v)) for k, v in zip(("Lx", "Ly", "Lz"), L)}}
+    params = {
+        "a": torch.ones(n),
+        "rotation": rot,
+        **{k: torch.full((n,), float(v)) for k, v in zip(("Lx", "Ly", "Lz"), L)},
+    }
     f = _phase_field(params, grid, torch.Generator().manual_seed(2), n)
     f = f - f.mean((1, 2, 3), keepdim=True)
     power = torch.fft.rfftn(f, dim=(1, 2, 3)).abs() ** 2

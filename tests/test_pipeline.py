@@ -188,16 +188,40 @@ def test_zero_iterations_returns_the_cnn_estimate_alone(tmp_path):
     est = initial_estimate(cdinet(), b.modulus)
     np.testing.assert_array_equal(out.support, est.support.numpy())
     np.testing.assert_allclose(out.amplitude, est.object.abs().numpy(), rtol=1e-5, atol=1e-6)
-    expected = chi2(torch.from_numpy(np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(out.object, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)))), b.modulus)
+    expected = chi2(
+        torch.from_numpy(
+            np.abs(
+                np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(out.object, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+            )
+        ),
+        b.modulus,
+    )
     np.testing.assert_allclose(out.chi2, expected.numpy(), rtol=1e-4)
     with pytest.raises(ConfigError, match="iterations=0"):
         ReconstructorConfig.build(init="random", iterations=0)
     # a frame the CNN cannot take (not 64x64) is flagged, not silently refined
-    big = Reconstructor(ReconstructorConfig.build(init="cnn", iterations=0), device="cpu").reconstruct(np.pad(intensity[0], 16))
+    big = Reconstructor(ReconstructorConfig.build(init="cnn", iterations=0), device="cpu").reconstruct(
+        np.pad(intensity[0], 16)
+    )
     assert big.status == ["bad"] and "iterations=0" in big.reason[0]
     np.save(tmp_path / "p.npy", intensity)
-    assert main(["reconstruct", str(tmp_path / "p.npy"), "--out", str(tmp_path / "o.h5"), "--iterations", "0",
-                 "--device", "cpu", "--plot", str(tmp_path / "o.png")]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(tmp_path / "p.npy"),
+                "--out",
+                str(tmp_path / "o.h5"),
+                "--iterations",
+                "0",
+                "--device",
+                "cpu",
+                "--plot",
+                str(tmp_path / "o.png"),
+            ]
+        )
+        == 0
+    )
     import h5py
 
     with h5py.File(tmp_path / "o.h5") as f:
@@ -216,8 +240,23 @@ def test_cnn_symmetries_through_the_reconstruct_command(tmp_path):
     chi = {}
     for sym in ("1", "8"):
         out = tmp_path / f"o{sym}.h5"
-        assert main(["reconstruct", str(tmp_path / "p.npy"), "--out", str(out), "--iterations", "0",
-                     "--cnn-symmetries", sym, "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "reconstruct",
+                    str(tmp_path / "p.npy"),
+                    "--out",
+                    str(out),
+                    "--iterations",
+                    "0",
+                    "--cnn-symmetries",
+                    sym,
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         with h5py.File(out) as f:
             chi[sym] = f["chi2"][()]
             assert json.loads(f.attrs["config"])["cnn_symmetries"] == int(sym)

@@ -42,7 +42,10 @@ def test_profile_starts_in_ipython_and_runs_a_scan(tmp_path):
     ipython = Path(sys.executable).with_name("ipython")
     proc = subprocess.run(
         [str(ipython), f"--profile-dir={profile}", "--no-banner", "--colors=NoColor", "-c", "import json\n" + SCRIPT],
-        env=env, capture_output=True, text=True, timeout=240,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out

@@ -33,8 +33,22 @@ def stack(tmp_path_factory):
 def test_reconstruct_writes_the_documented_layout(stack, tmp_path, capsys):
     path, frames = stack
     out, png = tmp_path / "out.h5", tmp_path / "rec.png"
-    rc = main(["reconstruct", f"{path}:/entry/data", "--out", str(out), "--iterations", "100",
-               "--device", "cpu", "--seed", "3", "--plot", str(png)])
+    rc = main(
+        [
+            "reconstruct",
+            f"{path}:/entry/data",
+            "--out",
+            str(out),
+            "--iterations",
+            "100",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "--plot",
+            str(png),
+        ]
+    )
     assert rc == 0
     err = capsys.readouterr().err
     assert "frame 2: skipped: frame contains 1 NaN pixel(s)" in err
@@ -63,8 +77,24 @@ def test_mask_zeros_and_modulus_quantity(tmp_path):
     modulus[N // 2 - 1 : N // 2 + 2, :] = 0  # a gap
     np.save(tmp_path / "m.npy", modulus)
     out = tmp_path / "o.h5"
-    assert main(["reconstruct", str(tmp_path / "m.npy"), "--out", str(out), "--quantity", "modulus",
-                 "--mask-zeros", "--schedule", "(HIO**40 * ER**10)**2", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(tmp_path / "m.npy"),
+                "--out",
+                str(out),
+                "--quantity",
+                "modulus",
+                "--mask-zeros",
+                "--schedule",
+                "(HIO**40 * ER**10)**2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     with h5py.File(out) as f:
         assert f["chi2"][0] < 0.05
         assert json.loads(f.attrs["config"])["refine"]["schedule"] == "(HIO**40 * ER**10)**2"
@@ -77,9 +107,28 @@ def test_support_init_from_a_file_grown_and_with_positivity(tmp_path):
     np.save(tmp_path / "i.npy", intensity)
     np.save(tmp_path / "s.npy", support)
     out = tmp_path / "o.h5"
-    assert main(["reconstruct", str(tmp_path / "i.npy"), "--out", str(out), "--init", "support",
-                 "--support", str(tmp_path / "s.npy"), "--support-grow", "3", "--positivity",
-                 "--iterations", "120", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(tmp_path / "i.npy"),
+                "--out",
+                str(out),
+                "--init",
+                "support",
+                "--support",
+                str(tmp_path / "s.npy"),
+                "--support-grow",
+                "3",
+                "--positivity",
+                "--iterations",
+                "120",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     with h5py.File(out) as f:
         cfg = json.loads(f.attrs["config"])
         assert cfg["init"] == "support" and cfg["refine"]["positivity"] is True

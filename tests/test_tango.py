@@ -34,14 +34,20 @@ def aps() -> ApsRockingSource:
 @pytest.fixture(scope="module")
 def tango_ctx():
     devices = [
-        {"class": CDIReplayDetector, "devices": [
-            {"name": DET, "properties": {"Source": "aps34idc"}},
-            {"name": BAD_DET, "properties": {"Source": "nonsense"}},
-        ]},
-        {"class": CDIReconstructor, "devices": [
-            {"name": REC, "properties": {"Iterations": ITER, "TorchDevice": "cpu"}},
-            {"name": BAD_REC, "properties": {"InitMode": "magic"}},
-        ]},
+        {
+            "class": CDIReplayDetector,
+            "devices": [
+                {"name": DET, "properties": {"Source": "aps34idc"}},
+                {"name": BAD_DET, "properties": {"Source": "nonsense"}},
+            ],
+        },
+        {
+            "class": CDIReconstructor,
+            "devices": [
+                {"name": REC, "properties": {"Iterations": ITER, "TorchDevice": "cpu"}},
+                {"name": BAD_REC, "properties": {"InitMode": "magic"}},
+            ],
+        },
     ]
     with MultiDeviceTestContext(devices, server_name="CDIServer", instance_name="test", process=False) as ctx:
         yield ctx
@@ -236,10 +242,22 @@ def _free_port() -> int:
 
 def test_tango_server_command_answers_device_proxy(aps):
     port = _free_port()
-    cmd = [sys.executable, "-m", "cdi_beamline.cli", "tango-server", "--nodb", "--port", str(port),
-           "--iterations", "20", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "cdi_beamline.cli",
+        "tango-server",
+        "--nodb",
+        "--port",
+        str(port),
+        "--iterations",
+        "20",
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     try:
         lines = []
         deadline = time.monotonic() + 90

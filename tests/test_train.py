@@ -75,8 +75,27 @@ def test_train_cli_refuses_bad_config(tmp_path, capsys):
 def test_evaluate_cli_small(tiny_run, tmp_path, capsys):
     _, run_dir, _ = tiny_run
     out = tmp_path / "eval"
-    args = ["evaluate", "--n", "24", "--seed", "3", "--out", str(out), "--weights", str(run_dir), "--nns-size", "64",
-            "--refine-patterns", "2", "--repeats", "2", "--measured", str(tmp_path / "absent.npy"), "--device", "cpu"]
+    args = [
+        "evaluate",
+        "--n",
+        "24",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--weights",
+        str(run_dir),
+        "--nns-size",
+        "64",
+        "--refine-patterns",
+        "2",
+        "--repeats",
+        "2",
+        "--measured",
+        str(tmp_path / "absent.npy"),
+        "--device",
+        "cpu",
+    ]
     assert cli(args) == 0
     m = json.loads((out / "metrics.json").read_text())
     for part in ("chi2_modulus", "chi2_amplitude", "chi2_phase"):
@@ -102,7 +121,9 @@ def test_fine_tune_starts_from_given_weights(tiny_run, tmp_path):
     assert ft_meta["init_weights"] == {"id": str((out / "model.pt").resolve()), "sha256": meta["sha256"]}
     assert "starting from weights" in first_val[0]
     # 10 more steps from the trained weights validate near them, far below a random init
-    scratch = train(cfg.model_copy(update={"epochs": 0.25}), tmp_path / "scratch", device="cpu", progress=lambda s: None)
+    scratch = train(
+        cfg.model_copy(update={"epochs": 0.25}), tmp_path / "scratch", device="cpu", progress=lambda s: None
+    )
     assert ft_meta["validation"]["total"] < scratch["validation"]["total"]
 
 

@@ -10,4 +10,12 @@ from ._reprocess import reprocess
 from ._session import LiveSession
 from ._worker import ReconstructionWorker
 
-__all__ = ["LiveReconstruction", "DerivedRun", "ResultRows", "ReconstructionWorker", "find_image_key", "reprocess", "LiveSession"]
+__all__ = [
+    "LiveReconstruction",
+    "DerivedRun",
+    "ResultRows",
+    "ReconstructionWorker",
+    "find_image_key",
+    "reprocess",
+    "LiveSession",
+]

@@ -46,8 +46,15 @@ class ResultRows:
         self.status = [str(s) for s in status]
         self.reason = [str(r) for r in reason]
         b = len(self.raw_seq_num)
-        if not (len(self.amplitude) == len(self.phase) == len(self.support) == len(self.chi2)
-                == len(self.status) == len(self.reason) == b):
+        if not (
+            len(self.amplitude)
+            == len(self.phase)
+            == len(self.support)
+            == len(self.chi2)
+            == len(self.status)
+            == len(self.reason)
+            == b
+        ):
             raise ValueError("ResultRows: every field needs one row per frame")
 
     def __len__(self) -> int:
@@ -58,8 +65,9 @@ class ResultRows:
         """Rows for frames without a reconstruction: NaN images, empty support, NaN chi²."""
         b = len(raw_seq_num)
         nan = np.full((b, *shape), np.nan, np.float32)
-        return cls(raw_seq_num, nan, nan.copy(), np.zeros((b, *shape), bool), np.full(b, np.nan),
-                   [status] * b, [reason] * b)
+        return cls(
+            raw_seq_num, nan, nan.copy(), np.zeros((b, *shape), bool), np.full(b, np.nan), [status] * b, [reason] * b
+        )
 
     @classmethod
     def concat(cls, parts: list[ResultRows]) -> ResultRows:
@@ -122,8 +130,7 @@ class DerivedRun:
     def _open(self, shape: tuple[int, int]) -> None:
         h, w = shape
         data_keys = {
-            key: {"source": "cdi_beamline", "dtype": "array", "dtype_numpy": dt, "shape": [h, w],
-                  "external": "STREAM:"}
+            key: {"source": "cdi_beamline", "dtype": "array", "dtype_numpy": dt, "shape": [h, w], "external": "STREAM:"}
             for key, dt in _ARRAYS
         }
         data_keys.update(
@@ -164,11 +171,14 @@ class DerivedRun:
             raise ValueError(f"result shape {rows.amplitude.shape[-2:]} differs from the run's {self.shape}")
         n0 = self._n
         with h5py.File(self.path, "a", locking=False) as f:
-            for key, arr in (("amplitude", rows.amplitude), ("phase", rows.phase),
-                             ("support", rows.support.astype(np.uint8))):
+            for key, arr in (
+                ("amplitude", rows.amplitude),
+                ("phase", rows.phase),
+                ("support", rows.support.astype(np.uint8)),
+            ):
                 ds = f[key]
                 ds.resize(n0 + b, axis=0)
-                ds[n0:n0 + b] = arr
+                ds[n0 : n0 + b] = arr
         now = time.time()
         data = {
             "chi2": [float(c) for c in rows.chi2],
@@ -176,14 +186,16 @@ class DerivedRun:
             "status": list(rows.status),
             "reason": list(rows.reason),
         }
-        page = self._desc.compose_event_page(
-            data=data, timestamps={k: [now] * b for k in data}, time=[now] * b
-        )
+        page = self._desc.compose_event_page(data=data, timestamps={k: [now] * b for k in data}, time=[now] * b)
         self.emit("event_page", page)
         seq = {"start": page["seq_num"][0], "stop": page["seq_num"][-1] + 1}
         for key, _ in _ARRAYS:
-            self.emit("stream_datum", self._datum[key](
-                indices={"start": n0, "stop": n0 + b}, seq_nums=seq, descriptor=self._desc.descriptor_doc))
+            self.emit(
+                "stream_datum",
+                self._datum[key](
+                    indices={"start": n0, "stop": n0 + b}, seq_nums=seq, descriptor=self._desc.descriptor_doc
+                ),
+            )
         self._n += b
         for s, c in zip(rows.status, rows.chi2):
             self.counts["reconstructed" if s == "ok" else s] += 1

@@ -139,8 +139,11 @@ class LiveReconstruction(DocumentRouter):
             return
         key = find_image_key(doc.get("data_keys", {}), self.config.image_key)
         if key is None:
-            run.note = (f"no image field {self.config.image_key!r} in stream {self.config.stream!r}"
-                        if self.config.image_key else f"no 2D image field in stream {self.config.stream!r}")
+            run.note = (
+                f"no image field {self.config.image_key!r} in stream {self.config.stream!r}"
+                if self.config.image_key
+                else f"no 2D image field in stream {self.config.stream!r}"
+            )
             logger.warning("LiveReconstruction: %s (fields %s)", run.note, sorted(doc.get("data_keys", {})))
             return
         run.image_key = key
@@ -204,8 +207,11 @@ class LiveReconstruction(DocumentRouter):
             self.stats["dropped"] += len(seqs)
             if not run.warned:
                 run.warned = True
-                logger.warning("LiveReconstruction: queue full (%d), dropping frames of run %s (counted)",
-                               self.config.queue_size, run.uid)
+                logger.warning(
+                    "LiveReconstruction: queue full (%d), dropping frames of run %s (counted)",
+                    self.config.queue_size,
+                    run.uid,
+                )
 
     # -- control -------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:

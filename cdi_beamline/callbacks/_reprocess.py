@@ -13,8 +13,15 @@ from ._worker import ReconstructionWorker
 __all__ = ["reprocess"]
 
 
-def reprocess(client, raw_uid: str, reconstructor, writer: Callable[[str, dict], object],
-              config: LiveConfig | None = None, image_key: str | None = None, mask=None) -> dict:
+def reprocess(
+    client,
+    raw_uid: str,
+    reconstructor,
+    writer: Callable[[str, dict], object],
+    config: LiveConfig | None = None,
+    image_key: str | None = None,
+    mask=None,
+) -> dict:
     """Reconstruct every frame of raw run ``raw_uid`` again and emit a new derived run.
 
     The frames are read back from Tiled and go through the same worker code as live

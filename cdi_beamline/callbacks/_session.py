@@ -34,8 +34,16 @@ class LiveSession:
     >>> session.subscribe(RE); RE(count([det], 100)); session.finish()  # doctest: +SKIP
     """
 
-    def __init__(self, reconstructor: Any = None, store: StoreConfig | None = None, live: LiveConfig | None = None,
-                 *, write_raw: bool = True, mask=None, device: str = "auto"):
+    def __init__(
+        self,
+        reconstructor: Any = None,
+        store: StoreConfig | None = None,
+        live: LiveConfig | None = None,
+        *,
+        write_raw: bool = True,
+        mask=None,
+        device: str = "auto",
+    ):
         self.store = store or StoreConfig()
         self.server: EmbeddedTiled | None = None
         if self.store.uri is None and serving(self.store.data_dir) is not None:
@@ -48,10 +56,14 @@ class LiveSession:
         self.uri = str(self.client.context.api_uri).split("/api/")[0]
         data_dir = Path(self.store.data_dir).expanduser().resolve()
         spool = data_dir / "spool"
-        self.raw_writer = (make_writer(self.client, spool, batch_size=self.store.raw_batch_size,
-                                       retry_s=self.store.retry_s) if write_raw else None)
-        self.derived_writer = make_writer(self.client, spool, batch_size=self.store.derived_batch_size,
-                                          retry_s=self.store.retry_s)
+        self.raw_writer = (
+            make_writer(self.client, spool, batch_size=self.store.raw_batch_size, retry_s=self.store.retry_s)
+            if write_raw
+            else None
+        )
+        self.derived_writer = make_writer(
+            self.client, spool, batch_size=self.store.derived_batch_size, retry_s=self.store.retry_s
+        )
         live = live or LiveConfig(data_dir=data_dir)
         if "data_dir" not in live.model_fields_set:
             live = live.model_copy(update={"data_dir": data_dir})

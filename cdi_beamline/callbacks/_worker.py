@@ -80,8 +80,14 @@ class ReconstructionWorker:
         True = measured pixel, passed to every reconstruction.
     """
 
-    def __init__(self, reconstructor, emit: Callable[[str, dict], object], config: LiveConfig,
-                 work: queue.Queue, mask: np.ndarray | None = None):
+    def __init__(
+        self,
+        reconstructor,
+        emit: Callable[[str, dict], object],
+        config: LiveConfig,
+        work: queue.Queue,
+        mask: np.ndarray | None = None,
+    ):
         self.reconstructor = reconstructor
         self.emit = emit
         self.config = config
@@ -177,8 +183,9 @@ class ReconstructionWorker:
                 plan = self.runs.get(raw_uid)
                 if plan is not None:
                     plan.received += i1 - i0
-                    self._append(plan, ResultRows.failed(range(seq0, seq0 + i1 - i0), plan.shape or (1, 1),
-                                                         "error", str(exc)))
+                    self._append(
+                        plan, ResultRows.failed(range(seq0, seq0 + i1 - i0), plan.shape or (1, 1), "error", str(exc))
+                    )
                 return
             for k, frame in enumerate(frames):
                 self._add(raw_uid, seq0 + k, frame)
@@ -190,8 +197,12 @@ class ReconstructionWorker:
             self._flush(plan)
             self._derived(plan)
             if dropped:
-                self._append(plan, ResultRows.failed(dropped, plan.shape or (1, 1), "dropped",
-                                                     "queue full (policy 'drop'): frame not reconstructed"))
+                self._append(
+                    plan,
+                    ResultRows.failed(
+                        dropped, plan.shape or (1, 1), "dropped", "queue full (policy 'drop'): frame not reconstructed"
+                    ),
+                )
             reason = "; ".join([note, *plan.errors[:3]]).strip("; ") if (note or plan.errors) else ""
             raw_status = raw_stop.get("exit_status", "success")
             stop = plan.derived.close(
@@ -262,8 +273,9 @@ class ReconstructionWorker:
         parts: dict[int, ResultRows] = {}
         for i, a in enumerate(arrays):
             if a.shape != shape:
-                parts[i] = ResultRows.failed([batch[i][0]], shape, "bad",
-                                             f"wrong shape {tuple(a.shape)}, expected {tuple(shape)}")
+                parts[i] = ResultRows.failed(
+                    [batch[i][0]], shape, "bad", f"wrong shape {tuple(a.shape)}, expected {tuple(shape)}"
+                )
         if good:
             seqs = [batch[i][0] for i in good]
             frames = np.stack([arrays[i] for i in good]).astype(np.float32, copy=False)
@@ -286,5 +298,12 @@ class ReconstructionWorker:
 
 
 def _row(rows: ResultRows, k: int) -> ResultRows:
-    return ResultRows(rows.raw_seq_num[k:k + 1], rows.amplitude[k:k + 1], rows.phase[k:k + 1],
-                      rows.support[k:k + 1], rows.chi2[k:k + 1], rows.status[k:k + 1], rows.reason[k:k + 1])
+    return ResultRows(
+        rows.raw_seq_num[k : k + 1],
+        rows.amplitude[k : k + 1],
+        rows.phase[k : k + 1],
+        rows.support[k : k + 1],
+        rows.chi2[k : k + 1],
+        rows.status[k : k + 1],
+        rows.reason[k : k + 1],
+    )

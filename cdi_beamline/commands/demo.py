@@ -21,13 +21,25 @@ def add_parser(subparsers) -> None:
         "`cdi-beamline results --data-dir DIR` lists them again.",
     )
     p.add_argument("--data-dir", default="cdi-demo", metavar="DIR", help="data directory (default ./cdi-demo)")
-    p.add_argument("--frames", type=int, metavar="N", help="frames to scan (default 200 synthetic; "
-                   "the 189 frames of the rocking scan for aps34idc)")
-    p.add_argument("--source", choices=("synthetic", "aps34idc"), default="synthetic",
-                   help="simulated detector's frames (default synthetic)")
+    p.add_argument(
+        "--frames",
+        type=int,
+        metavar="N",
+        help="frames to scan (default 200 synthetic; the 189 frames of the rocking scan for aps34idc)",
+    )
+    p.add_argument(
+        "--source",
+        choices=("synthetic", "aps34idc"),
+        default="synthetic",
+        help="simulated detector's frames (default synthetic)",
+    )
     add_reconstructor_options(p, init_default="cnn", iterations_default=100)
-    p.add_argument("--queue-policy", choices=("block", "drop"), default="block",
-                   help="full queue: block the scan (replay, default) or drop and count (live)")
+    p.add_argument(
+        "--queue-policy",
+        choices=("block", "drop"),
+        default="block",
+        help="full queue: block the scan (replay, default) or drop and count (live)",
+    )
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.set_defaults(func=run)
 
@@ -56,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
         source = make_source("aps34idc")
         n = args.frames or len(source)
     print(f"starting Tiled in {data_dir} ...", flush=True)
-    live = LiveConfig(batch_size=args.batch_size, queue_policy=args.queue_policy, data_dir=data_dir,
-                      max_wait_s=1.0)
+    live = LiveConfig(batch_size=args.batch_size, queue_policy=args.queue_policy, data_dir=data_dir, max_wait_s=1.0)
     with LiveSession(rec, StoreConfig(data_dir=data_dir), live, mask=source.mask) as session:
         RE = RunEngine({})
         session.subscribe(RE)
@@ -69,8 +80,11 @@ def run(args: argparse.Namespace) -> int:
             det = ReplayDetector(source, name="det")
             plan = count([det], n)
         describe = rec.describe()
-        print(f"Tiled at {session.uri}; reconstructing with init={describe['config']['init']}, "
-              f"{describe['iterations']} iterations on {describe['device']}", flush=True)
+        print(
+            f"Tiled at {session.uri}; reconstructing with init={describe['config']['init']}, "
+            f"{describe['iterations']} iterations on {describe['device']}",
+            flush=True,
+        )
         stats = session.callback.worker.stats
         bar = tqdm(total=n, desc="reconstructed", unit="frame")
         stop_bar = threading.Event()
@@ -102,12 +116,16 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"raw run      {raw_uid}  ({n} frames, scan {t_scanned - t_scan:.1f} s)")
     print(f"derived run  {derived_uid}")
-    print(f"frames       {counts.get('reconstructed', 0)} reconstructed, {counts.get('flagged', 0)} flagged, "
-          f"{counts.get('dropped', 0)} dropped")
+    print(
+        f"frames       {counts.get('reconstructed', 0)} reconstructed, {counts.get('flagged', 0)} flagged, "
+        f"{counts.get('dropped', 0)} dropped"
+    )
     if chi2.size:
         print(f"chi2         mean {np.mean(chi2):.4g}, worst {np.max(chi2):.4g}")
-    print(f"rate         {n / (t_done - t_scan):.1f} frames/s end to end (scan start -> results in Tiled); "
-          f"total {time.perf_counter() - t0:.1f} s")
+    print(
+        f"rate         {n / (t_done - t_scan):.1f} frames/s end to end (scan start -> results in Tiled); "
+        f"total {time.perf_counter() - t0:.1f} s"
+    )
     print(f"data         {data_dir} (Tiled catalog in tiled/, results HDF5 in results/)")
     if not args.no_plot:
         print(f"picture      {png}")

@@ -18,13 +18,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=20210, help="seed of the test patterns (< 1e9; default 20210)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--weights", default="DEFAULT", help="registry name (default DEFAULT) or a training output folder")
-    p.add_argument("--nns-index", metavar="FILE.h5", help="HDF5 from `cdi-beamline simulate` to search (default: simulate)")
+    p.add_argument(
+        "--nns-index", metavar="FILE.h5", help="HDF5 from `cdi-beamline simulate` to search (default: simulate)"
+    )
     p.add_argument("--nns-size", type=int, default=10_000, help="patterns simulated for the NNS index (default 10000)")
     p.add_argument("--refine-patterns", type=int, default=16, help="patterns refined in part (c) (default 16)")
     p.add_argument("--repeats", type=int, default=4, help="random restarts per pattern in part (c) (default 4)")
-    p.add_argument("--measured", default="aps34idc", metavar="FILE.npy",
-                   help="measured 64×64 intensity for part (d) (default aps34idc: frame 99 of the APS 34-ID-C "
-                   "rocking scan shipped in the package, flat-field corrected; a missing file is skipped)")
+    p.add_argument(
+        "--measured",
+        default="aps34idc",
+        metavar="FILE.npy",
+        help="measured 64×64 intensity for part (d) (default aps34idc: frame 99 of the APS 34-ID-C "
+        "rocking scan shipped in the package, flat-field corrected; a missing file is skipped)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (default auto)")
     p.set_defaults(func=run)
 

@@ -20,28 +20,55 @@ def add_parser(subparsers) -> None:
     p.add_argument("input", metavar="INPUT", help="pattern file; FILE.h5:/path or FILE.npz:key selects a dataset")
     p.add_argument("--out", required=True, metavar="OUT.h5", help="output HDF5 (overwritten)")
     p.add_argument("--quantity", choices=["intensity", "modulus"], help="what INPUT holds (default intensity)")
-    p.add_argument("--init", choices=["random", "support", "cnn", "nns"], help="initialisation (default cnn: the shipped weights; random for frames that are not 64x64)")
+    p.add_argument(
+        "--init",
+        choices=["random", "support", "cnn", "nns"],
+        help="initialisation (default cnn: the shipped weights; random for frames that are not 64x64)",
+    )
     p.add_argument("--support", metavar="FILE", help="real-space support (H, W) for --init support (nonzero = inside)")
-    p.add_argument("--support-grow", type=int, default=0, metavar="PX",
-                   help="dilate the --support by PX pixels first (a loose support for shrink-wrap)")
-    p.add_argument("--positivity", action="store_true",
-                   help="require a real, non-negative object (forward CDI; not for Bragg CDI strain phases)")
+    p.add_argument(
+        "--support-grow",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="dilate the --support by PX pixels first (a loose support for shrink-wrap)",
+    )
+    p.add_argument(
+        "--positivity",
+        action="store_true",
+        help="require a real, non-negative object (forward CDI; not for Bragg CDI strain phases)",
+    )
     p.add_argument("--nns-index", metavar="FILE.h5", help="HDF5 from `cdi-beamline simulate` for --init nns")
     p.add_argument("--weights", help="CNN weights name for --init cnn (default DEFAULT)")
-    p.add_argument("--cnn-symmetries", type=int, choices=(1, 8),
-                   help="--init cnn: 8 = predict under the square's 8 symmetries and keep the best fit per frame "
-                   "(8x the CNN's cost, lower chi²; default 1)")
-    p.add_argument("--iterations", type=int, metavar="N", help="total iterations (the schedule is scaled to N); 0 = the CNN (or NNS) estimate alone")
+    p.add_argument(
+        "--cnn-symmetries",
+        type=int,
+        choices=(1, 8),
+        help="--init cnn: 8 = predict under the square's 8 symmetries and keep the best fit per frame "
+        "(8x the CNN's cost, lower chi²; default 1)",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        metavar="N",
+        help="total iterations (the schedule is scaled to N); 0 = the CNN (or NNS) estimate alone",
+    )
     p.add_argument("--schedule", metavar="S", help="e.g. '(HIO**130 * ER**20)**4' (left to right in time)")
     p.add_argument("--mask", metavar="FILE", help="detector mask (H, W) or (N, H, W), nonzero = measured")
     p.add_argument("--mask-zeros", action="store_true", help="also treat zero-valued pixels as unmeasured")
     p.add_argument("--config", metavar="FILE", help="ReconstructorConfig as JSON/YAML (options above override it)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (default auto)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads for torch (default torch's; 1 avoids spin-waiting on a busy machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for torch (default torch's; 1 avoids spin-waiting on a busy machine)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
     p.add_argument("--batch-size", type=int, help="frames refined together (default 64)")
-    p.add_argument("--plot", metavar="PNG", help="draw pattern, amplitude, unwrapped phase, chi² of the first good frame")
+    p.add_argument(
+        "--plot", metavar="PNG", help="draw pattern, amplitude, unwrapped phase, chi² of the first good frame"
+    )
     p.set_defaults(func=run)
 
 
@@ -100,12 +127,16 @@ def run(args: argparse.Namespace) -> int:
                 grow[0] = grow[2] = False  # grow each frame's support in-plane only
             support = ndimage.binary_dilation(support, structure=grow, iterations=args.support_grow)
         if support.shape not in ((H, W), (n, H, W)):
-            raise ValueError(f"--support shape {support.shape} does not match the patterns: expected {(H, W)} or {(n, H, W)}")
+            raise ValueError(
+                f"--support shape {support.shape} does not match the patterns: expected {(H, W)} or {(n, H, W)}"
+            )
 
     rec = Reconstructor(config, device=args.device)
     bs = config.batch_size
     results, kept, skipped = [], [], {}
-    for k, start in enumerate(tqdm(range(0, n, bs), desc="reconstruct", unit="batch", file=sys.stderr, disable=n <= bs)):
+    for k, start in enumerate(
+        tqdm(range(0, n, bs), desc="reconstruct", unit="batch", file=sys.stderr, disable=n <= bs)
+    ):
         sl = slice(start, start + bs)
         m = None if mask is None else (mask if mask.ndim == 2 else mask[sl])
         s = None if support is None else (support if support.ndim == 2 else support[sl])
@@ -144,7 +175,11 @@ def run(args: argparse.Namespace) -> int:
         out, good = next(r for r in results if r[1])
         j = good[0]
         plot_reconstruction(
-            args.plot, frames[kept[0]], out.object[j], out.support[j], out.chi2_history[j],
+            args.plot,
+            frames[kept[0]],
+            out.object[j],
+            out.support[j],
+            out.chi2_history[j],
             title=f"{args.input} frame {kept[0]}: chi² {out.chi2[j]:.3g}",
             quantity=config.quantity,
         )
@@ -167,11 +202,15 @@ def plot_reconstruction(path, pattern, obj, support, history, *, title="", quant
     phase = unwrap(np.angle(obj), support)
     phase = np.where(support, phase - (phase[support].mean() if support.any() else 0), np.nan)
     fig, ax = plt.subplots(1, 4, figsize=(16, 4))
-    im = ax[0].imshow(np.log10(np.maximum(intensity, intensity[intensity > 0].min() if (intensity > 0).any() else 1)), cmap="magma")
+    im = ax[0].imshow(
+        np.log10(np.maximum(intensity, intensity[intensity > 0].min() if (intensity > 0).any() else 1)), cmap="magma"
+    )
     ax[0].set_title("pattern, log10 intensity")
     fig.colorbar(im, ax=ax[0], shrink=0.8)
     # Real space: zoom on the support's bounding box (with a margin), in frame pixels.
-    rows, cols = np.nonzero(support) if support.any() else (np.array([0, amp.shape[0] - 1]), np.array([0, amp.shape[1] - 1]))
+    rows, cols = (
+        np.nonzero(support) if support.any() else (np.array([0, amp.shape[0] - 1]), np.array([0, amp.shape[1] - 1]))
+    )
     pad = max(4, int(np.ptp(rows) + np.ptp(cols)) // 8)
     r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad + 1, amp.shape[0])
     c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad + 1, amp.shape[1])

@@ -37,14 +37,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("reprocess needs --data-dir DIR for the result HDF5 files (readable by the Tiled server)")
     raw_uid = client[args.raw_uid].metadata["start"]["uid"]
     rec = build_reconstructor(args)
-    config = LiveConfig.build(batch_size=args.batch_size, seed=args.seed, data_dir=Path(args.data_dir),
-                              image_key=args.image_key)
+    config = LiveConfig.build(
+        batch_size=args.batch_size, seed=args.seed, data_dir=Path(args.data_dir), image_key=args.image_key
+    )
     writer = make_writer(client, Path(args.data_dir) / "spool", batch_size=1000)
     stop = reprocess(client, raw_uid, rec, writer, config)
     if not writer.flush(timeout=60):
         print(f"warning: Tiled unreachable; the derived run is spooled in {writer.spool_dir}")
     writer.close()
     c = stop["cdi_counts"]
-    print(f"reprocessed raw run {raw_uid}: derived run {stop['run_start']}: {c['reconstructed']} reconstructed, "
-          f"{c['flagged']} flagged of {c['received']} frames")
+    print(
+        f"reprocessed raw run {raw_uid}: derived run {stop['run_start']}: {c['reconstructed']} reconstructed, "
+        f"{c['flagged']} flagged of {c['received']} frames"
+    )
     return 0

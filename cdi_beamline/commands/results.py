@@ -13,8 +13,11 @@ import math
 
 def add_store_options(p: argparse.ArgumentParser) -> None:
     """``--data-dir DIR`` (embedded Tiled) and/or ``--uri URI [--api-key K]``."""
-    p.add_argument("--data-dir", metavar="DIR", help="data directory of the embedded Tiled server "
-                   "(results HDF5 files are written under DIR/results)")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="data directory of the embedded Tiled server (results HDF5 files are written under DIR/results)",
+    )
     p.add_argument("--uri", metavar="URI", help="a running Tiled server, e.g. http://host:8000")
     p.add_argument("--api-key", metavar="K", help="API key for --uri (default: $TILED_API_KEY)")
 
@@ -28,16 +31,29 @@ def open_client(args: argparse.Namespace):
     return connect(uri=args.uri, api_key=args.api_key, data_dir=args.data_dir)
 
 
-def add_reconstructor_options(p: argparse.ArgumentParser, *, init_default: str | None = "random",
-                              iterations_default: int | None = None) -> None:
-    p.add_argument("--init", choices=("cnn", "random", "support", "nns"), default=init_default,
-                   help=f"start of the refinement (default {init_default or 'cnn if weights are installed, else random'})")
-    p.add_argument("--iterations", type=int, default=iterations_default, metavar="N",
-                   help="refinement iterations (default: " + (str(iterations_default) if iterations_default
-                                                              else "the schedule's own, 600") + ")")
+def add_reconstructor_options(
+    p: argparse.ArgumentParser, *, init_default: str | None = "random", iterations_default: int | None = None
+) -> None:
+    p.add_argument(
+        "--init",
+        choices=("cnn", "random", "support", "nns"),
+        default=init_default,
+        help=f"start of the refinement (default {init_default or 'cnn if weights are installed, else random'})",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=iterations_default,
+        metavar="N",
+        help="refinement iterations (default: "
+        + (str(iterations_default) if iterations_default else "the schedule's own, 600")
+        + ")",
+    )
     p.add_argument("--config", metavar="FILE", help="ReconstructorConfig as JSON or YAML")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (default auto)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="frames per reconstruction batch (default 16)")
+    p.add_argument(
+        "--batch-size", type=int, default=16, metavar="B", help="frames per reconstruction batch (default 16)"
+    )
 
 
 def build_reconstructor(args: argparse.Namespace):
@@ -102,28 +118,30 @@ def run(args: argparse.Namespace) -> int:
         raw_uid = client[raw_uid].metadata["start"]["uid"]  # partial uid -> full
     runs = derived_runs(client, raw_uid)
     if args.last:
-        runs = runs[-args.last:]
+        runs = runs[-args.last :]
     listing = []
     for r in runs:
         start = r.metadata["start"]
         res = load_results(client, start["uid"])
         ok = res["status"] == "ok"
         chi2_ok = res["chi2"][ok]
-        listing.append({
-            "uid": start["uid"],
-            "parent_uid": start["parent_uid"],
-            "scan_id": start.get("scan_id"),
-            "time": start["time"],
-            "reprocessed": bool(start.get("reprocessed", False)),
-            "counts": res["stop"].get("cdi_counts", {}),
-            "exit_status": res["stop"].get("exit_status"),
-            "chi2_mean": _finite(float(np.mean(chi2_ok))) if chi2_ok.size else None,
-            "chi2_max": _finite(float(np.max(chi2_ok))) if chi2_ok.size else None,
-            "raw_seq_num": [int(s) for s in res["raw_seq_num"]],
-            "chi2": [_finite(float(c)) for c in res["chi2"]],
-            "status": [str(s) for s in res["status"]],
-            "reason": [str(s) for s in res["reason"]],
-        })
+        listing.append(
+            {
+                "uid": start["uid"],
+                "parent_uid": start["parent_uid"],
+                "scan_id": start.get("scan_id"),
+                "time": start["time"],
+                "reprocessed": bool(start.get("reprocessed", False)),
+                "counts": res["stop"].get("cdi_counts", {}),
+                "exit_status": res["stop"].get("exit_status"),
+                "chi2_mean": _finite(float(np.mean(chi2_ok))) if chi2_ok.size else None,
+                "chi2_max": _finite(float(np.max(chi2_ok))) if chi2_ok.size else None,
+                "raw_seq_num": [int(s) for s in res["raw_seq_num"]],
+                "chi2": [_finite(float(c)) for c in res["chi2"]],
+                "status": [str(s) for s in res["status"]],
+                "reason": [str(s) for s in res["reason"]],
+            }
+        )
     if args.json:
         print(json.dumps(listing, indent=1))
         return 0
@@ -134,10 +152,14 @@ def run(args: argparse.Namespace) -> int:
         c = item["counts"]
         mean = "-" if item["chi2_mean"] is None else f"{item['chi2_mean']:.4g}"
         worst = "-" if item["chi2_max"] is None else f"{item['chi2_max']:.4g}"
-        print(f"derived {item['uid']}  raw {item['parent_uid']}  scan_id {item['scan_id']}"
-              f"{'  (reprocessed)' if item['reprocessed'] else ''}")
-        print(f"  frames {len(item['chi2'])}: {c.get('reconstructed', 0)} reconstructed, {c.get('flagged', 0)} flagged,"
-              f" {c.get('dropped', 0)} dropped; chi2 mean {mean}, worst {worst}; exit {item['exit_status']}")
+        print(
+            f"derived {item['uid']}  raw {item['parent_uid']}  scan_id {item['scan_id']}"
+            f"{'  (reprocessed)' if item['reprocessed'] else ''}"
+        )
+        print(
+            f"  frames {len(item['chi2'])}: {c.get('reconstructed', 0)} reconstructed, {c.get('flagged', 0)} flagged,"
+            f" {c.get('dropped', 0)} dropped; chi2 mean {mean}, worst {worst}; exit {item['exit_status']}"
+        )
         print("  seq_num        chi2  status  reason")
         for s, x, st, why in zip(item["raw_seq_num"], item["chi2"], item["status"], item["reason"]):
             chi = "nan" if x is None else f"{x:.5f}"

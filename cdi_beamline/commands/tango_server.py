@@ -19,20 +19,33 @@ def add_parser(subparsers) -> None:
     p.add_argument("--instance", default="cdi", metavar="NAME", help="server instance name (default cdi)")
     p.add_argument("--nodb", action="store_true", help="run without a Tango database (needs --port)")
     p.add_argument("--port", type=int, metavar="P", help="TCP port to listen on (with --nodb)")
-    p.add_argument("--host", default="127.0.0.1", metavar="H",
-                   help="address to listen on with --nodb (default 127.0.0.1; the host name or IP "
-                   "for remote clients)")
-    p.add_argument("--register", action="store_true",
-                   help="register CDIServer/INSTANCE and both devices (with the properties below) in "
-                   "the Tango database of $TANGO_HOST before serving")
-    p.add_argument("--source", metavar="SPEC",
-                   help="detector property Source: aps34idc | aps34idc-raw | synthetic | a file path "
-                   "(default aps34idc)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="H",
+        help="address to listen on with --nodb (default 127.0.0.1; the host name or IP for remote clients)",
+    )
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="register CDIServer/INSTANCE and both devices (with the properties below) in "
+        "the Tango database of $TANGO_HOST before serving",
+    )
+    p.add_argument(
+        "--source",
+        metavar="SPEC",
+        help="detector property Source: aps34idc | aps34idc-raw | synthetic | a file path (default aps34idc)",
+    )
     p.add_argument("--device", metavar="D", help="reconstructor property TorchDevice: auto | cpu | cuda[:n]")
     p.add_argument("--iterations", type=int, metavar="N", help="reconstructor property Iterations (default 600)")
     p.add_argument("--init", choices=("cnn", "random"), help="reconstructor property InitMode (default cnn)")
-    p.add_argument("--pattern-shape", type=int, nargs=2, metavar=("ROWS", "COLS"),
-                   help="reconstructor property PatternShape (default 64 64)")
+    p.add_argument(
+        "--pattern-shape",
+        type=int,
+        nargs=2,
+        metavar=("ROWS", "COLS"),
+        help="reconstructor property PatternShape (default 64 64)",
+    )
     p.add_argument("--tango-verbose", type=int, default=0, metavar="LEVEL", help="Tango trace level 0-5")
     p.set_defaults(func=run)
 
@@ -61,10 +74,17 @@ def run(args: argparse.Namespace) -> int:
     if args.nodb and args.register:
         raise ValueError("--register needs a Tango database; it cannot be combined with --nodb")
     if not args.nodb and properties and not args.register:
-        raise ValueError("device properties on the command line need --nodb or --register; "
-                         "otherwise set them in the Tango database")
+        raise ValueError(
+            "device properties on the command line need --nodb or --register; otherwise set them in the Tango database"
+        )
     if args.register:
         register(args.instance, properties)
-    run_server(args.instance, nodb=args.nodb, host=args.host, port=args.port,
-               properties=properties if args.nodb else None, verbose=args.tango_verbose)
+    run_server(
+        args.instance,
+        nodb=args.nodb,
+        host=args.host,
+        port=args.port,
+        properties=properties if args.nodb else None,
+        verbose=args.tango_verbose,
+    )
     return 0

@@ -17,15 +17,22 @@ def add_parser(subparsers) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", metavar="FILE", help="TrainConfig as JSON or YAML (see cdi_beamline/models/recipes/)")
-    src.add_argument("--recipe", choices=RECIPES, help="a built-in recipe: paper, gpu (fast, H100), cpu, cpu_finetune (continues the shipped CPU weights), tiny")
+    src.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="a built-in recipe: paper, gpu (fast, H100), cpu, cpu_finetune (continues the shipped CPU weights), tiny",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (default auto)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pt written by the same config")
     p.add_argument("--max-minutes", type=float, help="override the recipe's wall-clock budget")
     p.add_argument("--threads", type=int, help="torch CPU threads (overrides the recipe)")
-    p.add_argument("--init-weights", metavar="W",
-                   help="fine-tune: start from these weights (DEFAULT, a registry name, or a training output folder) "
-                   "instead of a random init; the architecture must match the recipe's (overrides the recipe)")
+    p.add_argument(
+        "--init-weights",
+        metavar="W",
+        help="fine-tune: start from these weights (DEFAULT, a registry name, or a training output folder) "
+        "instead of a random init; the architecture must match the recipe's (overrides the recipe)",
+    )
     p.set_defaults(func=run)
 
 

@@ -22,8 +22,12 @@ def add_parser(subparsers) -> None:
     add_store_options(p)
     add_reconstructor_options(p, init_default=None)
     p.add_argument("--image-key", metavar="KEY", help="detector image field (default: the first 2D field)")
-    p.add_argument("--queue-policy", choices=("block", "drop"), default="block",
-                   help="full queue: block (0MQ buffers) or drop and count (default block)")
+    p.add_argument(
+        "--queue-policy",
+        choices=("block", "drop"),
+        default="block",
+        help="full queue: block (0MQ buffers) or drop and count (default block)",
+    )
     p.add_argument("--write-raw", action="store_true", help="also store the raw runs (if no other writer does)")
     p.add_argument("--max-runs", type=int, metavar="N", help="exit after N runs (default: run until Ctrl-C)")
     p.set_defaults(func=run)
@@ -46,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).expanduser().resolve()
     rec = build_reconstructor(args)
     store = StoreConfig(data_dir=data_dir, uri=args.uri, api_key=args.api_key)
-    live = LiveConfig(batch_size=args.batch_size, queue_policy=args.queue_policy, image_key=args.image_key,
-                      data_dir=data_dir)
+    live = LiveConfig(
+        batch_size=args.batch_size, queue_policy=args.queue_policy, image_key=args.image_key, data_dir=data_dir
+    )
     dispatcher = RemoteDispatcher(args.zmq, prefix=args.prefix.encode())
     starts, stops = set(), []
 
@@ -56,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
             starts.add(doc["uid"])
         elif name == "stop" and doc["run_start"] not in starts:
             # 0MQ drops what is published before a subscription reaches the proxy ("slow joiner")
-            print(f"ignored stop of run {doc['run_start']}: its start was not received (subscribed late?)",
-                  flush=True)
+            print(f"ignored stop of run {doc['run_start']}: its start was not received (subscribed late?)", flush=True)
         elif name == "stop":
             stops.append(doc["run_start"])
             print(f"raw run {doc['run_start']} done ({len(stops)})", flush=True)

@@ -63,7 +63,7 @@ class ModelConfig(FrozenModel):
     )
 
     @model_validator(mode="after")
-    def _check_size(self) -> "ModelConfig":
+    def _check_size(self) -> ModelConfig:
         if self.input_size % (2**self.depth):
             raise ValueError(f"input_size {self.input_size} must be divisible by 2**depth = {2**self.depth}")
         if self.depth < 2:
@@ -126,7 +126,7 @@ class TrainConfig(FrozenModel):
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.data == "fixed" and int(self.dataset_size * self.val_fraction) < 1:
             raise ValueError("dataset_size * val_fraction must leave at least one validation pattern")
         if any(w < 0 for w in self.loss_weights) or sum(self.loss_weights) <= 0:

@@ -48,9 +48,11 @@ class ReconstructorConfig(FrozenModel):
     """Frames with a pixel at or above this value (in ``quantity`` units) are refused."""
 
     @model_validator(mode="after")
-    def _nns_needs_an_index(self) -> "ReconstructorConfig":
+    def _nns_needs_an_index(self) -> ReconstructorConfig:
         if self.init == "nns" and not self.nns_index:
             raise ValueError("init='nns' needs nns_index (an HDF5 written by `cdi-beamline simulate`)")
         if self.iterations == 0 and self.init not in ("cnn", "nns"):
-            raise ValueError(f"iterations=0 returns the initial estimate alone: it needs init='cnn' or 'nns', not {self.init!r}")
+            raise ValueError(
+                f"iterations=0 returns the initial estimate alone: it needs init='cnn' or 'nns', not {self.init!r}"
+            )
         return self

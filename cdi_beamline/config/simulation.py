@@ -53,8 +53,7 @@ class DetectorConfig(FrozenModel):
     saturation: float | None = Field(
         None,
         gt=0.0,
-        description="Counts per pixel at which the detector saturates (counts are clipped there). "
-        "Needs `photons`.",
+        description="Counts per pixel at which the detector saturates (counts are clipped there). Needs `photons`.",
     )
     beamstop_radius: float = Field(
         0.0,

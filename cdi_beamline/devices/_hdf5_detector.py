@@ -69,7 +69,9 @@ class FrameFileWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = h5py.File(self.path, "w", libver="latest")
-        self._file.create_dataset(IMAGE_DATASET, shape=(0, h, w), maxshape=(None, h, w), chunks=(1, h, w), dtype=np.float32)
+        self._file.create_dataset(
+            IMAGE_DATASET, shape=(0, h, w), maxshape=(None, h, w), chunks=(1, h, w), dtype=np.float32
+        )
         self._file.create_dataset(INDEX_DATASET, shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.int64)
         self._file.swmr_mode = True  # readers may follow the file while it grows
         self._set_frames_written(0)

@@ -27,9 +27,7 @@ class ImageSignal(Signal):
 
     def describe(self) -> dict[str, dict[str, Any]]:
         desc = super().describe()
-        desc[self.name].update(
-            {"dtype": "array", "shape": list(self.shape), "dtype_numpy": np.dtype(np.float32).str}
-        )
+        desc[self.name].update({"dtype": "array", "shape": list(self.shape), "dtype_numpy": np.dtype(np.float32).str})
         return desc
 
 

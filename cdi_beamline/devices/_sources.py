@@ -227,7 +227,9 @@ class FileSource(FrameSource):
 
             with h5py.File(path, "r") as f:
                 names: list[str] = []
-                f.visititems(lambda key, obj: names.append(key) if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 else None)
+                f.visititems(
+                    lambda key, obj: names.append(key) if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 else None
+                )
                 name = FileSource._choose(path, names, dataset)
                 masks = [k for k in names if k.split("/")[-1] == "mask"]
                 return f[name][()], name, f[masks[0]][()] if len(masks) == 1 else None
@@ -254,7 +256,9 @@ class FileSource(FrameSource):
         mask = np.asarray(mask).astype(bool)
         if mask.ndim == 3:
             if not (mask == mask[:1]).all():
-                raise ValueError(f"FileSource: {self.path}: per-frame masks differ; a replay source serves one (H, W) mask")
+                raise ValueError(
+                    f"FileSource: {self.path}: per-frame masks differ; a replay source serves one (H, W) mask"
+                )
             mask = mask[0]
         return _check_mask(mask, self.shape, f"FileSource {self.path}")
 

@@ -39,8 +39,12 @@ def _test_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         **{f"cnn_chi2_{k}_median": cnn[f"chi2_{k}"]["median"] for k in ("modulus", "amplitude", "phase")},
         "cnn_ms_per_pattern": 1e3 * cnn["seconds_per_pattern"],
         **(
-            {f"cnn_sym8_chi2_{k}": cnn["symmetries8"][f"chi2_{k}"]["gamma_mean"] for k in ("modulus", "amplitude", "phase")}
-            if "symmetries8" in cnn else {}
+            {
+                f"cnn_sym8_chi2_{k}": cnn["symmetries8"][f"chi2_{k}"]["gamma_mean"]
+                for k in ("modulus", "amplitude", "phase")
+            }
+            if "symmetries8" in cnn
+            else {}
         ),
         "cnn_device": cnn["device"],
         "nns_index_size": nns["index_size"],
@@ -83,8 +87,10 @@ def ship(run_dir: str | Path, name: str, metrics: str | Path | None = None, note
         "recipe": train_meta["recipe"],
         "generator": train_meta["generator"],
         "training": {
-            **{k: train_meta[k] for k in ("steps", "samples_seen", "stopped", "best_step", "training_time_s",
-                                          "machine", "created")},
+            **{
+                k: train_meta[k]
+                for k in ("steps", "samples_seen", "stopped", "best_step", "training_time_s", "machine", "created")
+            },
             "init_weights": train_meta.get("init_weights"),  # fine-tuned from these (None: random init)
         },
         "validation": train_meta["validation"],
@@ -125,9 +131,12 @@ def render_card(weights: CDINetWeights = CDINetWeights.DEFAULT) -> str:
         f"distinct simulated patterns), {tr['training_time_s'] / 60:.1f} min; stopped: {tr['stopped']}; best "
         f"validation at step {tr['best_step']}",
         *(
-            [f"- Fine-tuned from `{tr['init_weights']['id']}` (sha256 `{tr['init_weights']['sha256'][:16]}…`); "
-             "the numbers here are this stage's, see the notes for the whole lineage"]
-            if tr.get("init_weights") else []
+            [
+                f"- Fine-tuned from `{tr['init_weights']['id']}` (sha256 `{tr['init_weights']['sha256'][:16]}…`); "
+                "the numbers here are this stage's, see the notes for the whole lineage"
+            ]
+            if tr.get("init_weights")
+            else []
         ),
         f"- Machine: {tr['machine']['device']}, {tr['machine']['threads']} torch thread(s), "
         f"{tr['machine']['cpu_count']} CPUs, torch {tr['machine']['torch']}, {tr['machine']['platform']}",
@@ -145,12 +154,16 @@ def render_card(weights: CDINetWeights = CDINetWeights.DEFAULT) -> str:
             "| --- | --- | --- |",
         ]
         for k in ("modulus", "amplitude", "phase"):
-            lines.append(f"| CNN chi² {k} | {t[f'cnn_chi2_{k}']:.4f} / {t[f'cnn_chi2_{k}_median']:.4f} | "
-                         f"{PAPER[f'cnn_chi2_{k}']} |")
+            lines.append(
+                f"| CNN chi² {k} | {t[f'cnn_chi2_{k}']:.4f} / {t[f'cnn_chi2_{k}_median']:.4f} | "
+                f"{PAPER[f'cnn_chi2_{k}']} |"
+            )
         if "cnn_sym8_chi2_modulus" in t:
-            lines.append("| CNN, best of the square's 8 symmetries (`symmetries=8`), chi² modulus / amplitude / phase | "
-                         + " / ".join(f"{t[f'cnn_sym8_chi2_{k}']:.4f}" for k in ("modulus", "amplitude", "phase"))
-                         + " | — |")
+            lines.append(
+                "| CNN, best of the square's 8 symmetries (`symmetries=8`), chi² modulus / amplitude / phase | "
+                + " / ".join(f"{t[f'cnn_sym8_chi2_{k}']:.4f}" for k in ("modulus", "amplitude", "phase"))
+                + " | — |"
+            )
         lines += [
             f"| NNS chi² modulus ({t['nns_index_size']:,} references) | {t['nns_chi2_modulus']:.4f} "
             f"({t['nns_over_cnn_chi2_modulus']:.1f}× the CNN's) | {PAPER['nns_chi2_modulus']} (4× the CNN's) |",
@@ -163,11 +176,18 @@ def render_card(weights: CDINetWeights = CDINetWeights.DEFAULT) -> str:
                 f"| APS frame 99: CNN-seeded refinement | {t['aps_cnn_seeded_refined_chi2']:.4f} (random starts: median "
                 f"{t['aps_random_refined_chi2_median']:.4f} of 8) | {PAPER['aps_refined_chi2']} |",
             ]
-        lines += ["", "Refinement (ER/HIO + shrink-wrap, 600 it) from four starts, final chi²:", "",
-                  "| start | mean | median | worst decile |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "Refinement (ER/HIO + shrink-wrap, 600 it) from four starts, final chi²:",
+            "",
+            "| start | mean | median | worst decile |",
+            "| --- | --- | --- | --- |",
+        ]
         for k, v in t["refinement"].items():
             if isinstance(v, dict):
-                lines.append(f"| {k} | {v['final_mean']:.4f} | {v['final_median']:.4f} | {v['final_worst_decile']:.4f} |")
+                lines.append(
+                    f"| {k} | {v['final_mean']:.4f} | {v['final_median']:.4f} | {v['final_worst_decile']:.4f} |"
+                )
         lines.append("")
     lines += ["## Notes", "", m["notes"], ""]
     return "\n".join(lines)

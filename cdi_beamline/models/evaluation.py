@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,8 +136,13 @@ def cnn_accuracy(net: CDINet, data, out: Path) -> dict[str, Any]:
         x = np.linspace(hi / 400, hi, 300)
         from scipy import stats
 
-        ax.plot(x, stats.gamma.pdf(x, s["gamma_shape"], scale=s["gamma_scale"]), "k-", lw=1.5,
-                label=f"Gamma fit, mean {s['gamma_mean']:.4f}")
+        ax.plot(
+            x,
+            stats.gamma.pdf(x, s["gamma_shape"], scale=s["gamma_scale"]),
+            "k-",
+            lw=1.5,
+            label=f"Gamma fit, mean {s['gamma_mean']:.4f}",
+        )
         ax.axvline(PAPER[f"cnn_chi2_{name}"], color="crimson", ls="--", label=f"paper mean {PAPER[f'cnn_chi2_{name}']}")
         ax.set_xlabel(f"χ² {name}")
         ax.legend(fontsize=8)
@@ -338,8 +344,10 @@ def evaluate(
     metrics: dict[str, Any] = {"n": n, "seed": seed, "paper": PAPER}
     say("(a) CNN alone: chi² of modulus, amplitude, phase")
     cnn = cnn_accuracy(net, data, out)
-    say(f"    gamma means: modulus {cnn['chi2_modulus']['gamma_mean']:.4f}, amplitude "
-        f"{cnn['chi2_amplitude']['gamma_mean']:.4f}, phase {cnn['chi2_phase']['gamma_mean']:.4f}")
+    say(
+        f"    gamma means: modulus {cnn['chi2_modulus']['gamma_mean']:.4f}, amplitude "
+        f"{cnn['chi2_amplitude']['gamma_mean']:.4f}, phase {cnn['chi2_phase']['gamma_mean']:.4f}"
+    )
     say("(b) CNN vs nearest-neighbour search")
     index, index_name = _nns_index(nns_index, nns_size, seed + 1, "cpu")
     nns = nns_comparison(cnn, data, index, index_name, out)
@@ -356,9 +364,11 @@ def evaluate(
         say("(d) measured frame")
         frame = measured if isinstance(measured, np.ndarray) else Path(measured)
         metrics["measured"] = measured_frame(net, frame, 8, out, device)
-        say(f"    CNN chi² {metrics['measured']['cnn_chi2_modulus']:.3f}; CNN-seeded refinement "
+        say(
+            f"    CNN chi² {metrics['measured']['cnn_chi2_modulus']:.3f}; CNN-seeded refinement "
             f"{metrics['measured']['cnn_seeded_chi2']:.4f}; random starts median "
-            f"{metrics['measured']['random_chi2_median']:.4f}")
+            f"{metrics['measured']['random_chi2_median']:.4f}"
+        )
     else:
         say(f"(d) skipped: measured frame {measured} not found")
         metrics["measured"] = {"skipped": f"{measured} not found"}

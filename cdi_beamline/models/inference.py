@@ -41,9 +41,7 @@ def _as_modulus(net: CDINet, modulus) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict(
-    net: CDINet, modulus: torch.Tensor | np.ndarray, symmetries: int = 1
-) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(net: CDINet, modulus: torch.Tensor | np.ndarray, symmetries: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Amplitude and phase of the objects behind a batch of diffraction moduli.
 
     Parameters
@@ -81,7 +79,6 @@ def predict(
 def _best_of_symmetries(net: CDINet, x: torch.Tensor, amp: torch.Tensor, phase: torch.Tensor):
     """Per frame, the prediction under the square's symmetries that best fits ``x`` (B, S, S)."""
     from ..phasing import chi2
-
     from .loss import predicted_modulus
 
     best = chi2(predicted_modulus(amp, phase, x.shape[-2:]), x)

@@ -17,10 +17,11 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -370,7 +371,7 @@ def train(
         },
         "training_time_s": round(train_time, 1),
         "machine": machine_description(dev),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "sha256": file_sha256(out / "model.pt"),
         "file_bytes": (out / "model.pt").stat().st_size,
     }

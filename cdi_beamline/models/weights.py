@@ -118,7 +118,7 @@ def _from_path(path: Path) -> CDINet:
     return net
 
 
-def cdinet(weights: "str | CDINetWeights | Path | None" = "DEFAULT", config: ModelConfig | None = None) -> CDINet:
+def cdinet(weights: str | CDINetWeights | Path | None = "DEFAULT", config: ModelConfig | None = None) -> CDINet:
     """Build a :class:`CDINet` in eval mode on the CPU (``.to(device)`` after).
 
     Loaded nets carry ``weights_id`` and ``weights_sha256`` attributes (for provenance).

@@ -232,6 +232,7 @@ def advance_project(
     else:
         _advance_project_masked(*views, unmeasured_r.view(B, -1).numpy(), measured.view(B, -1).numpy(), a, b, c, sums)
 
+
 def modulus(x: torch.Tensor) -> torch.Tensor:
     """|x| of a contiguous complex64 CPU tensor, float32 of the same shape."""
     out = torch.empty(x.shape, dtype=torch.float32)

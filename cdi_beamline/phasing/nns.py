@@ -44,8 +44,19 @@ class NearestNeighbourIndex:
     device : where the index lives and the search runs
     """
 
-    def __init__(self, modulus, amplitude, phase, support, *, rank: int = 64, candidates: int = 32,
-                 chunk: int = 32768, device="cpu", seed: int = 0):
+    def __init__(
+        self,
+        modulus,
+        amplitude,
+        phase,
+        support,
+        *,
+        rank: int = 64,
+        candidates: int = 32,
+        chunk: int = 32768,
+        device="cpu",
+        seed: int = 0,
+    ):
         mod = torch.as_tensor(modulus, dtype=torch.float32)
         if mod.ndim != 3 or mod.shape[0] == 0:
             raise ValueError(f"NNS index: modulus must be (N, H, W) with N >= 1, got {tuple(mod.shape)}")
@@ -77,7 +88,7 @@ class NearestNeighbourIndex:
         self.projected_sq = self.projected.square().sum(1)
 
     @classmethod
-    def from_h5(cls, path, **kw) -> "NearestNeighbourIndex":
+    def from_h5(cls, path, **kw) -> NearestNeighbourIndex:
         """Index the HDF5 written by ``cdi-beamline simulate`` (datasets modulus, amplitude,
         phase, support), read with :func:`cdi_beamline.physics.read_h5`."""
         try:

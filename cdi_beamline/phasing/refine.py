@@ -41,8 +41,8 @@ import logging
 import math
 import types
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -315,10 +315,16 @@ def _fused_iteration(x, ca, cb, Mm, Mr, measured, unmeasured_r, smm, er: bool, o
                 # inductor warns once that it generates no code for complex operators, which
                 # "may be worse than eager": here only the views view_as_real/view_as_complex
                 # are complex (see _abs2), so that message is silenced.
-                warnings.filterwarnings("ignore", "Torchinductor does not support code generation for complex",
-                                        UserWarning, r"torch\._inductor\.lowering")
+                warnings.filterwarnings(
+                    "ignore",
+                    "Torchinductor does not support code generation for complex",
+                    UserWarning,
+                    r"torch\._inductor\.lowering",
+                )
                 code = _torch_iteration.__code__
-                copy = types.FunctionType(code.replace(), _torch_iteration.__globals__, code.co_name, _torch_iteration.__defaults__)
+                copy = types.FunctionType(
+                    code.replace(), _torch_iteration.__globals__, code.co_name, _torch_iteration.__defaults__
+                )
                 mode = "reduce-overhead" if cuda_graphs else "default"
                 step = _compiled[key] = torch.compile(copy, mode=mode, dynamic=False, fullgraph=True)
             x_next, c = step(*args)
@@ -327,7 +333,9 @@ def _fused_iteration(x, ca, cb, Mm, Mr, measured, unmeasured_r, smm, er: bool, o
         except Exception as exc:  # compilation failed: never fail the reconstruction
             text = str(exc).strip()
             _fused_failure = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
-            _log.warning("refine: fused (torch.compile) iteration unavailable, running the eager torch path: %s", _fused_failure)
+            _log.warning(
+                "refine: fused (torch.compile) iteration unavailable, running the eager torch path: %s", _fused_failure
+            )
             _log.debug("refine: torch.compile failure", exc_info=True)
         else:
             # A CUDA graph's outputs are overwritten by its next replay, and x is fed back.
@@ -349,7 +357,9 @@ def _check_inputs(modulus, mask, init):
         if mask.dtype != torch.bool:
             raise ValueError(f"mask must be bool (True = measured), got {mask.dtype}")
         if mask.shape not in ((H, W), (B, H, W)):
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match the frames: expected {(H, W)} or {(B, H, W)}")
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} does not match the frames: expected {(H, W)} or {(B, H, W)}"
+            )
     if init is not None:
         for name in ("object", "support"):
             t = getattr(init, name)
@@ -436,8 +446,16 @@ def refine(
         if not config.positivity:
             sums = torch.empty((T + 1, B, 2), dtype=torch.float64)  # Σ|F|·Mr, Σ_measured |F|² per iteration
             obj, S = _refine_box_pruned(
-                _from_fft_order(x), _from_fft_order(S), square_support((H, W), config.support2_size),
-                steps, config, fourier_data, blur, kernels, sums, progress,
+                _from_fft_order(x),
+                _from_fft_order(S),
+                square_support((H, W), config.support2_size),
+                steps,
+                config,
+                fourier_data,
+                blur,
+                kernels,
+                sums,
+                progress,
             )
             history = _history_from_sums(sums[:T], H * W, smm)
             # obj is centred: |DFT| is that of the FFT-order object (shift theorem)
@@ -600,11 +618,11 @@ def _refine_box_pruned(x, S, support2, steps, config, fourier_data, blur, kernel
     return obj, S
 
 
-
 def _shrinkwrap_due(it: int, config: RefineConfig) -> bool:
     """Whether shrink-wrap updates the support before iteration ``it`` (0-based)."""
     start = config.shrinkwrap_start
     return it >= start and (it - start) % config.shrinkwrap_every == 0
+
 
 def _shrinkwrap(x, blur, threshold, support2, previous, kernels=None):
     """Marchesini shrink-wrap: blurred |x| above ``threshold``·max, inside Support 2.

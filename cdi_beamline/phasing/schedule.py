@@ -26,12 +26,12 @@ class Schedule:
     blocks: tuple = ()
     count: int = 1
 
-    def __mul__(self, other: "Schedule") -> "Schedule":
+    def __mul__(self, other: Schedule) -> Schedule:
         if not isinstance(other, Schedule):
             return NotImplemented
         return Schedule(_as_blocks(self) + _as_blocks(other))
 
-    def __pow__(self, n: int) -> "Schedule":
+    def __pow__(self, n: int) -> Schedule:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"schedule repeat count must be a positive integer, got {n!r}")
         if len(self.blocks) == 1:  # (X**a)**n == X**(a*n)
@@ -57,7 +57,7 @@ class Schedule:
     def __repr__(self) -> str:
         return f"Schedule({str(self)!r})"
 
-    def __call__(self, beta: float) -> "Schedule":
+    def __call__(self, beta: float) -> Schedule:
         """``HIO(0.7)``: the same single algorithm with its own beta."""
         if len(self.blocks) != 1 or not isinstance(self.blocks[0], Step) or self.count != 1:
             raise ValueError("only a single algorithm takes a beta, e.g. HIO(0.7)")
@@ -66,7 +66,7 @@ class Schedule:
             raise ValueError("ER takes no beta")
         return Schedule((Step(step.name, float(beta), step.count),))
 
-    def resized(self, iterations: int) -> "Schedule":
+    def resized(self, iterations: int) -> Schedule:
         """The same structure with every count scaled to ``iterations`` in total.
 
         Rounding leftovers go to the last step, so ``len(result) == iterations``.
@@ -139,7 +139,7 @@ RAAR = Schedule((Step("RAAR"),))
 _TOKEN = re.compile(r"\s*(?:(\*\*)|(\*)|(\()|(\))|([A-Za-z]+)|(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?))")
 
 
-def parse_schedule(text: "str | Schedule") -> Schedule:
+def parse_schedule(text: str | Schedule) -> Schedule:
     """Read a schedule string such as ``"(ER**20 * HIO(0.9)**180)**3 * ER**20"``.
 
     Raises

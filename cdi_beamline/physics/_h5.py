@@ -10,8 +10,8 @@ masked), ``params/<name>`` per-pattern generator parameters (N,) float32 and
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class H5Writer:
             if filled != self.n:
                 raise ValueError(f"only {filled} of n = {self.n} patterns were written to {self.path}")
 
-    def __enter__(self) -> "H5Writer":
+    def __enter__(self) -> H5Writer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,9 +10,9 @@ theorem); see docs/simulator.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from dataclasses import field as dataclass_field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ class SimulatedBatch:
         return out
 
     @classmethod
-    def cat(cls, batches: list["SimulatedBatch"]) -> "SimulatedBatch":
+    def cat(cls, batches: list[SimulatedBatch]) -> SimulatedBatch:
         """Concatenate batches along N."""
         if len(batches) == 1:
             return batches[0]

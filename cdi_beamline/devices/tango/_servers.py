@@ -98,8 +98,14 @@ class CDIReplayDetector(Device):
     def frame_index(self):
         return self._frame_index
 
-    @attribute(dtype=float, access=AttrWriteType.READ_WRITE, unit="s", min_value=0.0, max_value=3600.0,
-               doc="Exposure time per Acquire (s); the replay sleeps this long")
+    @attribute(
+        dtype=float,
+        access=AttrWriteType.READ_WRITE,
+        unit="s",
+        min_value=0.0,
+        max_value=3600.0,
+        doc="Exposure time per Acquire (s); the replay sleeps this long",
+    )
     def exposure_time(self):
         return self._exposure_time
 
@@ -145,9 +151,7 @@ class CDIReconstructor(Device):
     :class:`cdi_beamline.pipeline.Reconstructor`, as in the CLI and the Bluesky callback.
     """
 
-    PatternShape = device_property(
-        dtype=(int,), default_value=[64, 64], doc="Expected (rows, cols) of a pattern"
-    )
+    PatternShape = device_property(dtype=(int,), default_value=[64, 64], doc="Expected (rows, cols) of a pattern")
     TorchDevice = device_property(dtype=str, default_value="auto", doc="Torch device: auto, cpu, cuda, cuda:N")
     Iterations = device_property(dtype=int, default_value=600, doc="Initial value of `iterations`")
     InitMode = device_property(dtype=str, default_value="cnn", doc="Initial value of `init_mode` (cnn|random)")
@@ -186,8 +190,7 @@ class CDIReconstructor(Device):
         logger.warning("%s: %s", self.get_name(), why)
 
     # --- attributes ------------------------------------------------------------------
-    pattern = _image("Diffraction pattern to reconstruct: intensities (counts), centred", writable=True,
-                     unit="counts")
+    pattern = _image("Diffraction pattern to reconstruct: intensities (counts), centred", writable=True, unit="counts")
 
     def read_pattern(self):
         return self._pattern if self._pattern is not None else np.zeros(self._shape, np.float32)
@@ -215,8 +218,7 @@ class CDIReconstructor(Device):
         self.set_state(DevState.ON)
         self.set_status(f"pattern {frame.shape[0]}x{frame.shape[1]} ready ({frame.sum():.4g} counts)")
 
-    mask = _image("Measured pixels (True) of the patterns; write an all-True image to clear", writable=True,
-                  dtype=bool)
+    mask = _image("Measured pixels (True) of the patterns; write an all-True image to clear", writable=True, dtype=bool)
 
     def read_mask(self):
         return self._mask if self._mask is not None else np.ones(self._shape, bool)
@@ -228,8 +230,11 @@ class CDIReconstructor(Device):
         mask = np.asarray(value, dtype=bool)
         if mask.shape != self._shape:
             tango.Except.throw_exception(
-                "CDI_BadMask", f"mask shape {mask.shape[0]}x{mask.shape[1]} differs from the pattern's "
-                f"{self._shape[0]}x{self._shape[1]}", "write_mask")
+                "CDI_BadMask",
+                f"mask shape {mask.shape[0]}x{mask.shape[1]} differs from the pattern's "
+                f"{self._shape[0]}x{self._shape[1]}",
+                "write_mask",
+            )
         if not mask.any():
             tango.Except.throw_exception("CDI_BadMask", "mask marks no pixel as measured", "write_mask")
         self._mask = None if mask.all() else mask
@@ -251,8 +256,13 @@ class CDIReconstructor(Device):
     def chi2(self):
         return self._chi2
 
-    @attribute(dtype=int, access=AttrWriteType.READ_WRITE, min_value=1, max_value=100000,
-               doc="Refinement iterations (the ER/HIO schedule is scaled to this)")
+    @attribute(
+        dtype=int,
+        access=AttrWriteType.READ_WRITE,
+        min_value=1,
+        max_value=100000,
+        doc="Refinement iterations (the ER/HIO schedule is scaled to this)",
+    )
     def iterations(self):
         return self._iterations
 
@@ -287,7 +297,9 @@ class CDIReconstructor(Device):
     def Reconstruct(self):
         """Start reconstructing the pattern in the background (state RUNNING)."""
         if self._pattern is None:
-            tango.Except.throw_exception("CDI_NoPattern", "no pattern: write the `pattern` attribute first", "Reconstruct")
+            tango.Except.throw_exception(
+                "CDI_NoPattern", "no pattern: write the `pattern` attribute first", "Reconstruct"
+            )
         self.set_state(DevState.RUNNING)
         self.set_status(f"reconstructing ({self._init} start, {self._iterations} iterations)")
         job = (self._pattern, self._mask, self._init, self._iterations, self._seed)
