@@ -30,7 +30,7 @@ import torch
 from cdi_beamline.config import RefineConfig
 from cdi_beamline.device import resolve_device
 from cdi_beamline.phasing import chi2, refine
-from cdi_beamline.phasing.schedule import parse_schedule
+from cdi_beamline.config.schedule import parse_schedule
 
 COHERE_SEQUENCE = "4*(130*HIO+20*ER)"  # == our default "(HIO**130 * ER**20)**4"
 

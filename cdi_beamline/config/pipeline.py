@@ -9,7 +9,12 @@ from pydantic import Field, model_validator
 from ._base import FrozenModel
 from .refine import RefineConfig
 
-__all__ = ["ReconstructorConfig"]
+__all__ = ["LIVE_ITERATIONS", "ReconstructorConfig"]
+
+LIVE_ITERATIONS = 100
+"""Refinement iterations of the live preview (demo, live worker, profile, Tango): the
+schedule scaled to this keeps up with a scan on a 2-core CPU; offline runs keep the
+schedule's own 600."""
 
 
 class ReconstructorConfig(FrozenModel):

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ._base import FrozenModel
+from .schedule import parse_schedule
 
 __all__ = ["RefineConfig", "DEFAULT_SCHEDULE"]
 
@@ -65,8 +66,5 @@ class RefineConfig(FrozenModel):
     @field_validator("schedule")
     @classmethod
     def _parsable(cls, value: str) -> str:
-        # Parsing lives in the phasing package; validate lazily to keep config import-free.
-        from ..phasing.schedule import parse_schedule
-
         parse_schedule(value)
         return value

@@ -4,10 +4,10 @@ chi², alignment of solutions, nearest-neighbour search and phase unwrapping.
 All arrays are centred (see :mod:`cdi_beamline.fourier`), shaped (B, H, W).
 """
 
+from ..config.schedule import ER, HIO, RAAR, Schedule, Step, parse_schedule
 from .align import AlignedPair, align, invert, twin, unwrap
 from .nns import NearestNeighbourIndex, NeighbourMatch
 from .refine import InitialEstimate, RefineResult, chi2, random_initial_object, refine, square_support
-from .schedule import ER, HIO, RAAR, Schedule, Step, parse_schedule
 
 __all__ = [
     "AlignedPair",

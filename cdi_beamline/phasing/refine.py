@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import RefineConfig
-from .schedule import parse_schedule
+from ..config.schedule import parse_schedule
 
 __all__ = [
     "InitialEstimate",

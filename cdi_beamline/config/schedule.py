@@ -6,7 +6,8 @@ products apply right to left). ``(A * B)**3`` repeats a block; ``HIO(0.7)`` carr
 own beta. ``str(schedule)`` prints the canonical form and ``parse_schedule`` reads it
 back: ``parse_schedule(str(s)) == s``.
 
-This module imports nothing else of ours (the config validates schedules with it).
+This module imports nothing else of ours: the config validates schedules with it, and
+:mod:`cdi_beamline.phasing` re-exports it for the phasing code.
 """
 
 from __future__ import annotations
