@@ -24,6 +24,7 @@ from cdi_beamline.pipeline import Reconstructor
 ITER = 30
 DET, REC = "sim/cdi/detector", "sim/cdi/reconstructor"
 BAD_DET, BAD_REC = "test/cdi/bad_detector", "test/cdi/bad_reconstructor"  # with bad properties
+NO_GPU_REC = "test/cdi/no_such_gpu"  # a torch device that no machine has: the engine fails when it starts
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def tango_ctx():
             "devices": [
                 {"name": REC, "properties": {"Iterations": ITER, "TorchDevice": "cpu"}},
                 {"name": BAD_REC, "properties": {"InitMode": "magic"}},
+                {"name": NO_GPU_REC, "properties": {"Iterations": ITER, "TorchDevice": "cuda:99"}},
             ],
         },
     ]
@@ -171,6 +173,45 @@ def test_bad_pattern_faults_with_clear_status_and_recovers(reconstructor, aps):
     reconstructor.Reconstruct()
     assert wait_idle(reconstructor) == tango.DevState.ON
     assert np.isfinite(reconstructor.chi2)
+
+
+def test_engine_failure_in_the_reconstruction_thread_faults_and_the_next_pattern_recovers(
+    reconstructor, aps, monkeypatch
+):
+    reconstructor.pattern = aps.frame(99)
+    assert reconstructor.state() == tango.DevState.ON
+    real = Reconstructor.reconstruct
+
+    def out_of_memory(self, *args, **kwargs):  # what a too-large batch on a GPU does
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Reconstructor, "reconstruct", out_of_memory)
+    reconstructor.Reconstruct()  # returns at once: the failure happens in the device's thread
+    assert wait_idle(reconstructor) == tango.DevState.FAULT
+    assert "reconstruction failed: RuntimeError: CUDA out of memory" in reconstructor.status()
+    assert np.isnan(reconstructor.chi2), "the failed reconstruction published no result"
+    with pytest.raises(tango.DevFailed):  # not allowed in FAULT
+        reconstructor.Reconstruct()
+
+    monkeypatch.setattr(Reconstructor, "reconstruct", real)
+    reconstructor.pattern = aps.frame(99)  # the next good pattern recovers
+    assert reconstructor.state() == tango.DevState.ON
+    reconstructor.Reconstruct()
+    assert wait_idle(reconstructor) == tango.DevState.ON, reconstructor.status()
+    assert 0 <= reconstructor.chi2 < 0.05
+
+
+def test_engine_that_cannot_start_faults_from_the_reconstruction_thread(tango_ctx, aps):
+    rec = tango_ctx.get_device(NO_GPU_REC)
+    rec.set_timeout_millis(10000)
+    assert rec.state() == tango.DevState.ON  # the torch device is resolved when the engine starts
+    rec.pattern = aps.frame(99)
+    rec.Reconstruct()
+    assert wait_idle(rec) == tango.DevState.FAULT
+    # CPU-only: CUDA is not available; with CUDA: there is no GPU 99
+    assert "reconstruction failed:" in rec.status() and "cuda" in rec.status().lower()
+    rec.pattern = aps.frame(100)  # a good pattern clears the fault; the engine still cannot start
+    assert rec.state() == tango.DevState.ON
 
 
 def test_bad_properties_leave_devices_in_fault_saying_why(tango_ctx):
