@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -86,7 +86,7 @@ def plot_gallery(columns: Sequence[GalleryColumn], out: str | Path, *, title: st
             setlim(2, 30)
         ax.set_axis_off()
         ax.set_title(col.name, fontsize=10)
-        panels = (
+        panels: tuple[tuple[np.ndarray, dict[str, Any]], ...] = (
             (np.log10(np.maximum(col.intensity, 1e-6)), dict(cmap="magma", vmin=-4)),
             (col.amplitude, dict(cmap="gray", vmin=0, vmax=1)),
             (np.ma.masked_where(~col.support, col.phase), dict(cmap="twilight", vmin=-math.pi, vmax=math.pi)),

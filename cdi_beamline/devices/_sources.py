@@ -341,6 +341,8 @@ class ApsRockingSource(FrameSource):
         Rocking angle θ (degrees) of each frame, linspace(-0.28, 0.72, 201).
     """
 
+    angles: np.ndarray  # always known for the measured scan
+
     def __init__(self, corrected: bool = True, crop: int = 64):
         crop = int(crop)
         if crop < 2 or crop > 128 or crop % 2:
