@@ -89,7 +89,8 @@ def test_reconstructor_round_trip_matches_offline(reconstructor, aps):
     np.testing.assert_allclose(amplitude, expected.amplitude[0], rtol=1e-4, atol=1e-3 * amplitude.max())
     np.testing.assert_allclose(phase, expected.phase[0], atol=1e-3)
     np.testing.assert_array_equal(support, expected.support[0])
-    assert reconstructor.chi2 < 0.05, "the measured top-of-rocking-curve frame phases well"
+    # 0.00162 measured (CNN start, 30 iterations, 2-core x86-64 CPU, 2026-12-02)
+    assert reconstructor.chi2 < 0.005, "the measured top-of-rocking-curve frame phases well"
 
     # a mask (True = measured) goes to the engine too
     mask = np.ones((64, 64), bool)
@@ -172,7 +173,7 @@ def test_bad_pattern_faults_with_clear_status_and_recovers(reconstructor, aps):
     assert "pattern 64x64 ready" in reconstructor.status()
     reconstructor.Reconstruct()
     assert wait_idle(reconstructor) == tango.DevState.ON
-    assert np.isfinite(reconstructor.chi2)
+    assert 0 <= reconstructor.chi2 < 0.005  # 0.00179 measured (frame 100, CNN start, 30 iterations)
 
 
 def test_engine_failure_in_the_reconstruction_thread_faults_and_the_next_pattern_recovers(
@@ -198,7 +199,7 @@ def test_engine_failure_in_the_reconstruction_thread_faults_and_the_next_pattern
     assert reconstructor.state() == tango.DevState.ON
     reconstructor.Reconstruct()
     assert wait_idle(reconstructor) == tango.DevState.ON, reconstructor.status()
-    assert 0 <= reconstructor.chi2 < 0.05
+    assert 0 <= reconstructor.chi2 < 0.005  # 0.00162 measured (as in the round trip above)
 
 
 def test_engine_that_cannot_start_faults_from_the_reconstruction_thread(tango_ctx, aps):
@@ -223,6 +224,17 @@ def test_bad_properties_leave_devices_in_fault_saying_why(tango_ctx):
     rec = tango_ctx.get_device(BAD_REC)
     assert rec.state() == tango.DevState.FAULT
     assert "bad property InitMode 'magic'" in rec.status()
+
+
+def test_defaults_are_the_config_models(tango_ctx, capsys):
+    from cdi_beamline.cli import main
+    from cdi_beamline.config import LIVE_ITERATIONS
+
+    rec = tango_ctx.get_device(BAD_REC)  # sets InitMode only: every other property is its default
+    assert rec.iterations == LIVE_ITERATIONS
+    with pytest.raises(SystemExit):
+        main(["tango-server", "--help"])
+    assert f"Iterations (default {LIVE_ITERATIONS})" in " ".join(capsys.readouterr().out.split())
 
 
 def test_bluesky_count_over_tango_detector_into_tiled(tango_ctx, aps, tiled_server, run_engine):
@@ -314,7 +326,7 @@ def test_tango_server_command_answers_device_proxy(aps):
         rec.pattern = det.image
         rec.Reconstruct()
         assert wait_idle(rec) == tango.DevState.ON, rec.status()
-        assert 0 <= rec.chi2 < 0.05
+        assert 0 <= rec.chi2 < 0.006  # 0.00212 measured (CNN start, 20 iterations)
     finally:
         proc.terminate()
         try:
