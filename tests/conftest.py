@@ -1,4 +1,14 @@
-"""Shared fixtures. Data in ../shared/data is read-only and optional for the package."""
+"""Shared fixtures and markers.
+
+Markers: ``gpu`` tests need CUDA and are skipped without it; ``system`` tests drive the real
+services (RunEngine, Tiled server, Tango device server, 0MQ proxy, IPython profile) and are
+marked here, not in each test: every test of a system module and every test that uses a
+system fixture. ``pytest -m "not system"`` runs the fast unit tests alone.
+
+The package's own tests read only what the repository ships (``tests/data``, the package's
+data); ``shared_data`` is the optional folder of measured data beside a checkout, for the
+few comparisons with files the package cannot ship.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +18,12 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+#: Test modules whose every test talks to a real service.
+SYSTEM_MODULES = frozenset({"test_live", "test_tango", "test_profile"})
+#: Fixtures that start a real service: a test using one (directly or through another
+#: fixture) is a system test wherever it lives.
+SYSTEM_FIXTURES = frozenset({"tiled_server", "run_engine", "RE", "tango_ctx"})
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
@@ -16,9 +32,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def is_system_test(item: pytest.Item) -> bool:
+    """True for a test of a system module or one that uses a system fixture."""
+    module = getattr(item, "module", None)
+    name = module.__name__.rsplit(".", 1)[-1] if module is not None else ""
+    return name in SYSTEM_MODULES or not SYSTEM_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    system = pytest.mark.system
+    for item in items:
+        if is_system_test(item):
+            item.add_marker(system)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
@@ -27,7 +54,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-# --- live pipeline fixtures (live engineer): one real Tiled server per test session ------
+# --- system fixtures: one real Tiled server per test session, a fresh RunEngine per test ---
 
 
 @pytest.fixture(scope="session")

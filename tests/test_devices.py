@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -11,17 +12,22 @@ import numpy as np
 import pytest
 from bluesky.plans import count, scan
 
+from cdi_beamline import devices
 from cdi_beamline.devices import (
     ApsRockingSource,
     FileSource,
+    FrameCursor,
     ReplayDetector,
     ReplayHDF5Detector,
     RockingMotor,
     SyntheticSource,
     make_source,
 )
+from cdi_beamline.errors import CDIValueError
 
 APS = "aps34idc_S0054"
+TEST_DATA = Path(__file__).parent / "data"
+APS_SCAN_SHA256 = "23784c3c8340aadad48ebe03bffd6eeffee8e9d45a9226aaa89f9c1624e7caa3"
 
 
 @pytest.fixture(scope="module")
@@ -44,23 +50,23 @@ def RE():
 # --- sources -------------------------------------------------------------------------
 
 
-def test_aps_flatfield_frame99_reproduces_reference(aps, shared_data):
-    ref = np.load(shared_data / APS / f"{APS}_frame099_crop64_wfcorr.npy")
+def test_aps_flatfield_frame99_reproduces_reference(aps):
+    # the flat-field-corrected reference (full-detector flat field, not shipped): tests/data
+    ref = np.load(TEST_DATA / f"{APS}_frame099_crop64_wfcorr.npy")
     frame = aps.frame(99)
     assert frame.dtype == np.float32 and frame.shape == (64, 64)
     np.testing.assert_allclose(frame, ref, rtol=1e-6, atol=0)
 
 
-def test_aps_raw_frame99_is_the_measured_crop(shared_data):
+def test_aps_raw_frame99_is_the_measured_crop():
     raw = ApsRockingSource(corrected=False)
-    ref = np.load(shared_data / APS / f"{APS}_frame099_crop64_raw.npy")
+    ref = np.load(TEST_DATA / f"{APS}_frame099_crop64_raw.npy")
     np.testing.assert_array_equal(raw.frame(99), ref)
     assert np.unravel_index(raw.frame(99).argmax(), (64, 64)) == (32, 32)
-    # the shipped example data equals the measured file, byte for byte
-    shipped = (
-        Path(__import__("cdi_beamline.devices").devices.__file__).parent / "data" / f"{APS}_rocking_201x128x128.npz"
-    )
-    assert shipped.read_bytes() == (shared_data / APS / shipped.name).read_bytes()
+    # the shipped example data is the measured file, byte for byte (sha256 of the measured
+    # file, recorded in tests/data/PROVENANCE.md)
+    shipped = Path(devices.__file__).parent / "data" / f"{APS}_rocking_201x128x128.npz"
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == APS_SCAN_SHA256
 
 
 def test_aps_geometry_and_errors(aps):
@@ -106,7 +112,7 @@ def test_file_source_bad_inputs(tmp_path):
         FileSource(tmp_path / "two.npz")
     with pytest.raises(ValueError, match="no dataset 'c'"):
         FileSource(tmp_path / "two.npz", dataset="c")
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(CDIValueError, match="no such file"):
         FileSource(tmp_path / "missing.h5")
     (tmp_path / "x.txt").write_text("1")
     with pytest.raises(ValueError, match="unsupported file type"):
@@ -144,6 +150,46 @@ def test_synthetic_source_is_reproducible_and_noisy():
         len(endless)
     with pytest.raises(ValueError, match="detector.photons"):
         SyntheticSource(n=1, photons=0)
+
+
+def test_frame_cursor_wraps_rewinds_and_is_thread_safe(tmp_path, aps):
+    import threading
+
+    np.save(tmp_path / "three.npy", np.stack([aps.frame(i) for i in (10, 11, 12)]))
+    cursor = FrameCursor(FileSource(tmp_path / "three.npy"))
+    assert [cursor.advance() for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    cursor.rewind()
+    i, frame = cursor.read()
+    assert i == 0
+    np.testing.assert_array_equal(frame, aps.frame(10))
+    # an endless source never wraps
+    endless = FrameCursor(SyntheticSource(n=None, chunk=1))
+    assert [endless.advance() for _ in range(3)] == [0, 1, 2]
+    # Tango and ophyd-async advance from other threads: no index is served twice
+    shared = FrameCursor(aps)
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def take():
+        mine = [shared.advance() for _ in range(50)]
+        with lock:
+            got.extend(mine)
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(200))
+
+
+def test_replay_detector_wraps_at_the_end_of_a_finite_source(RE, aps, tmp_path):
+    np.save(tmp_path / "two.npy", np.stack([aps.frame(i) for i in (98, 99)]))
+    det = ReplayDetector(FileSource(tmp_path / "two.npy"), name="det")
+    RE(count([det], 5))
+    events = [d for n, d in RE.docs if n == "event"]
+    assert [e["data"]["det_frame_index"] for e in events] == [0, 1, 0, 1, 0]
+    np.testing.assert_array_equal(events[3]["data"]["det_image"], aps.frame(99))
 
 
 # --- ophyd (sync) replay detector ------------------------------------------------------

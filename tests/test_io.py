@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -50,9 +52,12 @@ def test_edf_and_tif_via_fabio(tmp_path, stack):
     np.testing.assert_allclose(read_patterns(tmp_path / "f.tif")[0], stack[1])
 
 
-def test_measured_esrf_edf(shared_data):
-    arr = read_patterns(shared_data / "esrf_id10_logo" / "logo5mu_20sec.edf")
-    assert arr.shape == (1, 512, 512) and (arr == 0).sum() == 21687
+def test_measured_esrf_edf():
+    # the central 128x128 of the measured ESRF ID10 pattern (tests/data/PROVENANCE.md)
+    arr = read_patterns(Path(__file__).parent / "data" / "esrf_id10_logo5mu_20sec_crop128.edf")
+    assert arr.shape == (1, 128, 128) and arr.dtype == np.float32
+    assert (arr == 0).sum() == 424, "beamstop and gaps: missing pixels read as zero"
+    assert np.unravel_index(arr[0].argmax(), (128, 128)) == (55, 65) and arr.max() == 841233.0
 
 
 def test_bad_files(tmp_path):

@@ -172,60 +172,20 @@ def run(args: argparse.Namespace) -> int:
         f"chi² median {np.median(chi2):.4g}, max {chi2.max():.4g}" + (f"; {len(skipped)} skipped" if skipped else "")
     )
     if args.plot:
+        from ..phasing import unwrap
+        from ..plotting import plot_reconstruction
+
         out, good = next(r for r in results if r[1])
         j = good[0]
+        pattern = frames[kept[0]]
         plot_reconstruction(
             args.plot,
-            frames[kept[0]],
-            out.object[j],
+            pattern if config.quantity == "intensity" else pattern**2,
+            out.amplitude[j],
+            unwrap(out.phase[j], out.support[j]),
             out.support[j],
             out.chi2_history[j],
             title=f"{args.input} frame {kept[0]}: chi² {out.chi2[j]:.3g}",
-            quantity=config.quantity,
         )
         print(f"{args.plot}: written")
     return 0
-
-
-def plot_reconstruction(path, pattern, obj, support, history, *, title="", quantity="intensity"):
-    """Four panels: pattern (log), amplitude, unwrapped phase on the support, chi² vs iteration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from ..phasing import unwrap
-
-    intensity = pattern if quantity == "intensity" else pattern**2
-    amp = np.abs(obj)
-    phase = unwrap(np.angle(obj), support)
-    phase = np.where(support, phase - (phase[support].mean() if support.any() else 0), np.nan)
-    fig, ax = plt.subplots(1, 4, figsize=(16, 4))
-    im = ax[0].imshow(
-        np.log10(np.maximum(intensity, intensity[intensity > 0].min() if (intensity > 0).any() else 1)), cmap="magma"
-    )
-    ax[0].set_title("pattern, log10 intensity")
-    fig.colorbar(im, ax=ax[0], shrink=0.8)
-    # Real space: zoom on the support's bounding box (with a margin), in frame pixels.
-    rows, cols = (
-        np.nonzero(support) if support.any() else (np.array([0, amp.shape[0] - 1]), np.array([0, amp.shape[1] - 1]))
-    )
-    pad = max(4, int(np.ptp(rows) + np.ptp(cols)) // 8)
-    r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad + 1, amp.shape[0])
-    c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad + 1, amp.shape[1])
-    extent = (c0 - 0.5, c1 - 0.5, r1 - 0.5, r0 - 0.5)
-    im = ax[1].imshow(amp[r0:r1, c0:c1], cmap="gray", extent=extent)
-    ax[1].set_title("amplitude")
-    fig.colorbar(im, ax=ax[1], shrink=0.8)
-    im = ax[2].imshow(phase[r0:r1, c0:c1], cmap="twilight_shifted", extent=extent)
-    ax[2].set_title("phase on the support (unwrapped, rad)")
-    fig.colorbar(im, ax=ax[2], shrink=0.8)
-    ax[3].semilogy(np.arange(1, len(history) + 1), np.maximum(history, 1e-12))
-    ax[3].set_xlabel("iteration")
-    ax[3].set_ylabel("chi²")
-    ax[3].set_title("chi² (eq. 5)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import LIVE_ITERATIONS, ModelConfig, ReconstructorConfig
+from ..devices import DEFAULT_SOURCE
+from ..errors import CDIValueError
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -34,17 +38,23 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--source",
         metavar="SPEC",
-        help="detector property Source: aps34idc | aps34idc-raw | synthetic | a file path (default aps34idc)",
+        help=f"detector property Source: aps34idc | aps34idc-raw | synthetic | a file path (default {DEFAULT_SOURCE})",
     )
     p.add_argument("--device", metavar="D", help="reconstructor property TorchDevice: auto | cpu | cuda[:n]")
-    p.add_argument("--iterations", type=int, metavar="N", help="reconstructor property Iterations (default 600)")
-    p.add_argument("--init", choices=("cnn", "random"), help="reconstructor property InitMode (default cnn)")
+    p.add_argument(
+        "--iterations", type=int, metavar="N", help=f"reconstructor property Iterations (default {LIVE_ITERATIONS})"
+    )
+    p.add_argument(
+        "--init",
+        choices=("cnn", "random"),
+        help=f"reconstructor property InitMode (default {ReconstructorConfig.model_fields['init'].default})",
+    )
     p.add_argument(
         "--pattern-shape",
         type=int,
         nargs=2,
         metavar=("ROWS", "COLS"),
-        help="reconstructor property PatternShape (default 64 64)",
+        help="reconstructor property PatternShape (default {0} {0}, the CNN's input)".format(ModelConfig().input_size),
     )
     p.add_argument("--tango-verbose", type=int, default=0, metavar="LEVEL", help="Tango trace level 0-5")
     p.set_defaults(func=run)
@@ -72,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
     properties = _properties(args)
     if args.nodb and args.register:
-        raise ValueError("--register needs a Tango database; it cannot be combined with --nodb")
+        raise CDIValueError("--register needs a Tango database; it cannot be combined with --nodb")
     if not args.nodb and properties and not args.register:
-        raise ValueError(
+        raise CDIValueError(
             "device properties on the command line need --nodb or --register; otherwise set them in the Tango database"
         )
     if args.register:

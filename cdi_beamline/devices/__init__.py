@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import importlib
 
-from ._sources import APS_WHITEFIELD_LEVEL, ApsRockingSource, FileSource, FrameSource, SyntheticSource, make_source
+from ._sources import (
+    APS_WHITEFIELD_LEVEL,
+    DEFAULT_SOURCE,
+    ApsRockingSource,
+    FileSource,
+    FrameCursor,
+    FrameSource,
+    SyntheticSource,
+    make_source,
+)
 
 _LAZY = {
     "ReplayDetector": "._ophyd_sim",
@@ -20,7 +29,9 @@ _LAZY = {
 
 __all__ = [
     "APS_WHITEFIELD_LEVEL",
+    "DEFAULT_SOURCE",
     "ApsRockingSource",
+    "FrameCursor",
     "FileSource",
     "FrameSource",
     "SyntheticSource",

@@ -30,7 +30,8 @@ from ophyd_async.core import (
     soft_signal_rw,
 )
 
-from ._sources import FrameSource, make_source
+from ..errors import CDIRuntimeError
+from ._sources import FrameCursor, FrameSource, make_source
 
 __all__ = ["ReplayHDF5Detector", "FrameFileWriter", "IMAGE_DATASET", "INDEX_DATASET"]
 
@@ -58,10 +59,10 @@ class FrameFileWriter:
         self.period = 0.0
         self.path: Path | None = None
         self._file: h5py.File | None = None
-        self._cursor = 0
+        self.cursor = FrameCursor(source)
 
     def rewind(self) -> None:
-        self._cursor = 0
+        self.cursor.rewind()
 
     def open(self, path: Path) -> None:
         """Create the file with empty, growable datasets."""
@@ -83,7 +84,7 @@ class FrameFileWriter:
 
     def _append(self, frame: np.ndarray, index: int) -> int:
         if self._file is None:
-            raise RuntimeError("FrameFileWriter: open() a file before acquiring")
+            raise CDIRuntimeError("FrameFileWriter: open() a file before acquiring")
         images, indices = self._file[IMAGE_DATASET], self._file[INDEX_DATASET]
         n = images.shape[0]
         for dset, value in ((images, frame), (indices, index)):
@@ -97,9 +98,7 @@ class FrameFileWriter:
         source serves them)."""
         start = time.monotonic()
         for k in range(1, self.number_of_frames + 1):
-            i = self._cursor if self.source.n_frames is None else self._cursor % self.source.n_frames
-            frame = await asyncio.to_thread(self.source.frame, i)
-            self._cursor = i + 1
+            i, frame = await asyncio.to_thread(self.cursor.read)
             await asyncio.sleep(max(0.0, start + k * self.period - time.monotonic()))
             self._set_frames_written(self._append(frame, i))
 

@@ -13,7 +13,8 @@ from ophyd import Device, Signal
 from ophyd.sim import SynAxis
 from ophyd.status import StatusBase
 
-from ._sources import FrameSource, make_source
+from ..errors import CDIValueError
+from ._sources import DEFAULT_SOURCE, FrameCursor, FrameSource, make_source
 
 __all__ = ["ReplayDetector", "RockingMotor"]
 
@@ -65,31 +66,28 @@ class ReplayDetector(Device):
     frame_index = Cpt(Signal, value=-1, kind="normal")
     source_info = Cpt(Signal, value="{}", kind="config")
 
-    def __init__(self, source: FrameSource | str = "aps34idc", name: str = "det", motor=None, **kwargs):
+    def __init__(self, source: FrameSource | str = DEFAULT_SOURCE, name: str = "det", motor=None, **kwargs):
         super().__init__(name=name, **kwargs)
         self.source = make_source(source) if isinstance(source, str) else source
         if motor is not None and self.source.angles is None:
-            raise ValueError(
+            raise CDIValueError(
                 f"ReplayDetector {name!r}: motor {motor.name!r} given but the source "
                 f"{self.source.describe()['source']!r} has no rocking angles"
             )
         self.motor = motor
         self.image.shape = tuple(self.source.shape)
         self.source_info.put(json.dumps(self.source.describe()))
-        self._next = 0
+        self.cursor = FrameCursor(self.source)
 
     def stage(self):
-        self._next = 0
+        self.cursor.rewind()
         return super().stage()
 
     def _choose_frame(self) -> int:
         if self.motor is not None:
+            assert self.source.angles is not None  # checked in __init__
             return int(np.argmin(np.abs(self.source.angles - float(self.motor.position))))
-        i = self._next
-        if self.source.n_frames is not None:
-            i %= self.source.n_frames
-        self._next = i + 1
-        return i
+        return self.cursor.advance()
 
     def trigger(self) -> StatusBase:
         i = self._choose_frame()

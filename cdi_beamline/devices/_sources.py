@@ -20,19 +20,25 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CDIValueError
+
 __all__ = [
     "FrameSource",
+    "FrameCursor",
     "SyntheticSource",
     "FileSource",
     "ApsRockingSource",
     "make_source",
     "APS_WHITEFIELD_LEVEL",
+    "DEFAULT_SOURCE",
 ]
 
 APS_DATA_FILE = "aps34idc_S0054_rocking_201x128x128.npz"
 #: Flat-field normalisation (counts) of the APS 34-ID-C reference correction; see the
 #: PROVENANCE.md shipped beside the data.
 APS_WHITEFIELD_LEVEL = 14672.484
+#: What the replay detectors serve when not told: the measured APS scan, flat-field corrected.
+DEFAULT_SOURCE = "aps34idc"
 
 
 class FrameSource:
@@ -73,10 +79,47 @@ class FrameSource:
         return i
 
 
+class FrameCursor:
+    """Reads a source in order: frame 0, 1, ... and round again from 0 at the end of a
+    finite source. The one replay order of every detector (ophyd, ophyd-async, Tango).
+
+    Thread-safe: Tango commands and ophyd-async acquisitions may advance it from other
+    threads.
+
+    Parameters
+    ----------
+    source : FrameSource
+        The frames to replay.
+    """
+
+    def __init__(self, source: FrameSource):
+        self.source = source
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def rewind(self) -> None:
+        """Start again at frame 0."""
+        with self._lock:
+            self._next = 0
+
+    def advance(self) -> int:
+        """The index of the next frame (wrapped into the source); moves the cursor past it."""
+        with self._lock:
+            n = self.source.n_frames
+            i = self._next if n is None else self._next % n
+            self._next = i + 1
+            return i
+
+    def read(self) -> tuple[int, np.ndarray]:
+        """The next frame's index and (H, W) float32 intensities."""
+        i = self.advance()
+        return i, self.source.frame(i)
+
+
 def _check_mask(mask: np.ndarray, shape: tuple[int, int], what: str) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.shape != tuple(shape):
-        raise ValueError(f"{what}: mask shape {mask.shape} does not match frame shape {tuple(shape)}")
+        raise CDIValueError(f"{what}: mask shape {mask.shape} does not match frame shape {tuple(shape)}")
     return mask.astype(bool)
 
 
@@ -118,9 +161,9 @@ class SyntheticSource(FrameSource):
         device: str = "cpu",
     ):
         if n is not None and int(n) < 1:
-            raise ValueError(f"SyntheticSource: n must be >= 1 or None (endless), got {n}")
+            raise CDIValueError(f"SyntheticSource: n must be >= 1 or None (endless), got {n}")
         if int(chunk) < 1:
-            raise ValueError(f"SyntheticSource: chunk must be >= 1, got {chunk}")
+            raise CDIValueError(f"SyntheticSource: chunk must be >= 1, got {chunk}")
         # the simulator imports torch: load it only when a synthetic source is made
         from ..config import DEFAULT_MASK, SimulationConfig
         from ..physics import detector_mask, simulate_batch
@@ -194,14 +237,14 @@ class FileSource(FrameSource):
     def __init__(self, path: str | Path, dataset: str | None = None):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"FileSource: no such file {self.path}")
+            raise CDIValueError(f"FileSource: no such file {self.path}")
         stack, name, mask = self._read(self.path, dataset)
         if stack.ndim == 2:
             stack = stack[None]
         if stack.ndim != 3 or 0 in stack.shape:
-            raise ValueError(f"FileSource: {self.path}:{name} has shape {stack.shape}; expected (N, H, W) or (H, W)")
+            raise CDIValueError(f"FileSource: {self.path}:{name} has shape {stack.shape}; expected (N, H, W) or (H, W)")
         if not np.issubdtype(stack.dtype, np.number) or np.iscomplexobj(stack):
-            raise ValueError(f"FileSource: {self.path}:{name} has dtype {stack.dtype}; expected real numbers")
+            raise CDIValueError(f"FileSource: {self.path}:{name} has dtype {stack.dtype}; expected real numbers")
         stack = stack.astype(np.float32)
         self.squared = name.split("/")[-1] == "modulus"
         self.frames = stack**2 if self.squared else stack
@@ -216,7 +259,7 @@ class FileSource(FrameSource):
         suffix = path.suffix.lower()
         if suffix == ".npy":
             if dataset is not None:
-                raise ValueError(f"FileSource: {path} is a .npy file; it has no dataset {dataset!r}")
+                raise CDIValueError(f"FileSource: {path} is a .npy file; it has no dataset {dataset!r}")
             return np.load(path, allow_pickle=False), "data", None
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -233,13 +276,15 @@ class FileSource(FrameSource):
                 name = FileSource._choose(path, names, dataset)
                 masks = [k for k in names if k.split("/")[-1] == "mask"]
                 return f[name][()], name, f[masks[0]][()] if len(masks) == 1 else None
-        raise ValueError(f"FileSource: unsupported file type {path.suffix!r} for {path}; use .h5, .hdf5, .npy or .npz")
+        raise CDIValueError(
+            f"FileSource: unsupported file type {path.suffix!r} for {path}; use .h5, .hdf5, .npy or .npz"
+        )
 
     @staticmethod
     def _choose(path: Path, names: list[str], dataset: str | None) -> str:
         if dataset is not None:
             if dataset.strip("/") not in names:
-                raise ValueError(f"FileSource: {path} has no dataset {dataset!r}; it has {sorted(names)}")
+                raise CDIValueError(f"FileSource: {path} has no dataset {dataset!r}; it has {sorted(names)}")
             return dataset.strip("/")
         for preferred in ("modulus", "intensity", "data"):
             hits = [k for k in names if k.split("/")[-1] == preferred]
@@ -247,7 +292,7 @@ class FileSource(FrameSource):
                 return hits[0]
         stacks = [k for k in names if k.split("/")[-1] != "mask"]
         if len(stacks) != 1:
-            raise ValueError(f"FileSource: {path} holds several arrays {sorted(names)}; choose one with dataset=")
+            raise CDIValueError(f"FileSource: {path} holds several arrays {sorted(names)}; choose one with dataset=")
         return stacks[0]
 
     def _mask(self, mask: np.ndarray | None) -> np.ndarray | None:
@@ -256,7 +301,7 @@ class FileSource(FrameSource):
         mask = np.asarray(mask).astype(bool)
         if mask.ndim == 3:
             if not (mask == mask[:1]).all():
-                raise ValueError(
+                raise CDIValueError(
                     f"FileSource: {self.path}: per-frame masks differ; a replay source serves one (H, W) mask"
                 )
             mask = mask[0]
@@ -296,10 +341,12 @@ class ApsRockingSource(FrameSource):
         Rocking angle θ (degrees) of each frame, linspace(-0.28, 0.72, 201).
     """
 
+    angles: np.ndarray  # always known for the measured scan
+
     def __init__(self, corrected: bool = True, crop: int = 64):
         crop = int(crop)
         if crop < 2 or crop > 128 or crop % 2:
-            raise ValueError(f"ApsRockingSource: crop must be an even number in 2..128, got {crop}")
+            raise CDIValueError(f"ApsRockingSource: crop must be an even number in 2..128, got {crop}")
         data_file = resources.files("cdi_beamline.devices") / "data" / APS_DATA_FILE
         with resources.as_file(data_file) as path, np.load(path) as z:
             lo = (128 - crop) // 2
@@ -352,4 +399,4 @@ def make_source(spec: str | Path, **kw) -> FrameSource:
         return ApsRockingSource(corrected=False, **kw)
     if Path(name).suffix:
         return FileSource(name, **kw)
-    raise ValueError(f"unknown frame source {name!r}: use 'synthetic', 'aps34idc', 'aps34idc-raw' or a file path")
+    raise CDIValueError(f"unknown frame source {name!r}: use 'synthetic', 'aps34idc', 'aps34idc-raw' or a file path")

@@ -21,6 +21,12 @@ import numpy as np
 import torch
 
 from ..fourier import embed_centre
+from ..plotting import (
+    plot_chi2_histograms,
+    plot_measured_frame,
+    plot_nns_comparison,
+    plot_refinement_curves,
+)
 from .inference import SUPPORT_THRESHOLD, initial_estimate, predict
 from .loss import predicted_modulus
 from .network import CDINet
@@ -50,15 +56,6 @@ PAPER = {
 """Numbers of Wu et al. (2021) that the evaluation is compared with."""
 
 APS_FRAME = Path("aps34idc_S0054") / "aps34idc_S0054_frame099_crop64_wfcorr.npy"
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def gamma_summary(values: np.ndarray) -> dict[str, float]:
@@ -102,9 +99,10 @@ def _run_cnn(net: CDINet, modulus: torch.Tensor, batch: int = 256, symmetries: i
 
 def cnn_accuracy(net: CDINet, data, out: Path) -> dict[str, Any]:
     """Fig. 3: chi² histograms (modulus, amplitude, phase) of the CNN alone with Gamma fits."""
+    from scipy import stats
+
     from ..phasing import chi2
 
-    plt = _plt()
     dev = next(net.parameters()).device
     m = data.modulus.to(dev)
     amp, phase, dt = _run_cnn(net, m)
@@ -128,29 +126,21 @@ def cnn_accuracy(net: CDINet, data, out: Path) -> dict[str, Any]:
         "chi2_phase": gamma_summary(c_ph8),
         "seconds_per_pattern": dt8,
     }
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (name, v) in zip(axes, (("modulus", c_mod), ("amplitude", c_amp), ("phase", c_ph))):
-        s = res[f"chi2_{name}"]
-        hi = np.quantile(v, 0.99)
-        ax.hist(v, bins=60, range=(0, hi), density=True, color="#7aa6c2", label=f"CNN, n={s['n']}")
-        x = np.linspace(hi / 400, hi, 300)
-        from scipy import stats
-
-        ax.plot(
-            x,
-            stats.gamma.pdf(x, s["gamma_shape"], scale=s["gamma_scale"]),
-            "k-",
-            lw=1.5,
-            label=f"Gamma fit, mean {s['gamma_mean']:.4f}",
-        )
-        ax.axvline(PAPER[f"cnn_chi2_{name}"], color="crimson", ls="--", label=f"paper mean {PAPER[f'cnn_chi2_{name}']}")
-        ax.set_xlabel(f"χ² {name}")
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("density")
-    fig.suptitle("CNN alone on fresh simulated patterns (cf. Wu et al. 2021, Fig. 3b–d)")
-    fig.tight_layout()
-    fig.savefig(out / "eval_fig3_chi2.png", dpi=110)
-    plt.close(fig)
+    values = {"modulus": c_mod, "amplitude": c_amp, "phase": c_ph}
+    fits, labels = {}, {}
+    for name, v in values.items():
+        summary = res[f"chi2_{name}"]
+        x = np.linspace(np.quantile(v, 0.99) / 400, np.quantile(v, 0.99), 300)
+        fits[name] = (x, stats.gamma.pdf(x, summary["gamma_shape"], scale=summary["gamma_scale"]))
+        labels[name] = f"Gamma fit, mean {summary['gamma_mean']:.4f}"
+    plot_chi2_histograms(
+        values,
+        fits,
+        labels,
+        {name: PAPER[f"cnn_chi2_{name}"] for name in values},
+        out / "eval_fig3_chi2.png",
+        title="CNN alone on fresh simulated patterns (cf. Wu et al. 2021, Fig. 3b–d)",
+    )
     res["_amp"], res["_phase"], res["_chi2_modulus"] = amp.cpu(), phase.cpu(), c_mod
     return res
 
@@ -168,7 +158,6 @@ def _nns_index(nns_index: str | Path | None, size: int, seed: int, device):
 
 def nns_comparison(cnn: dict, data, index, index_name: str, out: Path) -> dict[str, Any]:
     """CNN against nearest-neighbour search over a training-like set: chi² and time per pattern."""
-    plt = _plt()
     q = data.modulus
     index.query(q[:8])
     t0 = time.perf_counter()
@@ -188,18 +177,7 @@ def nns_comparison(cnn: dict, data, index, index_name: str, out: Path) -> dict[s
         "cnn_seconds_per_pattern": cnn["seconds_per_pattern"],
         "ratio_modulus_nns_over_cnn": gamma_summary(nns_mod)["mean"] / cnn["chi2_modulus"]["mean"],
     }
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    c_mod = cnn["_chi2_modulus"]
-    hi = float(np.quantile(np.concatenate([c_mod, nns_mod]), 0.99))
-    ax.hist(c_mod, bins=60, range=(0, hi), alpha=0.7, label=f"CNN (mean {c_mod.mean():.4f})")
-    ax.hist(nns_mod, bins=60, range=(0, hi), alpha=0.7, label=f"NNS over {len(index)} (mean {nns_mod.mean():.4f})")
-    ax.set_xlabel("χ² modulus")
-    ax.set_ylabel("patterns")
-    ax.set_title("CNN vs nearest-neighbour search (paper: 0.02 vs 0.08)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "eval_nns.png", dpi=110)
-    plt.close(fig)
+    plot_nns_comparison(cnn["_chi2_modulus"], nns_mod, len(index), out / "eval_nns.png")
     res["_match"] = match
     return res
 
@@ -213,7 +191,6 @@ def refinement_curves(net: CDINet, data, match, k: int, repeats: int, seed: int,
     """
     from ..phasing import InitialEstimate, refine
 
-    plt = _plt()
     m = data.modulus[:k].to(device)
     H, W = m.shape[-2:]
     cnn = initial_estimate(net, m)
@@ -227,8 +204,8 @@ def refinement_curves(net: CDINet, data, match, k: int, repeats: int, seed: int,
         "NNS": (m, InitialEstimate(object=nns_obj, support=nns_sup)),
     }
     res: dict[str, Any] = {"patterns": k, "repeats": repeats}
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for (name, (mod, init)), colour in zip(runs.items(), ("tab:blue", "tab:green", "tab:orange", "tab:red")):
+    histories = {}
+    for name, (mod, init) in runs.items():
         r = refine(mod, init=init, seed=seed)
         hist = torch.cat([r.chi2_history, r.chi2[:, None]], 1).double().cpu().numpy()
         final = r.chi2.double().cpu().numpy()
@@ -239,20 +216,12 @@ def refinement_curves(net: CDINet, data, match, k: int, repeats: int, seed: int,
             "final_worst_decile": float(np.quantile(final, 0.9)),
             "runs": int(len(final)),
         }
-        # chi² spans decades: mean and sd of log10 chi² (a band that fits a log axis).
-        it = np.arange(hist.shape[1])
-        logs = np.log10(np.clip(hist, 1e-12, None))
-        mean, sd = logs.mean(0), logs.std(0)
-        ax.plot(it, 10**mean, color=colour, label=name)
-        ax.fill_between(it, 10 ** (mean - sd), 10 ** (mean + sd), color=colour, alpha=0.18)
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("χ² (geometric mean, ±1 sd of log χ²)")
-    ax.set_title(f"ER/HIO + shrink-wrap from four starts ({k} patterns, {repeats} random repeats)", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "eval_fig5f_refinement.png", dpi=110)
-    plt.close(fig)
+        histories[name] = hist
+    plot_refinement_curves(
+        histories,
+        out / "eval_fig5f_refinement.png",
+        title=f"ER/HIO + shrink-wrap from four starts ({k} patterns, {repeats} random repeats)",
+    )
     return res
 
 
@@ -262,7 +231,6 @@ def measured_frame(net: CDINet, path: Path | np.ndarray, seeds: int, out: Path, 
     refinements for comparison."""
     from ..phasing import chi2, refine, unwrap
 
-    plt = _plt()
     intensity = (np.asarray(path) if isinstance(path, np.ndarray) else np.load(path)).astype(np.float32)
     if isinstance(path, np.ndarray):
         path = "APS 34-ID-C frame 99, flat-field corrected (shipped with cdi_beamline.devices)"
@@ -279,31 +247,22 @@ def measured_frame(net: CDINet, path: Path | np.ndarray, seeds: int, out: Path, 
         "random_chi2": random.chi2.double().cpu().tolist(),
         "random_chi2_median": float(random.chi2.double().median()),
     }
-    best = 0
-    obj = seeded.object[best].cpu().numpy()
-    sup = seeded.support[best].cpu().numpy()
-    fig, axes = plt.subplots(1, 6, figsize=(17, 3.2))
-    axes[0].imshow(np.log10(np.clip(intensity, 1, None)), cmap="magma")
-    axes[0].set_title("measured (log10 I)")
-    axes[1].imshow(amp[0].cpu(), cmap="gray")
-    axes[1].set_title(f"CNN amplitude (χ² {c_cnn:.3f})")
-    cnn_support = (amp[0] >= SUPPORT_THRESHOLD * amp[0].max()).cpu().numpy()
-    axes[2].imshow(np.where(cnn_support, phase[0].cpu().numpy(), np.nan), cmap="twilight", vmin=-np.pi, vmax=np.pi)
-    axes[2].set_title("CNN phase (in its support)")
-    axes[3].imshow(est.support[0].cpu(), cmap="gray")
-    axes[3].set_title("CNN support")
-    crop = slice(16, 48)
-    axes[4].imshow(np.abs(obj)[crop, crop], cmap="gray")
-    axes[4].set_title(f"refined amplitude (χ² {float(seeded.chi2[best]):.4f})")
-    axes[5].imshow(np.where(sup, unwrap(np.angle(obj), sup), np.nan)[crop, crop], cmap="viridis")
-    axes[5].set_title("refined phase (unwrapped)")
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle("APS 34-ID-C, Au crystal, frame 99 flat-field corrected (cf. Wu et al. 2021, Fig. 7)")
-    fig.tight_layout()
-    fig.savefig(out / "eval_fig7_aps.png", dpi=110)
-    plt.close(fig)
+    obj = seeded.object[0].cpu().numpy()
+    sup = seeded.support[0].cpu().numpy()
+    plot_measured_frame(
+        intensity,
+        amp[0].cpu().numpy(),
+        phase[0].cpu().numpy(),
+        (amp[0] >= SUPPORT_THRESHOLD * amp[0].max()).cpu().numpy(),
+        est.support[0].cpu().numpy(),
+        np.abs(obj),
+        unwrap(np.angle(obj), sup),
+        sup,
+        c_cnn,
+        float(seeded.chi2[0]),
+        out / "eval_fig7_aps.png",
+        title="APS 34-ID-C, Au crystal, frame 99 flat-field corrected (cf. Wu et al. 2021, Fig. 7)",
+    )
     return res
 
 

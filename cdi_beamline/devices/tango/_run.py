@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ...errors import CDIValueError
+
 __all__ = ["SERVER_NAME", "DETECTOR_NAME", "RECONSTRUCTOR_NAME", "run_server", "write_file_database", "register"]
 
 #: Executable name of the device server in the Tango database (``CDIServer/<instance>``).
@@ -93,13 +95,13 @@ def run_server(
     db_file = None
     if nodb:
         if not port:
-            raise ValueError("tango-server --nodb needs --port P (the port clients connect to)")
+            raise CDIValueError("tango-server --nodb needs --port P (the port clients connect to)")
         handle, db_file = tempfile.mkstemp(prefix="cdi-tango-", suffix=".db")
         os.close(handle)
         write_file_database(db_file, instance, properties, detector, reconstructor)
         args += ["-ORBendPoint", f"giop:tcp:{host}:{int(port)}", f"-file={db_file}"]
     elif properties:
-        raise ValueError("device properties on the command line need --nodb; with a database, set them there")
+        raise CDIValueError("device properties on the command line need --nodb; with a database, set them there")
     try:
         run((CDIReplayDetector, CDIReconstructor), args=args, raises=True)
     finally:

@@ -18,7 +18,8 @@ import tango
 from tango import AttrWriteType, DevState
 from tango.server import Device, attribute, command, device_property
 
-from .._sources import FrameSource, make_source
+from ...config import LIVE_ITERATIONS, ModelConfig, ReconstructorConfig
+from .. import DEFAULT_SOURCE, FrameCursor, FrameSource, make_source
 
 __all__ = ["CDIReplayDetector", "CDIReconstructor", "MAX_SIDE"]
 
@@ -50,7 +51,7 @@ class CDIReplayDetector(Device):
 
     Source = device_property(
         dtype=str,
-        default_value="aps34idc",
+        default_value=DEFAULT_SOURCE,
         doc="Frame source: 'aps34idc' (measured, flat-field corrected), 'aps34idc-raw', "
         "'synthetic' (endless simulator) or a file path (.h5 of simulate, .npy, .npz)",
     )
@@ -61,16 +62,17 @@ class CDIReplayDetector(Device):
         self._lock = threading.Lock()
         self._frame_count = 0
         self._frame_index = -1
-        self._next = 0
         self._exposure_time = 0.0
+        self.source: FrameSource | None = None
+        self.cursor: FrameCursor | None = None
         try:
-            self.source: FrameSource = make_source(self.Source)
+            self.source = make_source(self.Source)
         except Exception as exc:  # a bad property must leave a device that says why
-            self.source = None
             self._image = np.zeros((1, 1), np.float32)
             self.set_state(DevState.FAULT)
             self.set_status(f"cannot open frame source {self.Source!r}: {exc}")
             return
+        self.cursor = FrameCursor(self.source)
         self._image = np.zeros(self.source.shape, np.float32)
         for name in ("image", "frame_count", "frame_index"):
             self.set_change_event(name, True, False)
@@ -121,11 +123,8 @@ class CDIReplayDetector(Device):
         with self._lock:
             if self._exposure_time:
                 time.sleep(self._exposure_time)
-            n = self.source.n_frames
-            i = self._next if n is None else self._next % n
-            self._image = self.source.frame(i)
-            self._next = i + 1
-            self._frame_index = i
+            assert self.cursor is not None  # Acquire is allowed only in ON, after a source opened
+            self._frame_index, self._image = self.cursor.read()
             self._frame_count += 1
             self.push_change_event("image", self._image)
             self.push_change_event("frame_index", self._frame_index)
@@ -134,8 +133,8 @@ class CDIReplayDetector(Device):
     @command
     def Rewind(self):
         """Start the replay again at frame 0 (frame_count keeps counting)."""
-        with self._lock:
-            self._next = 0
+        if self.cursor is not None:
+            self.cursor.rewind()
 
 
 class CDIReconstructor(Device):
@@ -151,10 +150,22 @@ class CDIReconstructor(Device):
     :class:`cdi_beamline.pipeline.Reconstructor`, as in the CLI and the Bluesky callback.
     """
 
-    PatternShape = device_property(dtype=(int,), default_value=[64, 64], doc="Expected (rows, cols) of a pattern")
+    PatternShape = device_property(
+        dtype=(int,),
+        default_value=[ModelConfig().input_size] * 2,
+        doc="Expected (rows, cols) of a pattern (default: the CNN's input)",
+    )
     TorchDevice = device_property(dtype=str, default_value="auto", doc="Torch device: auto, cpu, cuda, cuda:N")
-    Iterations = device_property(dtype=int, default_value=600, doc="Initial value of `iterations`")
-    InitMode = device_property(dtype=str, default_value="cnn", doc="Initial value of `init_mode` (cnn|random)")
+    Iterations = device_property(
+        dtype=int,
+        default_value=LIVE_ITERATIONS,
+        doc=f"Initial value of `iterations` (default {LIVE_ITERATIONS}, the live preview's)",
+    )
+    InitMode = device_property(
+        dtype=str,
+        default_value=ReconstructorConfig.model_fields["init"].default,
+        doc="Initial value of `init_mode` (cnn|random)",
+    )
 
     INITS = ("cnn", "random")
 
@@ -308,7 +319,6 @@ class CDIReconstructor(Device):
     def _engine(self, init: str, iterations: int):
         """The Reconstructor for these settings (the last one is kept: CNN loaded once)."""
         if self._engine_key != (init, iterations):
-            from ...config import ReconstructorConfig
             from ...pipeline import Reconstructor
 
             config = ReconstructorConfig.build(init=init, iterations=iterations)
