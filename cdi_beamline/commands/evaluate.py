@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import CDIValueError
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("n", "nns_size", "refine_patterns", "repeats"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise CDIValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     measured = args.measured
     if measured == "aps34idc":  # the shipped scan's frame 99 equals the shared wfcorr crop (tested)
         from ..devices import make_source

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import CDIValueError
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -56,12 +58,12 @@ def run(args: argparse.Namespace) -> int:
     from ..physics import H5Writer, chunk_size, iter_batches
 
     if args.n < 1:
-        raise ValueError(f"--n: the number of patterns must be >= 1, got {args.n}")
+        raise CDIValueError(f"--n: the number of patterns must be >= 1, got {args.n}")
     if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+        raise CDIValueError(f"--seed must be >= 0, got {args.seed}")
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            raise CDIValueError(f"--threads must be >= 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)

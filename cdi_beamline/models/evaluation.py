@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import CDIValueError
 from ..fourier import embed_centre
 from .inference import SUPPORT_THRESHOLD, initial_estimate, predict
 from .loss import predicted_modulus
@@ -338,7 +339,7 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if seed >= 10**9:
-        raise ValueError(f"seed {seed} is in the training range (>= 1e9); pick a smaller one")
+        raise CDIValueError(f"seed {seed} is in the training range (>= 1e9); pick a smaller one")
     say(f"simulating {n} fresh test patterns (seed {seed})")
     data = simulate_batch(n, seed=seed, device="cpu")
     metrics: dict[str, Any] = {"n": n, "seed": seed, "paper": PAPER}

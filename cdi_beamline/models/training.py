@@ -27,6 +27,7 @@ import torch
 
 from ..config import TrainConfig
 from ..device import resolve_device
+from ..errors import CDIRuntimeError, CDIValueError
 from .loss import cdi_loss, predicted_modulus, twin_aware_loss
 from .network import CDINet
 from .symmetry import dihedral
@@ -198,7 +199,7 @@ def _load_init_weights(net: CDINet, config: TrainConfig) -> dict[str, str]:
 
     source = cdinet(config.init_weights)
     if source.config != config.model:
-        raise ValueError(
+        raise CDIValueError(
             f"init_weights {config.init_weights!r} are a {source.config.model_dump()} network but the recipe's "
             f"model is {config.model.model_dump()}: fine-tuning needs the same architecture"
         )
@@ -256,7 +257,7 @@ def train(
     if resume is not None:
         ckpt = torch.load(resume, map_location=dev, weights_only=False)
         if _recipe_key(ckpt["config"]) != _recipe_key(config.model_dump(mode="json")):
-            raise ValueError(f"{resume}: checkpoint was written by a different training config")
+            raise CDIValueError(f"{resume}: checkpoint was written by a different training config")
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed0, best = ckpt["step"], ckpt["elapsed_s"], ckpt["best"]
@@ -326,7 +327,7 @@ def train(
         n_log += len(m)
         if step % config.log_every == 0 or step == total_steps:
             if not torch.isfinite(loss):  # checked when logging: no device sync every step
-                raise RuntimeError(f"training diverged at step {step}: loss {loss.item()}")
+                raise CDIRuntimeError(f"training diverged at step {step}: loss {loss.item()}")
             now = time.perf_counter()
             rate = n_log / (now - t_log)
             line = {

@@ -19,6 +19,7 @@ import torch
 
 from ..config.simulation import OBJECT_SIZE, PATTERN_SIZE, DetectorConfig, SimulationConfig
 from ..device import resolve_device
+from ..errors import CDIValueError
 from ..fourier import embed_centre, fourier_modulus
 
 __all__ = [
@@ -151,9 +152,9 @@ def iter_batches(
     if not isinstance(config, SimulationConfig):
         raise TypeError(f"config must be a SimulationConfig, got {type(config).__name__}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n: the number of patterns must be an integer >= 1, got {n!r}")
+        raise CDIValueError(f"n: the number of patterns must be an integer >= 1, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise CDIValueError(f"seed must be a non-negative integer, got {seed!r}")
     dev = resolve_device(device)
     return _chunks(int(n), config, int(seed), dev, keep_field)
 
