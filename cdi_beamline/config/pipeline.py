@@ -49,7 +49,9 @@ class ReconstructorConfig(FrozenModel):
     """HDF5 of ``simulate`` indexed for ``init="nns"``."""
 
     batch_size: int = Field(64, ge=1, le=65_536)
-    """Frames refined together on the device."""
+    """Frames refined together on the device: the one batch size of the system
+    (:meth:`Reconstructor.reconstruct` chunks its input by it; the live worker hands it
+    batches of this size)."""
 
     quantity: Literal["intensity", "modulus"] = "intensity"
     """What the frames hold: counts (the modulus is their square root) or the modulus."""

@@ -265,8 +265,11 @@ def measured_frame(net: CDINet, path: Path | np.ndarray, seeds: int, out: Path, 
 
     plt = _plt()
     intensity = (np.asarray(path) if isinstance(path, np.ndarray) else np.load(path)).astype(np.float32)
-    if isinstance(path, np.ndarray):
-        path = "APS 34-ID-C frame 99, flat-field corrected (shipped with cdi_beamline.devices)"
+    source = (
+        "APS 34-ID-C frame 99, flat-field corrected (shipped with cdi_beamline.devices)"
+        if isinstance(path, np.ndarray)
+        else str(path)
+    )
     m = torch.from_numpy(np.sqrt(np.clip(intensity, 0, None)))[None].to(device)
     amp, phase = predict(net, m)
     c_cnn = float(chi2(predicted_modulus(amp, phase, m.shape[-2:]), m)[0])
@@ -274,7 +277,7 @@ def measured_frame(net: CDINet, path: Path | np.ndarray, seeds: int, out: Path, 
     seeded = refine(m, init=est, seed=0)  # deterministic: the CNN's object and support
     random = refine(m.repeat(seeds, 1, 1), seed=0)  # random phases + rectangle, ``seeds`` restarts
     res = {
-        "file": str(path),
+        "file": source,
         "cnn_chi2_modulus": c_cnn,
         "cnn_seeded_chi2": float(seeded.chi2[0]),
         "random_chi2": random.chi2.double().cpu().tolist(),

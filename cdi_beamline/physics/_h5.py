@@ -63,6 +63,7 @@ class H5Writer:
         if n < 1:
             raise CDIValueError(f"n: the number of patterns must be >= 1, got {n}")
         self.path, self.n, self._filled = Path(path), int(n), 0
+        self._names: set[str] = set()
         self._file = h5py.File(self.path, "w")
         attrs = self._file.attrs
         attrs["config"] = json.dumps(None if config is None else config.model_dump(mode="json"))

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from dataclasses import field as dataclass_field
+from typing import Any
 
 import numpy as np
 import torch
@@ -192,7 +193,7 @@ class _Grid:
         s, nz = OBJECT_SIZE, config.nz
         self.shape3d = (nz, s, s)
         self.dz = s / nz
-        f32 = dict(dtype=torch.float32, device=device)
+        f32: dict[str, Any] = {"dtype": torch.float32, "device": device}
         xy = torch.arange(s, **f32) - s // 2
         z = (torch.arange(nz, **f32) - nz // 2) * self.dz
         zz, yy, xx = torch.meshgrid(z, xy, xy, indexing="ij")
