@@ -130,6 +130,29 @@ def test_provenance_rebuilds_the_same_reconstruction(pattern):
     assert a.chi2_history.shape == (3, 60)
 
 
+def test_good_frames_are_refined_batch_size_at_a_time(pattern, monkeypatch):
+    """config.batch_size is the one batching layer: 4 good frames of 5 -> two refine calls
+    of 2; a (B, H, W) array and a list of (H, W) frames give the same result."""
+    from cdi_beamline import pipeline
+
+    frame, _ = pattern
+    sizes = []
+    real = pipeline.refine
+
+    def spy(modulus, **kwargs):
+        sizes.append(len(modulus))
+        return real(modulus, **kwargs)
+
+    monkeypatch.setattr(pipeline, "refine", spy)
+    rec = Reconstructor(ReconstructorConfig.build(init="random", iterations=10, batch_size=2), device="cpu")
+    frames = np.stack([frame, frame * 2, frame * 3, frame * 4, frame * 5])
+    frames[1, 0, 0] = np.nan
+    stacked = rec.reconstruct(frames, seed=2)
+    assert sizes == [2, 2] and stacked.status == ["ok", "bad", "ok", "ok", "ok"]
+    listed = rec.reconstruct(list(frames), seed=2)
+    np.testing.assert_array_equal(stacked.object, listed.object)
+
+
 def test_support_init_mask_and_whole_call_errors(pattern):
     frame, support = pattern
     rec = Reconstructor(ReconstructorConfig.build(init="support", **FAST), device="cpu")

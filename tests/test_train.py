@@ -9,6 +9,7 @@ import torch
 
 from cdi_beamline.cli import main as cli
 from cdi_beamline.config import tiny_recipe
+from cdi_beamline.errors import CDIValueError
 from cdi_beamline.models import cdinet
 from cdi_beamline.models.training import file_sha256, train
 
@@ -69,7 +70,11 @@ def test_train_cli_refuses_bad_config(tmp_path, capsys):
     bad.write_text(json.dumps({"batch_size": -3, "optimiser": "adam"}))
     assert cli(["train", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
     assert "TrainConfig.batch_size" in err and "TrainConfig.optimiser" in err
+    missing = ["train", "--recipe", "tiny", "--out", str(tmp_path / "o"), "--init-weights", "NOPE"]
+    assert cli(missing) == 2
+    assert "unknown weights 'NOPE'" in capsys.readouterr().err
 
 
 def test_evaluate_cli_small(tiny_run, tmp_path, capsys):
@@ -151,7 +156,7 @@ def test_fine_tune_refuses_another_architecture(tiny_run, tmp_path):
     wider = cfg.model.model_copy(update={"base_channels": 16})
     with pytest.raises(ValueError, match="same architecture"):
         train(cfg.model_copy(update={"init_weights": str(out), "model": wider}), tmp_path, device="cpu")
-    with pytest.raises(FileNotFoundError, match="unknown weights"):
+    with pytest.raises(CDIValueError, match="unknown weights"):
         train(cfg.model_copy(update={"init_weights": "NO_SUCH_WEIGHTS"}), tmp_path, device="cpu")
 
 
