@@ -50,9 +50,6 @@ PAPER = {
 }
 """Numbers of Wu et al. (2021) that the evaluation is compared with."""
 
-APS_FRAME = Path("aps34idc_S0054") / "aps34idc_S0054_frame099_crop64_wfcorr.npy"
-
-
 def _plt():
     import matplotlib
 
