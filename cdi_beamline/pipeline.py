@@ -175,7 +175,8 @@ class Reconstructor:
         bs = self.config.batch_size
         for k, start in enumerate(range(0, len(good), bs)):
             idx = good[start : start + bs]
-            data = torch.from_numpy(np.stack([np.asarray(stack[i], np.float32) for i in idx]))
+            rows = stack[idx] if isinstance(stack, np.ndarray) else np.stack([np.asarray(stack[i]) for i in idx])
+            data = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
             modulus = (data.sqrt() if self.config.quantity == "intensity" else data).to(self.device)
             m = None if mask_t is None else mask_t[idx].to(self.device)
             s = None if support_t is None else support_t[idx].to(self.device)
