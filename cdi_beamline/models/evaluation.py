@@ -50,6 +50,7 @@ PAPER = {
 }
 """Numbers of Wu et al. (2021) that the evaluation is compared with."""
 
+
 def _plt():
     import matplotlib
 
