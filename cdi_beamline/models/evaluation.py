@@ -315,12 +315,12 @@ def evaluate(
     n: int,
     seed: int,
     out: str | Path,
-    nns_index: str | Path | None = None,
-    nns_size: int = 10_000,
-    refine_patterns: int = 16,
-    repeats: int = 4,
-    measured: str | Path | np.ndarray | None = None,
-    device="cpu",
+    nns_index: str | Path | None,
+    nns_size: int,
+    refine_patterns: int,
+    repeats: int,
+    measured: str | Path | np.ndarray | None,
+    device: Any,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (a) Fig. 3, (b) CNN vs NNS, (c) Fig. 5f, (d) Fig. 7; write PNGs + ``metrics.json``.
@@ -328,7 +328,8 @@ def evaluate(
     Parameters
     ----------
     net : CDINet in eval mode, on ``device``
-    n : fresh test patterns (seed ``seed``; never a training seed)
+    n : fresh test patterns (seed ``seed``; never a training seed). The defaults of the
+        arguments are ``cdi-beamline evaluate``'s options (their one owner).
     nns_index : HDF5 from ``cdi-beamline simulate`` to search; default ``nns_size``
         patterns simulated with seed ``seed + 1``
     refine_patterns, repeats : patterns and random restarts of part (c)
