@@ -3,6 +3,9 @@
 Each subcommand lives in ``cdi_beamline.commands.<module>`` and exposes
 ``add_parser(subparsers)`` (which registers it and sets ``func``) — so ``--help``
 stays fast and one subsystem's import errors never break another's command.
+
+Errors: a :class:`cdi_beamline.errors.CDIError` (bad input, configuration or environment)
+becomes one line on stderr and exit status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import sys
 
 from . import __version__
+from .errors import CDIError
 
 # (subcommand, module under cdi_beamline.commands)
 COMMANDS = [
@@ -65,11 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Clear, specific errors for the user; tracebacks with -v.
+    except CDIError as exc:
+        # What the user can fix: one line (the traceback with -v). Any other exception is a
+        # bug and propagates with its traceback.
         if args.verbose:
             raise
-        print(f"cdi-beamline {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"cdi-beamline {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import CDIRuntimeError, CDIValueError
+
 __all__ = ["resolve_device"]
 
 
@@ -22,6 +24,6 @@ def resolve_device(device: str | object = "auto"):
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available here")
+            raise CDIRuntimeError(f"device {device!r} requested but CUDA is not available here")
         return torch.device(name)
-    raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    raise CDIValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")

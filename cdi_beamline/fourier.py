@@ -9,11 +9,19 @@ unitary (``norm="ortho"``), so Parseval holds without factors:
     to_object(F)   = fftshift(ifft2(ifftshift(F), norm="ortho"))
 
 All functions act on the last two axes of torch tensors shaped (..., H, W).
+
+The one global-phase convention of the package also lives here (:func:`fix_global_phase`):
+a modulus cannot tell ``o`` from ``o·e^{ic}``, so every object the package returns or
+learns is rotated so that its amplitude-weighted mean phase, ``angle(Σ o)``, is zero.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+from .errors import CDIValueError
 
 __all__ = [
     "FFT_CONVENTION",
@@ -22,6 +30,7 @@ __all__ = [
     "fourier_modulus",
     "embed_centre",
     "crop_centre",
+    "fix_global_phase",
 ]
 
 FFT_CONVENTION = (
@@ -54,23 +63,34 @@ def _offsets(small: tuple[int, int], big: tuple[int, int]) -> tuple[int, int]:
     return big[0] // 2 - small[0] // 2, big[1] // 2 - small[1] // 2
 
 
-def embed_centre(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def embed_centre(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Zero-pad (..., h, w) into (..., H, W) keeping the centre pixel at (H//2, W//2)."""
     h, w = x.shape[-2:]
     H, W = shape
     if h > H or w > W:
-        raise ValueError(f"cannot embed {(h, w)} into smaller {(H, W)}")
+        raise CDIValueError(f"cannot embed {(h, w)} into smaller {(H, W)}")
     r0, c0 = _offsets((h, w), (H, W))
     out = x.new_zeros((*x.shape[:-2], H, W))
     out[..., r0 : r0 + h, c0 : c0 + w] = x
     return out
 
 
-def crop_centre(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def crop_centre(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Centre crop (..., H, W) to (..., h, w); inverse of :func:`embed_centre`."""
     H, W = x.shape[-2:]
     h, w = shape
     if h > H or w > W:
-        raise ValueError(f"cannot crop {(H, W)} to larger {(h, w)}")
+        raise CDIValueError(f"cannot crop {(H, W)} to larger {(h, w)}")
     r0, c0 = _offsets((h, w), (H, W))
     return x[..., r0 : r0 + h, c0 : c0 + w]
+
+
+def fix_global_phase(obj: torch.Tensor) -> torch.Tensor:
+    """Rotate each complex object (..., H, W) so that its amplitude-weighted mean phase is 0.
+
+    ``c = angle(Σ o) = angle(Σ |o|·e^{iφ})``, returns ``o·e^{−ic}`` (an object whose sum is 0
+    is unchanged). The package's one convention: the Reconstructor's results, the CNN's
+    training target (hence its predictions) use it. It is twin-consistent: the twin ``conj(o(−r))`` has
+    ``−c``, so the twin of a fixed object is fixed too.
+    """
+    return obj * torch.exp(-1j * torch.angle(obj.sum(_DIMS, keepdim=True)))

@@ -1,6 +1,7 @@
 """One reconstruction engine for every door: the CLI, the Bluesky callback, Tango, benchmarks.
 
-``Reconstructor.reconstruct(frames)`` validates each frame, starts the good ones
+``Reconstructor.reconstruct(frames)`` validates each frame (:func:`validate_frame`, the one
+place that decides whether a frame is usable), starts the good ones
 (CNN, random, given support or nearest neighbour), refines them in batches on the
 device and returns a numpy :class:`ReconstructionBatch` with one row per input frame,
 bad frames included (status ``"bad"`` and a specific reason) — it never raises for a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +20,9 @@ import torch
 from . import __version__
 from .config import ReconstructorConfig
 from .device import resolve_device
-from .fourier import FFT_CONVENTION, embed_centre, fourier_modulus
-from .phasing import InitialEstimate, chi2, parse_schedule, refine
+from .errors import CDIRuntimeError, CDIValueError
+from .fourier import FFT_CONVENTION, embed_centre, fix_global_phase, fourier_modulus
+from .phasing import InitialEstimate, NearestNeighbourIndex, chi2, refine
 
 __all__ = ["MIN_SIZE", "MAX_SIZE", "Reconstructor", "ReconstructionBatch", "validate_frame"]
 
@@ -32,7 +35,7 @@ class ReconstructionBatch:
     """Results, numpy, one row per input frame (bad frames: zeros, NaN chi²).
 
     object : (B, H, W) complex64, centred, on the data's modulus scale, global phase
-        fixed so that the intensity-weighted mean phase is zero
+        fixed by :func:`cdi_beamline.fourier.fix_global_phase` (amplitude-weighted mean phase 0)
     amplitude, phase : (B, H, W) float32, ``|object|`` and its angle (radians, wrapped)
     support : (B, H, W) bool
     chi2 : (B,) float64, eq. 5 (scale invariant) of ``|to_detector(object)|`` vs the data
@@ -98,25 +101,17 @@ class Reconstructor:
 
     Parameters
     ----------
-    config : ReconstructorConfig (default: CNN start, the paper's 600-iteration schedule)
+    config : ReconstructorConfig (default: CNN start, the paper's 600-iteration schedule).
+        It is validated again here, so that what runs — ``config.refine``, exactly — is what
+        :meth:`provenance` records, even for a config assembled without validation.
     device : "auto" | "cpu" | "cuda[:n]"
     """
 
-    def __init__(self, config: ReconstructorConfig | None = None, device="auto"):
-        self.config = config or ReconstructorConfig()
+    def __init__(self, config: ReconstructorConfig | None = None, device: Any = "auto"):
+        self.config = ReconstructorConfig.build(**(config or ReconstructorConfig()).model_dump())
         self.device = resolve_device(device)
-        refine_cfg = self.config.refine
-        if self.config.iterations:
-            # Scale the schedule and the shrink-wrap start together, so that a short run
-            # (say 100 iterations live) still lets the support grow and shrink.
-            original = parse_schedule(refine_cfg.schedule)
-            sched = original.resized(self.config.iterations)
-            start = round(refine_cfg.shrinkwrap_start * self.config.iterations / len(original))
-            refine_cfg = refine_cfg.model_copy(update={"schedule": str(sched), "shrinkwrap_start": start})
-        self.refine_config = refine_cfg
-        self.iterations = 0 if self.config.iterations == 0 else len(parse_schedule(refine_cfg.schedule))
-        self._net = None
-        self._nns = None
+        self._net: Any = None
+        self._nns: NearestNeighbourIndex | None = None
 
     # ------------------------------------------------------------------ public
     def reconstruct(
@@ -127,7 +122,9 @@ class Reconstructor:
         seed: int | None = None,
         support: np.ndarray | None = None,
     ) -> ReconstructionBatch:
-        """Reconstruct frames (B, H, W) or one frame (H, W).
+        """Reconstruct frames (B, H, W), a list of B frames (H, W), or one frame (H, W).
+
+        Good frames are refined ``config.batch_size`` at a time.
 
         Parameters
         ----------
@@ -138,22 +135,22 @@ class Reconstructor:
 
         Raises
         ------
-        ValueError
+        CDIValueError
             only for problems of the whole call (frames not 2-D/3-D, mask or support of
             the wrong shape, ``init="support"`` without a support); bad frames are
             reported in the result instead.
         """
-        frame_list = self._as_frame_list(frames)
-        B = len(frame_list)
-        alone = [validate_frame(f, saturation=self.config.saturation) for f in frame_list]
+        stack = _as_stack(frames)
+        B = len(stack)
+        alone = [validate_frame(f, saturation=self.config.saturation) for f in stack]
         # The batch's shape: that of the first frame that is good on its own.
-        first = next((np.shape(f) for f, r in zip(frame_list, alone) if r is None), None)
-        reasons = [r or validate_frame(f, first) for f, r in zip(frame_list, alone)]
+        first = next((np.shape(f) for f, r in zip(stack, alone) if r is None), None)
+        reasons = [r or validate_frame(f, first) for f, r in zip(stack, alone)]
         H, W = first or (0, 0)
-        mask_t = self._per_frame("mask", mask, B, (H, W)) if first else None
-        support_t = self._per_frame("support", support, B, (H, W)) if first else None
         if self.config.init == "support" and support is None:
-            raise ValueError("init='support' needs a support: pass support=(H, W) or (B, H, W) array")
+            raise CDIValueError("init='support' needs a support: pass support=(H, W) or (B, H, W) array")
+        mask_t = _per_frame("mask", mask, B, (H, W)) if first else None
+        support_t = _per_frame("support", support, B, (H, W)) if first else None
         for name, t in (("mask", mask_t), ("support", support_t)):
             if t is not None:
                 empty = ~t.flatten(1).any(1)
@@ -163,7 +160,7 @@ class Reconstructor:
                 ]
         good = [i for i, r in enumerate(reasons) if r is None]
 
-        T = self.iterations
+        T = self.config.iterations or 0
         out = ReconstructionBatch(
             object=np.zeros((B, H, W), np.complex64),
             amplitude=np.zeros((B, H, W), np.float32),
@@ -178,7 +175,8 @@ class Reconstructor:
         bs = self.config.batch_size
         for k, start in enumerate(range(0, len(good), bs)):
             idx = good[start : start + bs]
-            data = torch.from_numpy(np.stack([np.asarray(frame_list[i], np.float32) for i in idx]))
+            rows = stack[idx] if isinstance(stack, np.ndarray) else np.stack([np.asarray(stack[i]) for i in idx])
+            data = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
             modulus = (data.sqrt() if self.config.quantity == "intensity" else data).to(self.device)
             m = None if mask_t is None else mask_t[idx].to(self.device)
             s = None if support_t is None else support_t[idx].to(self.device)
@@ -186,10 +184,8 @@ class Reconstructor:
             if T == 0:
                 if init is None or init.object is None:  # e.g. cnn on a frame that is not 64x64
                     for i in idx:
-                        out.status[i], out.reason[i] = (
-                            "bad",
-                            f"iterations=0 needs a {self.config.init} estimate; got {how}",
-                        )
+                        out.status[i] = "bad"
+                        out.reason[i] = f"iterations=0 needs a {self.config.init} estimate; got {how}"
                     continue
                 obj, support_k = init.object, init.support
                 chi2_k = chi2(fourier_modulus(obj), modulus, m)
@@ -199,11 +195,11 @@ class Reconstructor:
                     modulus,
                     mask=m,
                     init=init,
-                    config=self.refine_config,
+                    config=self.config.refine,
                     seed=(0 if seed is None else int(seed)) + k,
                 )
                 obj, support_k, chi2_k, history_k = res.object, res.support, res.chi2, res.chi2_history
-            obj = _fix_global_phase(obj)
+            obj = fix_global_phase(obj)
             out.object[idx] = obj.cpu().numpy()
             out.amplitude[idx] = obj.abs().cpu().numpy()
             out.phase[idx] = obj.angle().cpu().numpy()
@@ -214,51 +210,45 @@ class Reconstructor:
                 out.init[i] = how
         return out
 
-    def describe(self) -> dict:
-        """JSON-able description for derived start documents."""
-        info = {
+    def provenance(self) -> dict[str, Any]:
+        """What produced the results, JSON-able, for derived start documents and OUT.h5.
+
+        ``config`` is the validated :class:`ReconstructorConfig` dump: ``config.refine`` is
+        the schedule and shrink-wrap that ran, ``config.iterations`` their count, and
+        ``Reconstructor(ReconstructorConfig.build(**provenance()["config"]))`` runs the same.
+        """
+        info: dict[str, Any] = {
             "engine": "cdi_beamline.pipeline.Reconstructor",
             "config": self.config.model_dump(mode="json"),
-            "schedule": self.refine_config.schedule,
-            "iterations": self.iterations,
             "device": str(self.device),
             "fft_convention": FFT_CONVENTION,
             "software": {"cdi_beamline": __version__, "torch": torch.__version__, "numpy": np.__version__},
         }
         if self.config.init == "cnn":
-            info["weights"] = self._weights_info()
+            net = self.cnn()
+            info["weights"] = {"name": self.config.weights, "id": net.weights_id, "sha256": net.weights_sha256}
         return info
 
+    def cnn(self):
+        """The CNN of ``config.weights`` on this device, loaded once (eval mode).
+
+        Raises
+        ------
+        CDIRuntimeError
+            the CNN's dependencies or shipped weights are missing;
+        CDIValueError
+            ``config.weights`` names neither shipped weights nor a training output.
+        """
+        if self._net is None:
+            try:
+                from .models import cdinet
+            except ImportError as exc:
+                raise CDIRuntimeError(f"init='cnn' needs cdi_beamline.models, which cannot be imported: {exc}") from exc
+            self._net = cdinet(weights=self.config.weights).to(self.device).eval()
+        return self._net
+
     # ----------------------------------------------------------------- helpers
-    @staticmethod
-    def _as_frame_list(frames) -> list:
-        if isinstance(frames, (list, tuple)):
-            return list(frames)
-        arr = np.asarray(frames)
-        if arr.ndim == 2:
-            return [arr]
-        if arr.ndim == 3:
-            return list(arr)
-        raise ValueError(f"frames must be one pattern (H, W) or a stack (B, H, W), got shape {arr.shape}")
-
-    @staticmethod
-    def _per_frame(name, value, B, shape):
-        if value is None:
-            return None
-        arr = np.asarray(value)
-        if arr.shape == tuple(shape):
-            arr = np.broadcast_to(arr, (B, *shape))
-        if arr.shape != (B, *shape):
-            raise ValueError(
-                f"{name} shape {arr.shape} does not match the frames: expected {tuple(shape)} or {(B, *shape)}"
-            )
-        if np.iscomplexobj(arr) or not np.isfinite(arr).all():
-            raise ValueError(
-                f"{name} must be real and finite (True/nonzero = {'measured' if name == 'mask' else 'inside'})"
-            )
-        return torch.from_numpy(np.ascontiguousarray(arr != 0))
-
-    def _initial_estimate(self, modulus, support):
+    def _initial_estimate(self, modulus: torch.Tensor, support: torch.Tensor | None):
         init = self.config.init
         H, W = modulus.shape[-2:]
         if init == "random":
@@ -268,7 +258,7 @@ class Reconstructor:
         if init == "cnn":
             if (H, W) != (64, 64):
                 return None, f"random (cnn needs 64x64 frames, got {H}x{W})"
-            net = self._cnn()
+            net = self.cnn()
             from .models import initial_estimate
 
             sym = self.config.cnn_symmetries
@@ -290,34 +280,37 @@ class Reconstructor:
             "nns",
         )
 
-    def _cnn(self):
-        if self._net is None:
-            try:
-                from .models import cdinet
-            except ImportError as exc:
-                raise RuntimeError(
-                    f"init='cnn' needs cdi_beamline.models.cdinet, which is not available: {exc}"
-                ) from exc
-            self._net = cdinet(weights=self.config.weights).to(self.device).eval()
-        return self._net
-
-    def _index(self):
+    def _index(self) -> NearestNeighbourIndex:
         if self._nns is None:
-            from .phasing.nns import NearestNeighbourIndex
-
             self._nns = NearestNeighbourIndex.from_h5(self.config.nns_index, device=self.device)
         return self._nns
 
-    def _weights_info(self) -> dict:
-        net = self._cnn()
-        return {
-            "name": self.config.weights,
-            "id": getattr(net, "weights_id", None),
-            "sha256": getattr(net, "weights_sha256", None),
-        }
+
+def _as_stack(frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray | Sequence[np.ndarray]:
+    """Frames as a (B, H, W) array, or the list as given (its frames may differ in shape)."""
+    if isinstance(frames, (list, tuple)):
+        return frames
+    arr = np.asarray(frames)
+    if arr.ndim == 2:
+        return arr[None]
+    if arr.ndim == 3:
+        return arr
+    raise CDIValueError(f"frames must be one pattern (H, W) or a stack (B, H, W), got shape {arr.shape}")
 
 
-def _fix_global_phase(obj: torch.Tensor) -> torch.Tensor:
-    """Rotate each object so that its intensity-weighted mean phase is zero."""
-    c = (obj * obj.abs()).sum((-2, -1), keepdim=True)
-    return obj * (c.conj() / c.abs().clamp_min(1e-30))
+def _per_frame(name: str, value: np.ndarray | None, B: int, shape: tuple[int, int]) -> torch.Tensor | None:
+    """``value`` (H, W) or (B, H, W) as a (B, H, W) bool tensor (nonzero = True)."""
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    if arr.shape == tuple(shape):
+        arr = np.broadcast_to(arr, (B, *shape))
+    if arr.shape != (B, *shape):
+        raise CDIValueError(
+            f"{name} shape {arr.shape} does not match the frames: expected {tuple(shape)} or {(B, *shape)}"
+        )
+    if np.iscomplexobj(arr) or not np.isfinite(arr).all():
+        raise CDIValueError(
+            f"{name} must be real and finite (True/nonzero = {'measured' if name == 'mask' else 'inside'})"
+        )
+    return torch.from_numpy(np.ascontiguousarray(arr != 0))

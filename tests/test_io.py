@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
+from cdi_beamline.errors import CDIValueError
 from cdi_beamline.io import read_array, read_patterns, split_dataset_path
 
 
@@ -60,12 +61,34 @@ def test_measured_esrf_edf():
     assert np.unravel_index(arr[0].argmax(), (128, 128)) == (55, 65) and arr.max() == 841233.0
 
 
-def test_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file"):
+def test_bad_files(tmp_path, stack):
+    with pytest.raises(CDIValueError, match="no such file"):
         read_array(tmp_path / "missing.npy")
     np.save(tmp_path / "r4.npy", np.zeros((2, 2, 8, 8)))
-    with pytest.raises(ValueError, match=r"got shape \(2, 2, 8, 8\)"):
+    with pytest.raises(CDIValueError, match=r"got shape \(2, 2, 8, 8\)"):
         read_patterns(tmp_path / "r4.npy")
     (tmp_path / "junk.xyz").write_text("not an image")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(CDIValueError, match="cannot read"):
         read_array(tmp_path / "junk.xyz")
+    np.save(tmp_path / "c.npy", np.ones((3, 8, 8), complex))
+    with pytest.raises(CDIValueError, match="must be real numbers"):
+        read_patterns(tmp_path / "c.npy")
+
+
+@pytest.mark.parametrize("name", ["s.npy", "s.npz", "s.h5"])
+def test_empty_truncated_and_corrupt_files_name_the_file(tmp_path, stack, name):
+    """Every failure to read is one CDIValueError line naming the file, never a library's own exception."""
+    good = tmp_path / name
+    {"s.npy": lambda: np.save(good, stack), "s.npz": lambda: np.savez(good, data=stack)}.get(name, lambda: None)()
+    if name == "s.h5":
+        with h5py.File(good, "w") as f:
+            f["data"] = stack
+    data = good.read_bytes()
+    cases = {"empty": b"", "truncated": data[: len(data) // 2], "corrupt": b"\0garbage" * 64}
+    for what, content in cases.items():
+        bad = tmp_path / f"{what}{good.suffix}"
+        bad.write_bytes(content)
+        with pytest.raises(CDIValueError) as info:
+            read_array(bad)
+        message = str(info.value)
+        assert str(bad) in message and "\n" not in message, (what, message)

@@ -70,7 +70,7 @@ def test_scan_gives_linked_derived_run_matching_offline(rec, source, tiled_serve
     assert start["parent_uid"] == raw_uid
     assert start["scan_id"] == client[raw_uid].metadata["start"]["scan_id"]
     assert start["raw_image_key"] == "det_image"
-    assert start["reconstructor"]["iterations"] == ITER
+    assert start["reconstructor"]["config"]["iterations"] == ITER
     assert start["live"]["batch_size"] == 6
     counts = derived.metadata["stop"]["cdi_counts"]
     assert counts["received"] == counts["reconstructed"] == 6 and counts["flagged"] == 0

@@ -11,7 +11,7 @@ import torch
 
 from cdi_beamline.config import ConfigError, ModelConfig, TrainConfig, cpu_recipe, gpu_recipe, paper_recipe, tiny_recipe
 from cdi_beamline.models import CDINet, cdi_loss, twin_aware_loss
-from cdi_beamline.models.loss import fix_global_phase, pearson_loss, predicted_modulus, twin
+from cdi_beamline.models.loss import fixed_phase, inversion, pearson_loss, predicted_modulus
 from cdi_beamline.models.symmetry import dihedral, undo_dihedral
 from cdi_beamline.models.training import lr_factor
 from cdi_beamline.physics import simulate_batch
@@ -59,7 +59,7 @@ def test_losses_zero_for_perfect_prediction(batch):
     a, p, m = batch.amplitude, batch.phase, batch.modulus
     assert float(cdi_loss(a, p, a, p, m)) < 1e-6
     # The twin-aware loss wants the training convention: mean phase rotated to 0.
-    assert float(twin_aware_loss(a, fix_global_phase(a, p), a, p, m)) < 1e-5
+    assert float(twin_aware_loss(a, fixed_phase(a, p), a, p, m)) < 1e-5
 
 
 def test_loss_grows_with_error(batch):
@@ -81,20 +81,20 @@ def test_pearson_term_invariant_to_scale(batch):
 
 def test_twin_has_the_same_modulus_and_the_same_twin_aware_loss(batch):
     a, p, m = batch.amplitude, batch.phase, batch.modulus
-    ta, tp = twin(a), -twin(p)
+    ta, tp = inversion(a), -inversion(p)  # the twin conj(o(-r)) in amplitude and phase
     torch.testing.assert_close(predicted_modulus(ta, tp, (64, 64)), m, atol=2e-5, rtol=1e-4)
     # A prediction off by a little, and its twin: equal twin-aware losses; the paper's loss
     # punishes the (equally valid) twin heavily.
-    pa, pp = a * 0.9, fix_global_phase(a, p) + 0.2 * (a > 0)
+    pa, pp = a * 0.9, fixed_phase(a, p) + 0.2 * (a > 0)
     l_pred = twin_aware_loss(pa, pp, a, p, m, reduction="none")["total"]
-    l_twin = twin_aware_loss(twin(pa), -twin(pp), a, p, m, reduction="none")["total"]
+    l_twin = twin_aware_loss(inversion(pa), -inversion(pp), a, p, m, reduction="none")["total"]
     torch.testing.assert_close(l_pred, l_twin, rtol=1e-4, atol=1e-6)
-    assert float(cdi_loss(twin(a), -twin(p), a, p, m)) > 0.1
+    assert float(cdi_loss(inversion(a), -inversion(p), a, p, m)) > 0.1
 
 
 def test_twin_aware_loss_blind_to_phase_wrap_and_global_phase(batch):
     a, p, m = batch.amplitude, batch.phase, batch.modulus
-    q = fix_global_phase(a, p)
+    q = fixed_phase(a, p)
     base = twin_aware_loss(a * 0.95, q, a, p, m)
     torch.testing.assert_close(twin_aware_loss(a * 0.95, q + 2 * math.pi, a, p, m), base, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(twin_aware_loss(a * 0.95, q, a, p + 1.3, m), base, rtol=1e-3, atol=1e-5)

@@ -59,14 +59,17 @@ def test_reconstruct_writes_the_documented_layout(stack, tmp_path, capsys):
         assert f["chi2"].shape == (2,) and f["chi2_history"].shape == (2, 100)
         assert f["frame_index"][()].tolist() == [0, 1]
         assert f.attrs["fft_convention"] == FFT_CONVENTION
-        assert json.loads(f.attrs["config"])["iterations"] == 100
+        config = json.loads(f.attrs["config"])
+        assert config["iterations"] == 100 and config["refine"]["schedule"] == "(HIO**22 * ER**3)**4"
+        assert config["refine"]["shrinkwrap_start"] == 17  # the paper's 100 of 600, scaled: what ran
+        assert json.loads(f.attrs["provenance"])["config"] == config
         assert json.loads(f.attrs["skipped"]) == {"2": "frame contains 1 NaN pixel(s)"}
         obj, c = f["object"][()], f["chi2"][()]
     # Anyone can recompute |FFT(object)| against the data with the documented convention.
     recomputed = to_detector(torch.from_numpy(obj)).abs()
     data = torch.from_numpy(np.sqrt(frames[:2]))
     np.testing.assert_allclose(chi2(recomputed, data).numpy(), c, rtol=1e-3, atol=1e-6)
-    assert (c < 0.05).all()
+    assert (c < 3e-7).all(), c  # measured 9.7e-8 (2-core x86-64 CPU, 2026-12-02)
     assert png.stat().st_size > 10_000
 
 
@@ -96,7 +99,7 @@ def test_mask_zeros_and_modulus_quantity(tmp_path):
         == 0
     )
     with h5py.File(out) as f:
-        assert f["chi2"][0] < 0.05
+        assert f["chi2"][0] < 0.05  # measured 0.025 (the gap's rows are unconstrained; 2-core x86-64 CPU)
         assert json.loads(f.attrs["config"])["refine"]["schedule"] == "(HIO**40 * ER**10)**2"
 
 
@@ -132,7 +135,7 @@ def test_support_init_from_a_file_grown_and_with_positivity(tmp_path):
     with h5py.File(out) as f:
         cfg = json.loads(f.attrs["config"])
         assert cfg["init"] == "support" and cfg["refine"]["positivity"] is True
-        assert f["chi2"][0] < 1e-3
+        assert f["chi2"][0] < 3e-9  # measured 9.0e-10 (2-core x86-64 CPU, 2026-12-02)
         obj = f["object"][0]
     # Positivity: a real, non-negative object (up to the stored global-phase convention).
     assert np.abs(obj.imag).max() < 1e-3 * np.abs(obj).max()

@@ -15,6 +15,7 @@ import torch
 from cdi_beamline import __version__
 from cdi_beamline.cli import main
 from cdi_beamline.config import SimulationConfig
+from cdi_beamline.errors import CDIValueError
 from cdi_beamline.fourier import FFT_CONVENTION, embed_centre, fourier_modulus
 from cdi_beamline.physics import read_h5, read_h5_metadata, simulate_batch, write_h5
 
@@ -72,6 +73,17 @@ def test_simulate_with_photons_and_mask(tmp_path):
     assert read_h5_metadata(out)["config"]["detector"]["photons"] == 1e4
 
 
+def test_simulate_records_the_chunk_size_that_ran(tmp_path):
+    """The chunk size is part of the random stream: the file records the one used, and
+    that recorded config reproduces the patterns."""
+    out = simulate(tmp_path, "--photons", "1e6", "--mask", n=3)
+    config = SimulationConfig.build(**read_h5_metadata(out)["config"])
+    assert config.chunk_size == 32 and config.detector.photons == 1e6 and config.detector.beamstop_radius == 3.0
+    np.testing.assert_array_equal(
+        read_h5(out)["modulus"], simulate_batch(3, config, seed=3, device="cpu").to_numpy()["modulus"]
+    )
+
+
 def test_simulate_reads_a_config_file(tmp_path):
     cfg = tmp_path / "sim.yaml"
     cfg.write_text("a: [4.0, 5.0]\nphase_span: [0.0, 0.0]\nchunk_size: 2\n")
@@ -125,7 +137,7 @@ def test_write_h5_round_trip_and_shape_errors(tmp_path):
     with pytest.raises(ValueError, match=r"phase: expected shape \(3, 32, 32\)"):
         write_h5(tmp_path / "bad.h5", arrays, None)
     assert not (tmp_path / "bad.h5").exists()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CDIValueError, match="no such simulated data set"):
         read_h5(tmp_path / "missing.h5")
 
 

@@ -118,10 +118,10 @@ class ReconstructionWorker:
         """Start-document metadata of a derived run: engine description, live config, image key."""
         if self._describe is None:
             try:
-                self._describe = dict(self.reconstructor.describe())
+                self._describe = dict(self.reconstructor.provenance())
             except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
-                logger.exception("Reconstructor.describe() failed")
-                self._describe = {"error": f"describe() failed: {exc}"}
+                logger.exception("Reconstructor.provenance() failed")
+                self._describe = {"error": f"provenance() failed: {exc}"}
         return {
             "reconstructor": self._describe,
             "live": self.config.model_dump(mode="json"),

@@ -79,10 +79,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             det = ReplayDetector(source, name="det")
             plan = count([det], n)
-        describe = rec.describe()
+        describe = rec.provenance()
         print(
             f"Tiled at {session.uri}; reconstructing with init={describe['config']['init']}, "
-            f"{describe['iterations']} iterations on {describe['device']}",
+            f"{describe['config']['iterations']} iterations on {describe['device']}",
             flush=True,
         )
         stats = session.callback.worker.stats

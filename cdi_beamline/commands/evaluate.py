@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import CDIValueError
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -17,7 +19,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n", type=int, default=1000, help="fresh test patterns (default 1000)")
     p.add_argument("--seed", type=int, default=20210, help="seed of the test patterns (< 1e9; default 20210)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    p.add_argument("--weights", default="DEFAULT", help="registry name (default DEFAULT) or a training output folder")
+    p.add_argument("--weights", help="registry name (default: the registry's DEFAULT) or a training output folder")
     p.add_argument(
         "--nns-index", metavar="FILE.h5", help="HDF5 from `cdi-beamline simulate` to search (default: simulate)"
     )
@@ -42,14 +44,14 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("n", "nns_size", "refine_patterns", "repeats"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise CDIValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     measured = args.measured
     if measured == "aps34idc":  # the shipped scan's frame 99 equals the shared wfcorr crop (tested)
         from ..devices import make_source
 
         measured = make_source("aps34idc").frame(99)
     dev = resolve_device(args.device)
-    net = cdinet(args.weights).to(dev)
+    net = (cdinet(args.weights) if args.weights else cdinet()).to(dev)
     evaluate(
         net,
         n=args.n,

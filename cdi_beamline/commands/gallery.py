@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import CDIValueError
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -22,6 +24,6 @@ def run(args: argparse.Namespace) -> int:
     from ..physics.gallery import plot_gallery
 
     if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+        raise CDIValueError(f"--seed must be >= 0, got {args.seed}")
     print(f"wrote {plot_gallery(args.out, seed=args.seed, device=args.device)}")
     return 0

@@ -70,7 +70,7 @@ def build_reconstructor(args: argparse.Namespace):
     rec = Reconstructor(config, device=args.device)
     if init == "cnn":
         try:
-            rec._cnn()
+            rec.cnn()
         except (RuntimeError, FileNotFoundError, KeyError, ValueError, ImportError) as exc:
             if explicit:
                 raise RuntimeError(f"--init cnn: CNN weights unavailable: {exc}") from exc

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import CDIValueError
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -34,18 +36,25 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def build_config(config_path: str | None, photons: float | None, mask: bool):
-    """SimulationConfig from an optional file plus the command-line overrides (validated)."""
-    from ..config import DEFAULT_MASK, SimulationConfig, load_config
+def build_config(config_path: str | None, photons: float | None, mask: bool, device=None):
+    """SimulationConfig from an optional file plus the command-line overrides, validated once.
 
-    config = load_config(SimulationConfig, config_path)
-    if photons is None and not mask:
-        return config
-    values = config.model_dump()
+    The chunk size is resolved for ``device`` (it is part of the random stream, so the file
+    records the one used).
+    """
+    from ..config import DEFAULT_MASK, SimulationConfig, read_config_file
+    from ..physics import chunk_size
+
+    values = read_config_file(config_path) if config_path else {}
+    detector = dict(values.get("detector") or {})
     if photons is not None:
-        values["detector"]["photons"] = photons
+        detector["photons"] = photons
     if mask:
-        values["detector"].update(DEFAULT_MASK)
+        detector.update(DEFAULT_MASK)
+    if detector:
+        values["detector"] = detector
+    if device is not None and values.get("chunk_size") is None:
+        values["chunk_size"] = chunk_size(SimulationConfig.build(**values), device)
     return SimulationConfig.build(**values)
 
 
@@ -53,22 +62,20 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..device import resolve_device
-    from ..physics import H5Writer, chunk_size, iter_batches
+    from ..physics import H5Writer, iter_batches
 
     if args.n < 1:
-        raise ValueError(f"--n: the number of patterns must be >= 1, got {args.n}")
+        raise CDIValueError(f"--n: the number of patterns must be >= 1, got {args.n}")
     if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+        raise CDIValueError(f"--seed must be >= 0, got {args.seed}")
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            raise CDIValueError(f"--threads must be >= 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
-    config = build_config(args.config, args.photons, args.mask)
     dev = resolve_device(args.device)
-    # Record the chunk size actually used: it is part of the random stream.
-    config = config.model_copy(update={"chunk_size": chunk_size(config, dev)})
+    config = build_config(args.config, args.photons, args.mask, dev)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")

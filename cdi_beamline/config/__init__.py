@@ -3,10 +3,11 @@
 Each section lives in its own module and is re-exported here, so that
 ``from cdi_beamline.config import SimulationConfig`` works everywhere. Every config's
 ``model_dump(mode="json")`` goes into derived start documents: a result can be
-reproduced from Tiled alone. This package imports nothing else of ours.
+reproduced from Tiled alone. This package imports nothing else of ours but
+:mod:`cdi_beamline.errors` (:class:`ConfigError` is a ``CDIValueError``).
 """
 
-from ._base import ConfigError, FrozenModel, load_config
+from ._base import ConfigError, FrozenModel, load_config, read_config_file
 from .live import *  # noqa: F401,F403
 from .live import __all__ as _live
 from .model import *  # noqa: F401,F403
@@ -18,4 +19,14 @@ from .refine import __all__ as _refine
 from .simulation import *  # noqa: F401,F403
 from .simulation import __all__ as _simulation
 
-__all__ = ["ConfigError", "FrozenModel", "load_config", *_simulation, *_refine, *_model, *_pipeline, *_live]
+__all__ = [
+    "ConfigError",
+    "FrozenModel",
+    "load_config",
+    "read_config_file",
+    *_simulation,
+    *_refine,
+    *_model,
+    *_pipeline,
+    *_live,
+]

@@ -8,13 +8,15 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["ConfigError", "FrozenModel", "load_config"]
+from ..errors import CDIValueError
+
+__all__ = ["ConfigError", "FrozenModel", "load_config", "read_config_file"]
 
 M = TypeVar("M", bound="FrozenModel")
 
 
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the offending field(s)."""
+class ConfigError(CDIValueError):
+    """An invalid configuration value or file; the message names the offending field(s) or file."""
 
 
 class FrozenModel(BaseModel):
@@ -42,18 +44,38 @@ def describe_validation_error(model: str, exc: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def load_config(cls: type[M], path: str | Path | None = None, **overrides: Any) -> M:
-    """Read ``cls`` from a JSON or YAML file (optional), apply ``overrides``, validate."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text()
-        if str(path).endswith((".yaml", ".yml")):
-            import yaml
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of fields in a JSON or YAML file (``.yaml``/``.yml``), not yet validated.
 
+    Raises
+    ------
+    ConfigError
+        the file cannot be read, does not parse, or holds something else than a mapping.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration file {path}: {exc.strerror or exc}") from None
+    values: Any
+    if str(path).endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
             values = yaml.safe_load(text) or {}
-        else:
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    else:
+        try:
             values = json.loads(text)
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of {cls.__name__} fields")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of configuration fields, got {type(values).__name__}")
+    return values
+
+
+def load_config(cls: type[M], path: str | Path | None = None, **overrides: Any) -> M:
+    """Read ``cls`` from a JSON or YAML file (optional), apply ``overrides`` (None = not given), validate."""
+    values = read_config_file(path) if path is not None else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls.build(**values)

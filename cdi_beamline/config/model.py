@@ -216,18 +216,19 @@ def cpu_recipe() -> TrainConfig:
 
 def cpu_finetune_recipe() -> TrainConfig:
     """Continue the CPU weights on new patterns (seed 1): the second CPU stage of the shipped model."""
-    return cpu_recipe().model_copy(
-        update=dict(
-            name="cpu-finetune",
-            init_weights="CPU_REDUCED_V1",
-            seed=1,
-            batch_size=64,
-            lr=1e-3,
-            data_reuse=2,
-            max_minutes=95.0,
-            num_threads=2,
-            eval_every=250,
-        )
+    return TrainConfig.build(
+        **{
+            **cpu_recipe().model_dump(),
+            "name": "cpu-finetune",
+            "init_weights": "CPU_REDUCED_V1",
+            "seed": 1,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "data_reuse": 2,
+            "max_minutes": 95.0,
+            "num_threads": 2,
+            "eval_every": 250,
+        }
     )
 
 

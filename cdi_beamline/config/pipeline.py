@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from ._base import FrozenModel
 from .refine import RefineConfig
+from .schedule import parse_schedule
 
 __all__ = ["LIVE_ITERATIONS", "ReconstructorConfig"]
 
@@ -27,11 +28,15 @@ class ReconstructorConfig(FrozenModel):
     simulated set."""
 
     refine: RefineConfig = Field(default_factory=RefineConfig)
-    """Schedule, shrink-wrap and supports of the iterative refinement."""
+    """Schedule, shrink-wrap and supports of the iterative refinement, exactly as they run:
+    validation scales them to ``iterations``."""
 
     iterations: int | None = Field(None, ge=0, le=100_000)
-    """Total iterations; the schedule's counts are scaled to it. None = the schedule's own.
-    0 returns the initial estimate alone (``init`` cnn or nns), placed in the frame's grid."""
+    """Total iterations. Given (>= 1), validation scales ``refine.schedule`` to it
+    (:meth:`Schedule.resized`) and ``refine.shrinkwrap_start`` in proportion, so that a short
+    run (say 100 live) still lets the support grow and shrink; None resolves to the
+    schedule's own length. 0 returns the initial estimate alone (``init`` cnn or nns),
+    placed in the frame's grid. After validation it is the number of iterations that run."""
 
     weights: str = "DEFAULT"
     """Name of the CNN weights (``init="cnn"``)."""
@@ -44,13 +49,45 @@ class ReconstructorConfig(FrozenModel):
     """HDF5 of ``simulate`` indexed for ``init="nns"``."""
 
     batch_size: int = Field(64, ge=1, le=65_536)
-    """Frames refined together on the device."""
+    """Frames refined together on the device: the one batch size of the system
+    (:meth:`Reconstructor.reconstruct` chunks its input by it; the live worker hands it
+    batches of this size)."""
 
     quantity: Literal["intensity", "modulus"] = "intensity"
     """What the frames hold: counts (the modulus is their square root) or the modulus."""
 
     saturation: float | None = Field(None, gt=0)
     """Frames with a pixel at or above this value (in ``quantity`` units) are refused."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_iterations(cls, data: Any) -> Any:
+        """Scale ``refine`` to ``iterations`` (or set ``iterations`` to the schedule's length).
+
+        Idempotent: a validated config's dump validates to an equal config. Invalid values
+        are left alone, for field validation to name them.
+        """
+        if not isinstance(data, dict):
+            return data
+        n = data.get("iterations")
+        if n is not None:
+            try:  # what lax validation of the int field would accept: 120, "120", 120.0
+                n = int(n) if float(n) == int(n) else -1
+            except (TypeError, ValueError, OverflowError):
+                return data
+            if n < 1:
+                return data
+        try:
+            refine = RefineConfig.model_validate(data.get("refine", {}))
+        except ValidationError:
+            return data
+        schedule = parse_schedule(refine.schedule)
+        if n is None or n == len(schedule):
+            return {**data, "iterations": len(schedule)}
+        values = refine.model_dump()
+        values["schedule"] = str(schedule.resized(n))
+        values["shrinkwrap_start"] = round(refine.shrinkwrap_start * n / len(schedule))
+        return {**data, "iterations": n, "refine": values}
 
     @model_validator(mode="after")
     def _nns_needs_an_index(self) -> ReconstructorConfig:

@@ -28,16 +28,15 @@ def _ordered(pair: tuple[float, float]) -> tuple[float, float]:
     return pair
 
 
-def _range(**bounds) -> type:
-    """A ``(low, high)`` pair whose two ends obey ``bounds`` (``gt``, ``ge``, ``le``)."""
-    end = Annotated[float, Field(**bounds)]
-    return Annotated[tuple[end, end], AfterValidator(_ordered)]
-
-
-SizeRange = _range(ge=1.0, le=16.0)
-RoundnessRange = _range(gt=0.0, le=4.0)
-CorrelationRange = _range(gt=0.0, le=64.0)
-SpanRange = _range(ge=0.0, le=2 * math.pi)
+# ``(low, high)`` pairs whose two ends obey the bounds, low <= high.
+_Size = Annotated[float, Field(ge=1.0, le=16.0)]
+_Roundness = Annotated[float, Field(gt=0.0, le=4.0)]
+_Correlation = Annotated[float, Field(gt=0.0, le=64.0)]
+_Span = Annotated[float, Field(ge=0.0, le=2 * math.pi)]
+SizeRange = Annotated[tuple[_Size, _Size], AfterValidator(_ordered)]
+RoundnessRange = Annotated[tuple[_Roundness, _Roundness], AfterValidator(_ordered)]
+CorrelationRange = Annotated[tuple[_Correlation, _Correlation], AfterValidator(_ordered)]
+SpanRange = Annotated[tuple[_Span, _Span], AfterValidator(_ordered)]
 
 
 class DetectorConfig(FrozenModel):

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import CDIValueError
 from .evaluation import PAPER
 from .inference import SUPPORT_THRESHOLD
 from .training import file_sha256
@@ -68,7 +69,7 @@ def ship(run_dir: str | Path, name: str, metrics: str | Path | None = None, note
     shutil.copyfile(run_dir / "model.pt", dest)
     sha = file_sha256(dest)
     if sha != train_meta["sha256"]:
-        raise ValueError(f"{run_dir}/model.pt does not match the sha256 in its meta.json")
+        raise CDIValueError(f"{run_dir}/model.pt does not match the sha256 in its meta.json")
     model = train_meta["recipe"]["model"]
     card = {
         "name": name,
@@ -99,10 +100,6 @@ def ship(run_dir: str | Path, name: str, metrics: str | Path | None = None, note
     }
     (dest.parent / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def render_card(weights: CDINetWeights = CDINetWeights.DEFAULT) -> str:

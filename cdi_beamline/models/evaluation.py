@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import CDIValueError
 from ..fourier import embed_centre
 from ..plotting import (
     plot_chi2_histograms,
@@ -54,8 +55,6 @@ PAPER = {
     "cnn_ms_per_pattern": 0.5,
 }
 """Numbers of Wu et al. (2021) that the evaluation is compared with."""
-
-APS_FRAME = Path("aps34idc_S0054") / "aps34idc_S0054_frame099_crop64_wfcorr.npy"
 
 
 def gamma_summary(values: np.ndarray) -> dict[str, float]:
@@ -232,8 +231,11 @@ def measured_frame(net: CDINet, path: Path | np.ndarray, seeds: int, out: Path, 
     from ..phasing import chi2, refine, unwrap
 
     intensity = (np.asarray(path) if isinstance(path, np.ndarray) else np.load(path)).astype(np.float32)
-    if isinstance(path, np.ndarray):
-        path = "APS 34-ID-C frame 99, flat-field corrected (shipped with cdi_beamline.devices)"
+    source = (
+        "APS 34-ID-C frame 99, flat-field corrected (shipped with cdi_beamline.devices)"
+        if isinstance(path, np.ndarray)
+        else str(path)
+    )
     m = torch.from_numpy(np.sqrt(np.clip(intensity, 0, None)))[None].to(device)
     amp, phase = predict(net, m)
     c_cnn = float(chi2(predicted_modulus(amp, phase, m.shape[-2:]), m)[0])
@@ -241,7 +243,7 @@ def measured_frame(net: CDINet, path: Path | np.ndarray, seeds: int, out: Path, 
     seeded = refine(m, init=est, seed=0)  # deterministic: the CNN's object and support
     random = refine(m.repeat(seeds, 1, 1), seed=0)  # random phases + rectangle, ``seeds`` restarts
     res = {
-        "file": str(path),
+        "file": source,
         "cnn_chi2_modulus": c_cnn,
         "cnn_seeded_chi2": float(seeded.chi2[0]),
         "random_chi2": random.chi2.double().cpu().tolist(),
@@ -272,12 +274,12 @@ def evaluate(
     n: int,
     seed: int,
     out: str | Path,
-    nns_index: str | Path | None = None,
-    nns_size: int = 10_000,
-    refine_patterns: int = 16,
-    repeats: int = 4,
-    measured: str | Path | np.ndarray | None = None,
-    device="cpu",
+    nns_index: str | Path | None,
+    nns_size: int,
+    refine_patterns: int,
+    repeats: int,
+    measured: str | Path | np.ndarray | None,
+    device: Any,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (a) Fig. 3, (b) CNN vs NNS, (c) Fig. 5f, (d) Fig. 7; write PNGs + ``metrics.json``.
@@ -285,7 +287,8 @@ def evaluate(
     Parameters
     ----------
     net : CDINet in eval mode, on ``device``
-    n : fresh test patterns (seed ``seed``; never a training seed)
+    n : fresh test patterns (seed ``seed``; never a training seed). The defaults of the
+        arguments are ``cdi-beamline evaluate``'s options (their one owner).
     nns_index : HDF5 from ``cdi-beamline simulate`` to search; default ``nns_size``
         patterns simulated with seed ``seed + 1``
     refine_patterns, repeats : patterns and random restarts of part (c)
@@ -297,7 +300,7 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if seed >= 10**9:
-        raise ValueError(f"seed {seed} is in the training range (>= 1e9); pick a smaller one")
+        raise CDIValueError(f"seed {seed} is in the training range (>= 1e9); pick a smaller one")
     say(f"simulating {n} fresh test patterns (seed {seed})")
     data = simulate_batch(n, seed=seed, device="cpu")
     metrics: dict[str, Any] = {"n": n, "seed": seed, "paper": PAPER}

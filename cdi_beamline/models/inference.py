@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 
+from ..errors import CDIValueError
 from ..fourier import embed_centre
 from .network import CDINet
 from .symmetry import SYMMETRIES, dihedral, undo_dihedral
@@ -17,27 +18,19 @@ SUPPORT_THRESHOLD = 0.1
 """Default support binarisation: pixels whose predicted amplitude is >= 10 % of the frame's maximum."""
 
 
-def _as_modulus(net: CDINet, modulus) -> torch.Tensor:
-    """Validate a (B, S, S) modulus batch and put it on the net's device as float32."""
+def _as_modulus(net: CDINet, modulus: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A real (B, S, S) modulus batch on the net's device as float32.
+
+    Only the call's contract (shape, real dtype) is checked here: whether a frame is
+    usable is decided by :func:`cdi_beamline.pipeline.validate_frame`, before the CNN.
+    """
     s = net.config.input_size
     x = torch.as_tensor(np.asarray(modulus) if not isinstance(modulus, torch.Tensor) else modulus)
     if x.ndim != 3 or tuple(x.shape[-2:]) != (s, s):
-        raise ValueError(f"modulus must have shape (B, {s}, {s}), got {tuple(x.shape)}")
+        raise CDIValueError(f"modulus must have shape (B, {s}, {s}), got {tuple(x.shape)}")
     if x.is_complex():
-        raise ValueError("modulus must be real (√I), got a complex tensor")
-    x = x.to(device=next(net.parameters()).device, dtype=torch.float32)
-    flat = x.flatten(1)
-    if bool((flat.amin(1) >= 0).all() & (flat.amax(1) > 0).all() & torch.isfinite(flat.sum())):
-        return x  # the common case: one fused check, one sync
-    for name, bad in (
-        ("NaN or inf", ~torch.isfinite(flat).all(1)),
-        ("negative values", (flat < 0).any(1)),
-        ("no signal (all zero)", ~(flat > 0).any(1)),
-    ):
-        if bool(bad.any()):
-            frames = torch.nonzero(bad).flatten().tolist()
-            raise ValueError(f"modulus frame(s) {frames[:10]} contain {name}")
-    return x
+        raise CDIValueError("modulus must be real (√I), got a complex tensor")
+    return x.to(device=next(net.parameters()).device, dtype=torch.float32)
 
 
 @torch.inference_mode()
@@ -62,12 +55,12 @@ def predict(net: CDINet, modulus: torch.Tensor | np.ndarray, symmetries: int = 1
 
     Raises
     ------
-    ValueError
-        wrong shape, complex input, NaN/inf, negative values or an all-zero frame (the
-        message names the frames).
+    CDIValueError
+        wrong shape or complex input. Frames are not checked for content (NaN, negative,
+        all zero): :func:`cdi_beamline.pipeline.validate_frame` does that.
     """
     if symmetries not in (1, SYMMETRIES):
-        raise ValueError(f"symmetries must be 1 or {SYMMETRIES}, got {symmetries}")
+        raise CDIValueError(f"symmetries must be 1 or {SYMMETRIES}, got {symmetries}")
     x = _as_modulus(net, modulus)
     amp, phase = (t.float() for t in net(x))
     if symmetries > 1:
@@ -117,7 +110,7 @@ def initial_estimate(
     from ..phasing import InitialEstimate
 
     if not 0.0 < threshold < 1.0:
-        raise ValueError(f"support threshold must be in (0, 1), got {threshold}")
+        raise CDIValueError(f"support threshold must be in (0, 1), got {threshold}")
     x = _as_modulus(net, modulus)
     amp, phase = predict(net, x, symmetries)
     shape = tuple(x.shape[-2:])

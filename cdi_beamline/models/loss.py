@@ -6,9 +6,11 @@ pattern's (B, H, W) grid (h = H/2 for the CNN); the modulus is √I, centred.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from ..fourier import embed_centre, fourier_modulus
+from ..fourier import embed_centre, fix_global_phase, fourier_modulus
 
 __all__ = [
     "cdi_loss",
@@ -17,8 +19,8 @@ __all__ = [
     "normalised_error",
     "pearson_loss",
     "predicted_modulus",
-    "fix_global_phase",
-    "twin",
+    "fixed_phase",
+    "inversion",
 ]
 
 _EPS = 1e-12
@@ -51,29 +53,26 @@ def pearson_loss(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     return 1.0 - cov / torch.sqrt(p.square().sum(-1) * g.square().sum(-1) + _EPS)
 
 
-def predicted_modulus(amplitude: torch.Tensor, phase: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def predicted_modulus(amplitude: torch.Tensor, phase: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """|to_detector(embed_centre(A·e^{iφ}, shape))|: the modulus the prediction implies, (B, H, W)."""
     obj = torch.polar(amplitude.float(), phase.float())
     return fourier_modulus(embed_centre(obj, shape))
 
 
-def twin(x: torch.Tensor) -> torch.Tensor:
-    """Inversion r -> −r about the centre pixel (h//2, w//2): index i -> (h − i) mod h.
+def inversion(x: torch.Tensor) -> torch.Tensor:
+    """``x(−r)`` about the centre pixel (h//2, w//2) of the last two axes: index i -> (h − i) mod h.
 
-    The twin of an object o is ``conj(twin(o))``; it gives the same modulus.
+    The twin of an object o is ``conj(inversion(o))``; it gives the same modulus.
     """
     return torch.roll(torch.flip(x, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
 
 
-def fix_global_phase(amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-    """Rotate each object so its amplitude-weighted mean phase is 0.
+def fixed_phase(amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """The phase (B, h, w) of ``A·e^{iφ}`` after :func:`cdi_beamline.fourier.fix_global_phase`.
 
-    ``c = angle(Σ A e^{iφ})``, returns ``wrap(φ − c)`` in (−π, π], and 0 where A = 0.
-    The convention is twin-consistent: the twin's c is −c.
+    Wrapped to (−π, π], and 0 where A = 0.
     """
-    obj = torch.polar(amplitude.float(), phase.float())
-    c = torch.angle(obj.sum(dim=(-2, -1), keepdim=True))
-    rotated = torch.angle(obj * torch.exp(-1j * c))
+    rotated = torch.angle(fix_global_phase(torch.polar(amplitude.float(), phase.float())))
     return torch.where(amplitude > 0, rotated, torch.zeros_like(rotated))
 
 
@@ -130,7 +129,7 @@ def twin_aware_loss(
 ) -> torch.Tensor | LossTerms:
     """Eq. 4 made blind to the ambiguities the pattern cannot resolve.
 
-    * Global phase: the target is rotated by :func:`fix_global_phase` (the network learns
+    * Global phase: the target is rotated by :func:`fixed_phase` (the network learns
       that convention; the prediction is not rotated).
     * Phase wrapping: the phase term is the normalised error of the complex object,
       ``‖A_p e^{iφ_p} − A_g e^{iφ_g}‖ / ‖A_g‖``, which does not see the ±π seam and
@@ -142,10 +141,10 @@ def twin_aware_loss(
     and return as :func:`cdi_loss`; terms: total, amplitude, object, modulus (B,).
     """
     l1, l2, l3, total_w = _weights(weights)
-    true_phase = fix_global_phase(true_amp, true_phase)
+    true_phase = fixed_phase(true_amp, true_phase)
     pred_obj = torch.polar(pred_amp.float(), pred_phase.float())
     real_space = []
-    for amp_g, phase_g in ((true_amp, true_phase), (twin(true_amp), -twin(true_phase))):
+    for amp_g, phase_g in ((true_amp, true_phase), (inversion(true_amp), -inversion(true_phase))):
         la = normalised_error(pred_amp, amp_g)
         lo = normalised_error(pred_obj, torch.polar(amp_g.float(), phase_g.float()))
         real_space.append((l1 * la + l2 * lo, la, lo))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import CDIValueError
 
 __all__ = ["CDINet", "normalise_modulus"]
 
@@ -72,7 +73,16 @@ class CDINet(nn.Module):
     ----------
     config : ModelConfig, optional
         Widths, depth, activations and input normalisation (defaults: the paper-size net).
+
+    Attributes
+    ----------
+    weights_id, weights_sha256 : str or None
+        Provenance of loaded weights (set by :func:`cdi_beamline.models.cdinet`; None for a
+        random init).
     """
+
+    weights_id: str | None = None
+    weights_sha256: str | None = None
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
@@ -85,15 +95,12 @@ class CDINet(nn.Module):
         half = widths[-1] // 2
         self.amplitude_decoder = _Decoder(half, cfg.depth, cfg.negative_slope)
         self.phase_decoder = _Decoder(half, cfg.depth, cfg.negative_slope)
-        nn.init.constant_(self.amplitude_decoder[-1].bias, cfg.amplitude_bias_init)
+        last = self.amplitude_decoder[-1]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        nn.init.constant_(last.bias, cfg.amplitude_bias_init)
         # NHWC convolutions: ~1.5x (training) to 2x (batched inference) faster on the CPU,
         # and the layout tensor cores want; .to(device) and load_state_dict keep it.
-        self.to(memory_format=torch.channels_last)
-
-    @property
-    def output_size(self) -> int:
-        """Side of the output images: half the input side."""
-        return self.config.input_size // 2
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
 
     def forward(self, modulus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict amplitude and phase.
@@ -109,7 +116,7 @@ class CDINet(nn.Module):
         """
         s = self.config.input_size
         if modulus.ndim != 3 or modulus.shape[-2:] != (s, s):
-            raise ValueError(f"CDINet expects a modulus of shape (B, {s}, {s}), got {tuple(modulus.shape)}")
+            raise CDIValueError(f"CDINet expects a modulus of shape (B, {s}, {s}), got {tuple(modulus.shape)}")
         x = normalise_modulus(modulus, self.config.input_floor).unsqueeze(1)
         z = self.encoder(x)
         za, zp = z.chunk(2, dim=1)

@@ -27,6 +27,7 @@ import torch
 
 from ..config import TrainConfig
 from ..device import resolve_device
+from ..errors import CDIRuntimeError, CDIValueError
 from .loss import cdi_loss, predicted_modulus, twin_aware_loss
 from .network import CDINet
 from .symmetry import dihedral
@@ -127,7 +128,8 @@ class Batches:
         if self._cache is None or self._cache[0] != chunk:
             seed = TRAIN_SEED_BASE + cfg.seed * 10**6 + chunk
             self._cache = (chunk, self._tensors(per_chunk * bs, seed))
-        return tuple(dihedral(d[k * bs : (k + 1) * bs], sym) for d in self._cache[1])
+        m, a, p = (dihedral(d[k * bs : (k + 1) * bs], sym) for d in self._cache[1])
+        return m, a, p
 
 
 def _loss_fn(config: TrainConfig) -> Callable:
@@ -198,12 +200,12 @@ def _load_init_weights(net: CDINet, config: TrainConfig) -> dict[str, str]:
 
     source = cdinet(config.init_weights)
     if source.config != config.model:
-        raise ValueError(
+        raise CDIValueError(
             f"init_weights {config.init_weights!r} are a {source.config.model_dump()} network but the recipe's "
             f"model is {config.model.model_dump()}: fine-tuning needs the same architecture"
         )
     net.load_state_dict(source.state_dict())
-    return {"id": source.weights_id, "sha256": source.weights_sha256}
+    return {"id": str(source.weights_id), "sha256": str(source.weights_sha256)}  # set by every load
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -249,14 +251,15 @@ def train(
     net = CDINet(config.model).to(dev)
     opt = _optimizer(net, config)
     loss_fn = _loss_fn(config)
-    step, elapsed0, best = 0, 0.0, {"loss": math.inf, "step": -1, "metrics": {}}
+    best: dict[str, Any] = {"loss": math.inf, "step": -1, "metrics": {}}
+    step, elapsed0 = 0, 0.0
     init = _load_init_weights(net, config) if config.init_weights else None
     if init is not None:
         say(f"starting from weights {init['id']} (sha256 {init['sha256'][:12]}...)")
     if resume is not None:
         ckpt = torch.load(resume, map_location=dev, weights_only=False)
         if _recipe_key(ckpt["config"]) != _recipe_key(config.model_dump(mode="json")):
-            raise ValueError(f"{resume}: checkpoint was written by a different training config")
+            raise CDIValueError(f"{resume}: checkpoint was written by a different training config")
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed0, best = ckpt["step"], ckpt["elapsed_s"], ckpt["best"]
@@ -303,14 +306,14 @@ def train(
     stopped = "completed"
     while step < total_steps:
         # With a time budget the schedule follows whichever runs out first: steps or time.
-        progress = max(step / total_steps, (elapsed0 + time.perf_counter() - t0) / budget_s)
-        if progress >= 1:
+        done = max(step / total_steps, (elapsed0 + time.perf_counter() - t0) / budget_s)
+        if done >= 1:
             stopped = f"time budget of {config.max_minutes} min reached"
             break
         if stop_at_step is not None and step >= stop_at_step:
             stopped = f"stopped at step {step} as asked"
             break
-        lr = config.lr * lr_factor(config, progress, step / batches.steps_per_epoch)
+        lr = config.lr * lr_factor(config, done, step / batches.steps_per_epoch)
         for group in opt.param_groups:
             group["lr"] = lr
         m, a, p = batches(step)
@@ -326,7 +329,7 @@ def train(
         n_log += len(m)
         if step % config.log_every == 0 or step == total_steps:
             if not torch.isfinite(loss):  # checked when logging: no device sync every step
-                raise RuntimeError(f"training diverged at step {step}: loss {loss.item()}")
+                raise CDIRuntimeError(f"training diverged at step {step}: loss {loss.item()}")
             now = time.perf_counter()
             rate = n_log / (now - t_log)
             line = {

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
+from ..errors import CDIRuntimeError, CDIValueError
 from .network import CDINet
 
 __all__ = ["Weights", "CDINetWeights", "cdinet", "load_state_dict"]
@@ -30,12 +31,12 @@ def load_state_dict(data: bytes, sha256: str, source: str) -> dict[str, torch.Te
 
     Raises
     ------
-    ValueError
+    CDIValueError
         when the bytes do not hash to ``sha256`` (a corrupt, truncated or modified file).
     """
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
-        raise ValueError(
+        raise CDIValueError(
             f"weights {source} failed the integrity check: sha256 {digest} but the registry expects "
             f"{sha256} (file corrupt, truncated or modified; reinstall the package or retrain)"
         )
@@ -58,7 +59,7 @@ class Weights:
         """The model card: num_params, recipe, generator, metrics, machine, time, sha256..."""
         res = self._resource(self.card)
         if not res.is_file():
-            raise FileNotFoundError(f"model card {self.card} is missing from cdi_beamline/models/weights/")
+            raise CDIRuntimeError(f"model card {self.card} is missing from cdi_beamline/models/weights/")
         return json.loads(res.read_text())
 
     def model_config(self) -> ModelConfig:
@@ -69,7 +70,7 @@ class Weights:
         """The verified state_dict (CPU tensors)."""
         res = self._resource(self.file)
         if not res.is_file():
-            raise FileNotFoundError(f"weights file {self.file} is missing from cdi_beamline/models/weights/")
+            raise CDIRuntimeError(f"weights file {self.file} is missing from cdi_beamline/models/weights/")
         return load_state_dict(res.read_bytes(), self.sha256, self.file)
 
 
@@ -108,12 +109,22 @@ def _from_path(path: Path) -> CDINet:
     folder, file = (path, path / "model.pt") if path.is_dir() else (path.parent, path)
     meta_path = folder / "meta.json"
     if not file.is_file():
-        raise FileNotFoundError(f"weights file not found: {file}")
+        raise CDIValueError(f"weights file not found: {file}")
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found: a weights file needs its meta.json (architecture, sha256)")
-    meta = json.loads(meta_path.read_text())
-    net = CDINet(ModelConfig.build(**meta["recipe"]["model"]))
-    net.load_state_dict(load_state_dict(file.read_bytes(), meta["sha256"], str(file)))
+        raise CDIValueError(f"{meta_path} not found: a weights file needs its meta.json (architecture, sha256)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        model, sha256 = meta["recipe"]["model"], meta["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CDIValueError(f"{meta_path} is not a training meta.json (recipe.model, sha256): {exc!r}") from None
+    net = CDINet(ModelConfig.build(**model))
+    state = load_state_dict(file.read_bytes(), sha256, str(file))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:  # torch's message for tensors that do not fit the architecture
+        raise CDIValueError(
+            f"{file} does not fit the architecture in {meta_path}: {str(exc).splitlines()[0]}"
+        ) from None
     net.weights_id, net.weights_sha256 = str(file.resolve()), meta["sha256"]
     return net
 
@@ -122,6 +133,14 @@ def cdinet(weights: str | CDINetWeights | Path | None = "DEFAULT", config: Model
     """Build a :class:`CDINet` in eval mode on the CPU (``.to(device)`` after).
 
     Loaded nets carry ``weights_id`` and ``weights_sha256`` attributes (for provenance).
+
+    Raises
+    ------
+    CDIValueError
+        unknown name or path, a training output without its meta.json, weights that fail
+        their sha256 check or do not fit their architecture;
+    CDIRuntimeError
+        shipped weights missing from the installed package.
 
     Parameters
     ----------
@@ -134,7 +153,7 @@ def cdinet(weights: str | CDINetWeights | Path | None = "DEFAULT", config: Model
     if weights is None:
         return CDINet(config).eval()
     if config is not None:
-        raise ValueError("config is fixed by the weights' model card; pass config only with weights=None")
+        raise CDIValueError("config is fixed by the weights' model card; pass config only with weights=None")
     if isinstance(weights, str) and weights in CDINetWeights.__members__:
         weights = CDINetWeights[weights]
     if isinstance(weights, CDINetWeights):
@@ -145,5 +164,5 @@ def cdinet(weights: str | CDINetWeights | Path | None = "DEFAULT", config: Model
     path = Path(weights)
     if not path.exists():
         names = ", ".join(CDINetWeights.__members__)
-        raise FileNotFoundError(f"unknown weights {weights!r}: not one of {names} and no such file or folder")
+        raise CDIValueError(f"unknown weights {weights!r}: not one of {names} and no such file or folder")
     return _from_path(path).eval()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config.simulation import OBJECT_SIZE, PATTERN_SIZE, SimulationConfig
+from ..errors import CDIValueError
 
 __all__ = ["H5Writer", "write_h5", "read_h5", "read_h5_metadata"]
 
@@ -60,8 +61,9 @@ class H5Writer:
         from ..fourier import FFT_CONVENTION
 
         if n < 1:
-            raise ValueError(f"n: the number of patterns must be >= 1, got {n}")
+            raise CDIValueError(f"n: the number of patterns must be >= 1, got {n}")
         self.path, self.n, self._filled = Path(path), int(n), 0
+        self._names: set[str] = set()
         self._file = h5py.File(self.path, "w")
         attrs = self._file.attrs
         attrs["config"] = json.dumps(None if config is None else config.model_dump(mode="json"))
@@ -76,16 +78,16 @@ class H5Writer:
         arrays = _arrays(batch_or_arrays)
         missing = [k for k in ("modulus", "amplitude", "phase", "support") if k not in arrays]
         if missing:
-            raise ValueError(f"missing datasets {missing}")
+            raise CDIValueError(f"missing datasets {missing}")
         m = arrays["modulus"].shape[0]
         if self._filled + m > self.n:
-            raise ValueError(f"too many patterns: {self._filled} + {m} > n = {self.n}")
+            raise CDIValueError(f"too many patterns: {self._filled} + {m} > n = {self.n}")
         if self._filled and set(arrays) != self._names:
-            raise ValueError(f"datasets changed between chunks: {sorted(self._names)} -> {sorted(arrays)}")
+            raise CDIValueError(f"datasets changed between chunks: {sorted(self._names)} -> {sorted(arrays)}")
         for name, arr in arrays.items():
             known = self._file[name].shape[1:] if self._filled else LAYOUT.get(name, (arr.shape[1:],))[0]
             if arr.shape != (m, *known):
-                raise ValueError(f"{name}: expected shape {(m, *known)}, got {arr.shape}")
+                raise CDIValueError(f"{name}: expected shape {(m, *known)}, got {arr.shape}")
         if not self._filled:
             for name, arr in arrays.items():
                 dtype = LAYOUT[name][1] if name in LAYOUT else np.float32
@@ -102,7 +104,7 @@ class H5Writer:
             filled = self._filled
             self._file.close()
             if filled != self.n:
-                raise ValueError(f"only {filled} of n = {self.n} patterns were written to {self.path}")
+                raise CDIValueError(f"only {filled} of n = {self.n} patterns were written to {self.path}")
 
     def __enter__(self) -> H5Writer:
         return self
@@ -118,7 +120,7 @@ def write_h5(path, batch_or_arrays, config: SimulationConfig | None = None, *, s
     """Write one SimulatedBatch (or its ``to_numpy()`` dict) to ``path``; returns the path."""
     arrays = _arrays(batch_or_arrays)
     if "modulus" not in arrays:
-        raise ValueError("missing datasets ['modulus']")
+        raise CDIValueError("missing datasets ['modulus']")
     try:
         with H5Writer(path, arrays["modulus"].shape[0], config, seed=seed) as w:
             w.append(arrays)
@@ -141,10 +143,10 @@ def read_h5(path, *, start: int = 0, stop: int | None = None, params: bool = Tru
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such simulated data set: {path}")
+        raise CDIValueError(f"no such simulated data set: {path}")
     with h5py.File(path, "r") as f:
         if "modulus" not in f:
-            raise ValueError(f"{path}: not a simulated data set (no 'modulus' dataset)")
+            raise CDIValueError(f"{path}: not a simulated data set (no 'modulus' dataset)")
         out = {k: f[k][start:stop] for k in LAYOUT if k in f}
         if params and "params" in f:
             out.update({f"params/{k}": v[start:stop] for k, v in f["params"].items()})

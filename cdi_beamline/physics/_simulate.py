@@ -13,12 +13,14 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from dataclasses import field as dataclass_field
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..config.simulation import OBJECT_SIZE, PATTERN_SIZE, DetectorConfig, SimulationConfig
 from ..device import resolve_device
+from ..errors import CDIValueError
 from ..fourier import embed_centre, fourier_modulus
 
 __all__ = [
@@ -151,9 +153,9 @@ def iter_batches(
     if not isinstance(config, SimulationConfig):
         raise TypeError(f"config must be a SimulationConfig, got {type(config).__name__}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n: the number of patterns must be an integer >= 1, got {n!r}")
+        raise CDIValueError(f"n: the number of patterns must be an integer >= 1, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise CDIValueError(f"seed must be a non-negative integer, got {seed!r}")
     dev = resolve_device(device)
     return _chunks(int(n), config, int(seed), dev, keep_field)
 
@@ -191,7 +193,7 @@ class _Grid:
         s, nz = OBJECT_SIZE, config.nz
         self.shape3d = (nz, s, s)
         self.dz = s / nz
-        f32 = dict(dtype=torch.float32, device=device)
+        f32: dict[str, Any] = {"dtype": torch.float32, "device": device}
         xy = torch.arange(s, **f32) - s // 2
         z = (torch.arange(nz, **f32) - nz // 2) * self.dz
         zz, yy, xx = torch.meshgrid(z, xy, xy, indexing="ij")
