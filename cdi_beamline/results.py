@@ -192,7 +192,15 @@ class ResultRows:
     @classmethod
     def from_batch(cls, raw_seq_num: Sequence[int] | np.ndarray, batch: BatchLike) -> ResultRows:
         """Rows of a reconstruction batch whose frames had these raw ``seq_num``."""
-        return cls(raw_seq_num, batch.amplitude, batch.phase, batch.support, batch.chi2, batch.status, batch.reason)
+        return cls(
+            np.asarray(raw_seq_num),
+            np.asarray(batch.amplitude),
+            np.asarray(batch.phase),
+            np.asarray(batch.support),
+            np.asarray(batch.chi2),
+            np.asarray(batch.status, str),
+            np.asarray(batch.reason, str),
+        )
 
     @classmethod
     def failed(
@@ -206,7 +214,15 @@ class ResultRows:
         b = len(raw_seq_num)
         nan = np.full((b, *shape), np.nan, np.float32)
         reasons = [reason] * b if isinstance(reason, str) else list(reason)
-        return cls(raw_seq_num, nan, nan, np.zeros((b, *shape), bool), np.full(b, np.nan), [status] * b, reasons)
+        return cls(
+            np.asarray(raw_seq_num),
+            nan,
+            nan,
+            np.zeros((b, *shape), bool),
+            np.full(b, np.nan),
+            np.asarray([status] * b, str),
+            np.asarray(reasons, str),
+        )
 
     @classmethod
     def empty(cls, shape: tuple[int, int] = (0, 0)) -> ResultRows:

@@ -21,9 +21,9 @@ from cdi_beamline.callbacks import (
     RunStart,
     RunStop,
 )
-from cdi_beamline.errors import CDIValueError
 from cdi_beamline.config import ConfigError, LiveConfig, ReconstructorConfig
 from cdi_beamline.devices import FrameSource, ReplayDetector, SyntheticSource
+from cdi_beamline.errors import CDIValueError
 from cdi_beamline.pipeline import Reconstructor
 from cdi_beamline.tiled import derived_runs, load_raw_frames, load_results, make_writer
 

@@ -31,7 +31,7 @@ from ..results import (
 
 __all__ = ["DerivedRun", "Emit"]
 
-Emit = Callable[[str, dict], Any]
+Emit = Callable[[str, Any], Any]
 
 
 class DerivedRun:
@@ -55,6 +55,7 @@ class DerivedRun:
     """
 
     def __init__(self, raw_start: dict, emit: Emit, results_dir: str | Path, metadata: dict | None = None):
+        self._bundle: Any
         self.emit = emit
         self.raw_uid = raw_start["uid"]
         md = {
@@ -135,7 +136,8 @@ class DerivedRun:
         """Emit the stop document; ``counts`` (received...) are recorded in it beside the rows'."""
         all_counts = {"reconstructed": 0, **{s: 0 for s in STATUSES if s != "ok"}, **self.counts, **(counts or {})}
         all_counts["flagged"] = all_counts["bad"] + all_counts["error"]
-        stop = self._bundle.compose_stop(exit_status=exit_status, reason=reason, validate=False)
+        status = exit_status if exit_status in ("success", "abort", "fail") else "fail"
+        stop: dict[str, Any] = dict(self._bundle.compose_stop(exit_status=status, reason=reason, validate=False))
         stop[COUNTS] = {k: int(v) for k, v in all_counts.items()}
         if self.chi2:
             stop[CHI2_SUMMARY] = {"mean": float(np.mean(self.chi2)), "max": float(np.max(self.chi2))}

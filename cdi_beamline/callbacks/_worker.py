@@ -230,9 +230,8 @@ class ReconstructionWorker:
         self._flush(run)
         derived = self._derived(run)
         notes = [item.note, *run.assembler.errors[:3], *run.errors[:3]]
-        raw_status = item.raw_stop.get("exit_status", "success")
         self.stops[item.raw_uid] = derived.close(
-            exit_status=raw_status if raw_status in ("success", "abort", "fail") else "fail",
+            exit_status=item.raw_stop.get("exit_status", "success"),
             reason="; ".join(n for n in notes if n),
             counts={"received": run.assembler.received},
         )

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..callbacks import LiveSession
     from ..config import StoreConfig
     from ..devices import ReplayDetector, RockingMotor, make_source
-    from ..errors import CDIValueError
+    from ..errors import CDIRuntimeError, CDIValueError
     from ..phasing import unwrap
     from ..plotting import plot_scan_overview
     from ..results import counts as count_frames
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     with LiveSession(rec, StoreConfig.build(data_dir=data_dir), live, mask=source.mask) as session:
         RE = RunEngine({})
         session.subscribe(RE)
-        if args.source == "aps34idc":
+        if source.angles is not None:  # the rocking scan
             theta = RockingMotor("theta")
             det = ReplayDetector(source, name="det", motor=theta)
             plan = scan([det], theta, float(source.angles[0]), float(source.angles[-1]), n)
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         watcher = threading.Thread(target=_progress, daemon=True)
         watcher.start()
         t_scan = time.perf_counter()
-        (raw_uid,) = RE(plan, purpose="cdi-beamline demo", source=args.source)
+        (raw_uid,) = RE(plan, purpose="cdi-beamline demo", source=args.source)  # type: ignore[misc]
         t_scanned = time.perf_counter()
         session.finish()
         t_done = time.perf_counter()
@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         bar.update(stats["rows"] - bar.n)
         bar.close()
         derived_uid = session.callback.derived_uid(raw_uid)
+        if derived_uid is None:
+            raise CDIRuntimeError(f"no derived run was started for raw run {raw_uid} (see the log)")
         res = load_results(session.client, derived_uid)
         png = data_dir / "demo_recent.png"
         if not args.no_plot:

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     dispatcher = RemoteDispatcher(args.zmq, prefix=args.prefix.encode())
     starts: set[str] = set()
     stops: list[str] = []
-    enough = []  # set when --max-runs is reached
+    enough: list[bool] = []  # set when --max-runs is reached
 
     def _count_stops(name, doc):
         if name == "start":

@@ -116,9 +116,10 @@ class SpoolingWriter:
             if uid is None and name in ("stream_resource", "resource") and len(self._runs) == 1:
                 uid = next(iter(self._runs))
             if name == "start":
+                uid = str(doc["uid"])
                 self._runs[uid] = _Run(uid, self._factory())
             run = self._runs.get(uid) if uid else None
-            if run is None:
+            if run is None or uid is None:
                 logger.error("spooling writer: %s document of an unknown run dropped", name)
                 self.stats["orphans"] += 1
                 return
