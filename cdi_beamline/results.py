@@ -138,7 +138,7 @@ class BatchLike(Protocol):
     reason: list[str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ResultRows:
     """Per-frame results, one row per raw frame, numpy, in the dtypes of the derived run.
 
