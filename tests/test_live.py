@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -681,3 +682,30 @@ def test_callback_never_raises_into_the_run_engine(source, run_engine, tmp_path)
     (stop,) = [d for n, d in cb.documents if n == "stop"]
     assert stop["exit_status"] == "success" and stop["cdi_counts"]["reconstructed"] == 3
     assert _rows(cb.documents) == [1, 3, 4]
+
+
+def test_live_result_plot_shows_the_newest_good_row(tmp_path):
+    from cdi_beamline.plotting import LiveResultPlot
+    from cdi_beamline.results import ResultRows
+
+    png = tmp_path / "live.png"
+    plot = LiveResultPlot(png=png)
+    plot.redraw(force=True)
+    assert not png.exists()  # nothing to show yet
+    amp = np.ones((2, 16, 16), np.float32)
+    rows = ResultRows.from_batch(
+        [4, 5],
+        SimpleNamespace(
+            amplitude=amp * [[[1.0]], [[2.0]]],
+            phase=np.zeros_like(amp),
+            support=amp > 0,
+            chi2=np.array([0.1, 0.2]),
+            status=["ok", "ok"],
+            reason=["", ""],
+        ),
+    )
+    plot.update("raw", rows)
+    plot.update("raw", ResultRows.failed([6], (16, 16), "bad", "frame is all zero"))  # not shown
+    plot.redraw(force=True)
+    assert png.stat().st_size > 1000
+    assert "seq 5" in plot.fig.get_suptitle() and plot.im_amp.get_array().max() == 2.0
