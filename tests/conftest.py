@@ -59,12 +59,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiled_server(tmp_path_factory):
-    """A real embedded Tiled server (``cdi_beamline.store.EmbeddedTiled``) for the session.
+    """A real embedded Tiled server (``cdi_beamline.tiled.EmbeddedTiled``) for the session.
 
     Yields the server: ``.client()``, ``.uri``, ``.api_key``, ``.data_dir``,
     ``.results_dir`` (readable by the server), ``.spool_dir``.
     """
-    from cdi_beamline.store import EmbeddedTiled
+    from cdi_beamline.tiled import EmbeddedTiled
 
     server = EmbeddedTiled(tmp_path_factory.mktemp("tiled-data"))
     yield server

@@ -242,16 +242,17 @@ def test_bluesky_count_over_tango_detector_into_tiled(tango_ctx, aps, tiled_serv
     from ophyd_async.core import init_devices
 
     from cdi_beamline.callbacks import LiveReconstruction
+    from cdi_beamline.config import LiveConfig
     from cdi_beamline.devices.tango import TangoReplayDetector
-    from cdi_beamline.store import derived_runs, load_raw_frames, load_results, make_writer
+    from cdi_beamline.tiled import derived_runs, load_raw_frames, load_results, make_writer
 
     client = tiled_server.client()
     with init_devices():
         tdet = TangoReplayDetector(tango_ctx.get_device_access(DET), name="tdet")
-    rec = Reconstructor(ReconstructorConfig.build(iterations=20), device="cpu")
+    rec = Reconstructor(ReconstructorConfig.build(iterations=20, batch_size=10), device="cpu")
     raw_writer = make_writer(client, tiled_server.spool_dir)
     writer = make_writer(client, tiled_server.spool_dir)
-    cb = LiveReconstruction(rec, writer, data_dir=tiled_server.data_dir, batch_size=10, max_wait_s=60)
+    cb = LiveReconstruction(rec, writer, LiveConfig(data_dir=tiled_server.data_dir, max_wait_s=60))
     run_engine.subscribe(raw_writer)
     run_engine.subscribe(cb)
     (raw_uid,) = run_engine(count([tdet], 10)).run_start_uids

@@ -1,21 +1,34 @@
-"""Live reconstruction in Bluesky: the callback, the worker, derived runs, 0MQ glue.
+"""Live reconstruction in Bluesky: the callback, the worker, derived runs, the session.
 
-``LiveReconstruction`` is subscribed to a RunEngine (or a 0MQ ``RemoteDispatcher``); it
-hands frames to a worker thread that writes one derived run per raw run.
+``LiveReconstruction`` is subscribed to a RunEngine (or a 0MQ ``RemoteDispatcher``); it puts
+typed work items on the queue of a ``ReconstructionWorker`` thread, which drives one
+``RunAssembler`` (frames in, rows out) and one ``DerivedRun`` per raw run. ``LiveSession``
+wires these to Tiled; ``reprocess`` drives the same worker from frames stored in Tiled.
 """
 
-from ._derived import DerivedRun, ResultRows
-from ._live import LiveReconstruction, find_image_key
+from ._assembler import Engine, RunAssembler
+from ._derived import DerivedRun
+from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, WorkItem
+from ._live import LiveReconstruction
 from ._reprocess import reprocess
 from ._session import LiveSession
-from ._worker import ReconstructionWorker
+from ._worker import ReconstructionWorker, read_external
 
 __all__ = [
-    "LiveReconstruction",
     "DerivedRun",
-    "ResultRows",
-    "ReconstructionWorker",
-    "find_image_key",
-    "reprocess",
+    "Engine",
+    "ExternalFrames",
+    "Frames",
+    "ImageSpec",
+    "LiveReconstruction",
     "LiveSession",
+    "Quit",
+    "ReconstructionWorker",
+    "RunAssembler",
+    "RunStart",
+    "RunStop",
+    "Sync",
+    "WorkItem",
+    "read_external",
+    "reprocess",
 ]

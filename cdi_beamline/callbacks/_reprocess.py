@@ -3,11 +3,16 @@ different configuration)."""
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable
 
+import numpy as np
+
 from ..config import LiveConfig
-from ..store import derived_runs, load_raw_frames
+from ..errors import CDIRuntimeError
+from ..results import REPROCESSED, SUPERSEDES
+from ..tiled import derived_runs, load_raw_frames
+from ._assembler import Engine
+from ._items import Frames, ImageSpec, RunStart, RunStop
 from ._worker import ReconstructionWorker
 
 __all__ = ["reprocess"]
@@ -16,17 +21,17 @@ __all__ = ["reprocess"]
 def reprocess(
     client,
     raw_uid: str,
-    reconstructor,
+    reconstructor: Engine,
     writer: Callable[[str, dict], object],
     config: LiveConfig | None = None,
-    image_key: str | None = None,
-    mask=None,
+    mask: np.ndarray | None = None,
 ) -> dict:
     """Reconstruct every frame of raw run ``raw_uid`` again and emit a new derived run.
 
-    The frames are read back from Tiled and go through the same worker code as live
-    frames (same batching, same seed). The new start document says ``reprocessed: True``
-    and lists the derived runs it ``supersedes``; the raw run is not touched.
+    The frames are read back from Tiled (``config.image_key``, ``config.stream``) and go
+    through the same worker as live frames (same batches of ``reconstructor.config.batch_size``,
+    same seed), driven here without its thread. The new start document says
+    ``reprocessed: True`` and lists the derived runs it ``supersedes``; the raw run is not touched.
 
     Returns
     -------
@@ -34,14 +39,17 @@ def reprocess(
         The new derived run's stop document (``run_start`` is its uid, ``cdi_counts``...).
     """
     config = config or LiveConfig()
-    frames, seq_num, key = load_raw_frames(client, raw_uid, image_key or config.image_key, config.stream)
+    frames, seq_num, key = load_raw_frames(client, raw_uid, config.image_key, config.stream)
     raw_start = dict(client[raw_uid].metadata["start"])
     raw_stop = dict(client[raw_uid].metadata.get("stop") or {"exit_status": "success"})
     previous = [r.metadata["start"]["uid"] for r in derived_runs(client, raw_uid)]
-    worker = ReconstructionWorker(reconstructor, writer, config, queue.Queue(), mask=mask)
-    worker.extra_metadata = {"reprocessed": True, "supersedes": previous}
-    worker._handle(("start", raw_start, key, tuple(frames.shape[-2:])))
-    for seq, frame in zip(seq_num, frames):
-        worker._handle(("frame", raw_uid, int(seq), frame))
-    worker._handle(("stop", raw_uid, raw_stop, [], ""))
+    worker = ReconstructionWorker(
+        reconstructor, writer, config, mask=mask, metadata={REPROCESSED: True, SUPERSEDES: previous}
+    )
+    shape = (int(frames.shape[1]), int(frames.shape[2]))
+    for item in (RunStart(raw_start), ImageSpec(raw_uid, key, shape), Frames(raw_uid, seq_num, frames)):
+        worker.handle(item)
+    worker.handle(RunStop(raw_uid, raw_stop))
+    if worker.errors:
+        raise CDIRuntimeError(f"reprocess of {raw_uid}: {worker.errors[0]}")
     return worker.stops[raw_uid]

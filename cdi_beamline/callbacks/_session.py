@@ -1,13 +1,16 @@
-"""LiveSession: the wiring of one live-reconstruction setup (Tiled + writers + callback),
-shared by ``cdi-beamline demo``, the 0MQ worker, the benchmark and IPython profiles."""
+"""LiveSession: the one wiring of live reconstruction (Tiled + writers + callback), used by
+``cdi-beamline demo``, the 0MQ worker, the benchmark and the IPython profile."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import LiveConfig, StoreConfig
-from ..store import EmbeddedTiled, connect, make_writer, serving
+from ..tiled import DataDir, EmbeddedTiled, connect, make_writer, serving
+from ..tiled import close_at_exit as call_at_exit
+from ._assembler import Engine
 from ._live import LiveReconstruction
 
 __all__ = ["LiveSession"]
@@ -15,34 +18,43 @@ __all__ = ["LiveSession"]
 
 class LiveSession:
     """Tiled (``store.uri``; else the server already serving ``store.data_dir``; else an
-    embedded one started here), a raw-run writer, and a
-    :class:`LiveReconstruction` whose derived runs go to the same server.
+    embedded one started here), a raw-run writer, and a :class:`LiveReconstruction` whose
+    derived runs go to the same server.
 
     Parameters
     ----------
-    reconstructor : Reconstructor | ReconstructorConfig | None
+    reconstructor : Engine
+        E.g. ``cdi_beamline.pipeline.Reconstructor(ReconstructorConfig(iterations=LIVE_ITERATIONS))``.
     store : StoreConfig, optional
     live : LiveConfig, optional
-        ``data_dir`` defaults to the store's.
+        Its ``data_dir`` is replaced by the store's (results and spool live beside the catalog).
     write_raw : bool
         Also store raw runs (the RunEngine's documents); False when another writer does.
-    mask, device : passed to :class:`LiveReconstruction`.
+    mask : (H, W) bool, optional
+        Passed to :class:`LiveReconstruction`.
+    close_at_exit : bool
+        Close the session (results flushed, then the server stopped) when the main thread ends.
+
+    Attributes
+    ----------
+    client : the Tiled run catalog;  uri : str;  server : EmbeddedTiled or None;
+    callback : LiveReconstruction;  raw_writer, derived_writer : SpoolingWriter
 
     Examples
     --------
-    >>> session = LiveSession(ReconstructorConfig(iterations=100))   # doctest: +SKIP
-    >>> session.subscribe(RE); RE(count([det], 100)); session.finish()  # doctest: +SKIP
+    >>> session = LiveSession(Reconstructor(ReconstructorConfig(iterations=100)))  # doctest: +SKIP
+    >>> session.subscribe(RE); RE(count([det], 100)); session.finish()            # doctest: +SKIP
     """
 
     def __init__(
         self,
-        reconstructor: Any = None,
+        reconstructor: Engine,
         store: StoreConfig | None = None,
         live: LiveConfig | None = None,
         *,
         write_raw: bool = True,
-        mask=None,
-        device: str = "auto",
+        mask: np.ndarray | None = None,
+        close_at_exit: bool = False,
     ):
         self.store = store or StoreConfig()
         self.server: EmbeddedTiled | None = None
@@ -54,21 +66,22 @@ class LiveSession:
         else:
             self.client = connect(uri=self.store.uri, api_key=self.store.api_key)
         self.uri = str(self.client.context.api_uri).split("/api/")[0]
-        data_dir = Path(self.store.data_dir).expanduser().resolve()
-        spool = data_dir / "spool"
+        dirs = DataDir.of(self.store.data_dir)
         self.raw_writer = (
-            make_writer(self.client, spool, batch_size=self.store.raw_batch_size, retry_s=self.store.retry_s)
+            make_writer(self.client, dirs.spool, batch_size=self.store.raw_batch_size, retry_s=self.store.retry_s)
             if write_raw
             else None
         )
         self.derived_writer = make_writer(
-            self.client, spool, batch_size=self.store.derived_batch_size, retry_s=self.store.retry_s
+            self.client, dirs.spool, batch_size=self.store.derived_batch_size, retry_s=self.store.retry_s
         )
-        live = live or LiveConfig(data_dir=data_dir)
-        if "data_dir" not in live.model_fields_set:
-            live = live.model_copy(update={"data_dir": data_dir})
-        self.callback = LiveReconstruction(reconstructor, self.derived_writer, live, mask=mask, device=device)
+        live_values = (live or LiveConfig()).model_dump()
+        self.live = LiveConfig.build(**{**live_values, "data_dir": dirs.root})
+        self.callback = LiveReconstruction(reconstructor, self.derived_writer, self.live, mask=mask)
         self._tokens: list[tuple[Any, int]] = []
+        self._closed = False
+        if close_at_exit:
+            call_at_exit(self.close)
 
     def subscribe(self, RE) -> None:
         """Subscribe the raw writer (if any) and the callback to a RunEngine or dispatcher."""
@@ -86,6 +99,9 @@ class LiveSession:
 
     def close(self) -> None:
         """Finish, unsubscribe, stop the worker and the embedded server (data stay)."""
+        if self._closed:
+            return
+        self._closed = True
         self.finish()
         for RE, token in self._tokens:
             RE.unsubscribe(token)

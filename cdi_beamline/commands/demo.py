@@ -7,7 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from .results import add_reconstructor_options, quiet_logs
+from ..config import LIVE_ITERATIONS, LiveConfig
+from .results import add_reconstructor_options, build_reconstructor, quiet_logs
 
 
 def add_parser(subparsers) -> None:
@@ -33,12 +34,13 @@ def add_parser(subparsers) -> None:
         default="synthetic",
         help="simulated detector's frames (default synthetic)",
     )
-    add_reconstructor_options(p, init_default="cnn", iterations_default=100)
+    add_reconstructor_options(p, init_default="cnn", iterations_default=LIVE_ITERATIONS)
+    policy = LiveConfig.model_fields["queue_policy"].default
     p.add_argument(
         "--queue-policy",
         choices=("block", "drop"),
-        default="block",
-        help="full queue: block the scan (replay, default) or drop and count (live)",
+        default=policy,
+        help=f"full queue: block the scan (replay) or drop and count (live); default {policy}",
     )
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.set_defaults(func=run)
@@ -51,16 +53,20 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..callbacks import LiveSession
-    from ..config import LiveConfig, StoreConfig
+    from ..config import StoreConfig
     from ..devices import ReplayDetector, RockingMotor, make_source
-    from ..store import load_results
+    from ..errors import CDIRuntimeError, CDIValueError
+    from ..phasing import unwrap
+    from ..plotting import plot_scan_overview
+    from ..results import counts as count_frames
+    from ..tiled import load_results
 
     quiet_logs()
     if args.frames is not None and args.frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {args.frames}")
+        raise CDIValueError(f"--frames must be >= 1, got {args.frames}")
     data_dir = Path(args.data_dir).expanduser().resolve()
     t0 = time.perf_counter()
-    rec = _reconstructor(args)
+    rec = build_reconstructor(args)
     if args.source == "synthetic":
         n = args.frames or 200
         source = make_source("synthetic", n=n, seed=0)
@@ -68,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
         source = make_source("aps34idc")
         n = args.frames or len(source)
     print(f"starting Tiled in {data_dir} ...", flush=True)
-    live = LiveConfig(batch_size=args.batch_size, queue_policy=args.queue_policy, data_dir=data_dir, max_wait_s=1.0)
-    with LiveSession(rec, StoreConfig(data_dir=data_dir), live, mask=source.mask) as session:
+    live = LiveConfig.build(queue_policy=args.queue_policy, max_wait_s=1.0)
+    with LiveSession(rec, StoreConfig.build(data_dir=data_dir), live, mask=source.mask) as session:
         RE = RunEngine({})
         session.subscribe(RE)
-        if args.source == "aps34idc":
+        if source.angles is not None:  # the rocking scan
             theta = RockingMotor("theta")
             det = ReplayDetector(source, name="det", motor=theta)
             plan = scan([det], theta, float(source.angles[0]), float(source.angles[-1]), n)
@@ -96,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         watcher = threading.Thread(target=_progress, daemon=True)
         watcher.start()
         t_scan = time.perf_counter()
-        (raw_uid,) = RE(plan, purpose="cdi-beamline demo", source=args.source)
+        (raw_uid,) = RE(plan, purpose="cdi-beamline demo", source=args.source)  # type: ignore[misc]
         t_scanned = time.perf_counter()
         session.finish()
         t_done = time.perf_counter()
@@ -105,20 +111,22 @@ def run(args: argparse.Namespace) -> int:
         bar.update(stats["rows"] - bar.n)
         bar.close()
         derived_uid = session.callback.derived_uid(raw_uid)
+        if derived_uid is None:
+            raise CDIRuntimeError(f"no derived run was started for raw run {raw_uid} (see the log)")
         res = load_results(session.client, derived_uid)
+        png = data_dir / "demo_recent.png"
         if not args.no_plot:
-            png = data_dir / "demo_recent.png"
-            _plot_recent(res, png)
+            plot_scan_overview(res, png, unwrap=unwrap)
         uri = session.uri
     ok = res["status"] == "ok"
     chi2 = res["chi2"][ok]
-    counts = res["stop"].get("cdi_counts", {})
+    counts = count_frames(res["stop"])
     print()
     print(f"raw run      {raw_uid}  ({n} frames, scan {t_scanned - t_scan:.1f} s)")
     print(f"derived run  {derived_uid}")
     print(
-        f"frames       {counts.get('reconstructed', 0)} reconstructed, {counts.get('flagged', 0)} flagged, "
-        f"{counts.get('dropped', 0)} dropped"
+        f"frames       {counts['reconstructed']} reconstructed, {counts['flagged']} flagged, "
+        f"{counts['dropped']} dropped"
     )
     if chi2.size:
         print(f"chi2         mean {np.mean(chi2):.4g}, worst {np.max(chi2):.4g}")
@@ -132,50 +140,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"again        cdi-beamline results {raw_uid[:8]} --data-dir {data_dir}")
     print(f"             cdi-beamline serve --data-dir {data_dir}   (was at {uri})")
     return 0
-
-
-def _reconstructor(args):
-    from .results import build_reconstructor
-
-    return build_reconstructor(args)
-
-
-def _plot_recent(res: dict, path: Path, n: int = 8) -> None:
-    """Amplitude (top) and unwrapped phase in the support (bottom) of ``n`` good frames spread
-    evenly over the scan (a rocking scan then shows its weak tails and its peak)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from ..phasing import unwrap
-
-    good = np.flatnonzero(res["status"] == "ok")
-    if good.size == 0:
-        return
-    good = good[np.unique(np.linspace(0, good.size - 1, min(n, good.size)).round().astype(int))]
-    fig, axes = plt.subplots(2, len(good), figsize=(2.2 * len(good), 4.6), squeeze=False)
-    for col, i in enumerate(good):
-        amp = res["amplitude"][i]
-        # phase is meaningful where the object is: support and amplitude above 10 % of its peak
-        sup = res["support"][i] & (amp > 0.1 * amp.max())
-        rows, cols = np.nonzero(sup) if sup.any() else np.nonzero(np.ones_like(sup))
-        pad = 3
-        r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad + 1, amp.shape[0])
-        c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad + 1, amp.shape[1])
-        phase = unwrap(res["phase"][i], mask=sup if sup.any() else None)
-        phase = np.where(sup, phase, np.nan)
-        axes[0, col].imshow(amp[r0:r1, c0:c1], cmap="gray")
-        axes[0, col].set_title(f"seq {res['raw_seq_num'][i]}\nchi² {res['chi2'][i]:.3g}", fontsize=8)
-        im = axes[1, col].imshow(phase[r0:r1, c0:c1], cmap="twilight_shifted")
-        fig.colorbar(im, ax=axes[1, col], fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-        for ax in axes[:, col]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[0, 0].set_ylabel("amplitude")
-    axes[1, 0].set_ylabel("phase (rad, unwrapped)\nwhere amplitude > 10 %")
-    fig.suptitle(f"live reconstructions across the scan ({len(res['status'])} frames)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import LiveConfig
 from .results import add_reconstructor_options, add_store_options, build_reconstructor, open_client, quiet_logs
 
 
@@ -20,32 +21,31 @@ def add_parser(subparsers) -> None:
     add_store_options(p)
     p.add_argument("--image-key", metavar="KEY", help="detector image field (default: the first 2D field)")
     add_reconstructor_options(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of random starts (default 0, as live)")
+    seed = LiveConfig.model_fields["seed"].default
+    p.add_argument("--seed", type=int, default=seed, help=f"seed of random starts (default {seed}, as live)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..callbacks import reprocess
-    from ..config import LiveConfig
-    from ..store import make_writer
+    from ..errors import CDIValueError
+    from ..results import counts
+    from ..tiled import DataDir, make_writer
 
     quiet_logs()
     client = open_client(args)
     if args.data_dir is None:
-        raise ValueError("reprocess needs --data-dir DIR for the result HDF5 files (readable by the Tiled server)")
+        raise CDIValueError("reprocess needs --data-dir DIR for the result HDF5 files (readable by the Tiled server)")
     raw_uid = client[args.raw_uid].metadata["start"]["uid"]
     rec = build_reconstructor(args)
-    config = LiveConfig.build(
-        batch_size=args.batch_size, seed=args.seed, data_dir=Path(args.data_dir), image_key=args.image_key
-    )
-    writer = make_writer(client, Path(args.data_dir) / "spool", batch_size=1000)
+    dirs = DataDir.of(args.data_dir)
+    config = LiveConfig.build(seed=args.seed, data_dir=dirs.root, image_key=args.image_key)
+    writer = make_writer(client, dirs.spool, batch_size=1000)
     stop = reprocess(client, raw_uid, rec, writer, config)
     if not writer.flush(timeout=60):
         print(f"warning: Tiled unreachable; the derived run is spooled in {writer.spool_dir}")
     writer.close()
-    c = stop["cdi_counts"]
+    c = counts(stop)
     print(
         f"reprocessed raw run {raw_uid}: derived run {stop['run_start']}: {c['reconstructed']} reconstructed, "
         f"{c['flagged']} flagged of {c['received']} frames"

@@ -10,6 +10,8 @@ import argparse
 import json
 import math
 
+from ..results import PARENT_UID, REPROCESSED
+
 
 def add_store_options(p: argparse.ArgumentParser) -> None:
     """``--data-dir DIR`` (embedded Tiled) and/or ``--uri URI [--api-key K]``."""
@@ -23,17 +25,23 @@ def add_store_options(p: argparse.ArgumentParser) -> None:
 
 
 def open_client(args: argparse.Namespace):
-    """The Tiled client the store options name (ValueError if none)."""
-    from ..store import connect
+    """The Tiled client the store options name (CDIValueError if none)."""
+    from ..errors import CDIValueError
+    from ..tiled import connect
 
     if args.uri is None and args.data_dir is None:
-        raise ValueError("give --data-dir DIR or --uri URI")
+        raise CDIValueError("give --data-dir DIR or --uri URI")
     return connect(uri=args.uri, api_key=args.api_key, data_dir=args.data_dir)
 
 
 def add_reconstructor_options(
     p: argparse.ArgumentParser, *, init_default: str | None = "random", iterations_default: int | None = None
 ) -> None:
+    """``--init``, ``--iterations``, ``--config``, ``--device``, ``--batch-size``; unset options
+    take the defaults of :class:`~cdi_beamline.config.ReconstructorConfig` (or the ones given here)."""
+    from ..config import ReconstructorConfig
+
+    fields = ReconstructorConfig.model_fields
     p.add_argument(
         "--init",
         choices=("cnn", "random", "support", "nns"),
@@ -46,13 +54,16 @@ def add_reconstructor_options(
         default=iterations_default,
         metavar="N",
         help="refinement iterations (default: "
-        + (str(iterations_default) if iterations_default else "the schedule's own, 600")
+        + (str(iterations_default) if iterations_default is not None else "the schedule's own")
         + ")",
     )
     p.add_argument("--config", metavar="FILE", help="ReconstructorConfig as JSON or YAML")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (default auto)")
     p.add_argument(
-        "--batch-size", type=int, default=16, metavar="B", help="frames per reconstruction batch (default 16)"
+        "--batch-size",
+        type=int,
+        metavar="B",
+        help=f"frames reconstructed together (default {fields['batch_size'].default})",
     )
 
 
@@ -60,22 +71,25 @@ def build_reconstructor(args: argparse.Namespace):
     """A Reconstructor from the options; ``--init cnn`` falls back to random (with a note)
     when no CNN weights are installed and ``--init`` was not given explicitly."""
     from ..config import ReconstructorConfig, load_config
+    from ..errors import CDIRuntimeError
     from ..pipeline import Reconstructor
 
-    init = args.init
-    explicit = init is not None
-    if init is None:
-        init = "cnn"
-    config = load_config(ReconstructorConfig, args.config, init=init, iterations=args.iterations)
+    explicit = args.init is not None
+    init = args.init or "cnn"
+    config = load_config(
+        ReconstructorConfig, args.config, init=init, iterations=args.iterations, batch_size=args.batch_size
+    )
     rec = Reconstructor(config, device=args.device)
     if init == "cnn":
         try:
             rec.cnn()
         except (RuntimeError, FileNotFoundError, KeyError, ValueError, ImportError) as exc:
             if explicit:
-                raise RuntimeError(f"--init cnn: CNN weights unavailable: {exc}") from exc
+                raise CDIRuntimeError(f"--init cnn: CNN weights unavailable: {exc}") from exc
             print(f"note: CNN weights unavailable ({exc}); using random-start refinement", flush=True)
-            rec = Reconstructor(config.model_copy(update={"init": "random"}), device=args.device)
+            rec = Reconstructor(
+                ReconstructorConfig.build(**{**config.model_dump(), "init": "random"}), device=args.device
+            )
     return rec
 
 
@@ -109,7 +123,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..store import derived_runs, load_results
+    from ..results import counts
+    from ..tiled import derived_runs, load_results
 
     quiet_logs()
     client = open_client(args)
@@ -128,11 +143,11 @@ def run(args: argparse.Namespace) -> int:
         listing.append(
             {
                 "uid": start["uid"],
-                "parent_uid": start["parent_uid"],
+                "parent_uid": start[PARENT_UID],
                 "scan_id": start.get("scan_id"),
                 "time": start["time"],
-                "reprocessed": bool(start.get("reprocessed", False)),
-                "counts": res["stop"].get("cdi_counts", {}),
+                "reprocessed": bool(start.get(REPROCESSED, False)),
+                "counts": counts(res["stop"]),
                 "exit_status": res["stop"].get("exit_status"),
                 "chi2_mean": _finite(float(np.mean(chi2_ok))) if chi2_ok.size else None,
                 "chi2_max": _finite(float(np.max(chi2_ok))) if chi2_ok.size else None,

@@ -20,10 +20,11 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from ..store import EmbeddedTiled
+    from ..errors import CDIValueError
+    from ..tiled import EmbeddedTiled
 
     if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+        raise CDIValueError(f"--port must be in 0..65535, got {args.port}")
     with EmbeddedTiled(args.data_dir, port=args.port) as server:
         print(f"serving {server.data_dir}", flush=True)
         print(f"  uri      {server.uri}", flush=True)

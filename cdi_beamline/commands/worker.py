@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import LIVE_ITERATIONS, LiveConfig
 from .results import add_reconstructor_options, add_store_options, build_reconstructor, quiet_logs
 
 
@@ -20,13 +21,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--zmq", required=True, metavar="ADDRESS", help="the 0MQ proxy's output, host:port")
     p.add_argument("--prefix", default="", help="only documents published with this prefix")
     add_store_options(p)
-    add_reconstructor_options(p, init_default=None)
+    add_reconstructor_options(p, init_default=None, iterations_default=LIVE_ITERATIONS)
     p.add_argument("--image-key", metavar="KEY", help="detector image field (default: the first 2D field)")
+    policy = LiveConfig.model_fields["queue_policy"].default
     p.add_argument(
         "--queue-policy",
         choices=("block", "drop"),
-        default="block",
-        help="full queue: block (0MQ buffers) or drop and count (default block)",
+        default=policy,
+        help=f"full queue: block (0MQ buffers) or drop and count (default {policy})",
     )
     p.add_argument("--write-raw", action="store_true", help="also store the raw runs (if no other writer does)")
     p.add_argument("--max-runs", type=int, metavar="N", help="exit after N runs (default: run until Ctrl-C)")
@@ -34,27 +36,26 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
     from pathlib import Path
 
     from bluesky.callbacks.zmq import RemoteDispatcher
 
     from ..callbacks import LiveSession
-    from ..config import LiveConfig, StoreConfig
+    from ..config import StoreConfig
+    from ..errors import CDIValueError
 
     quiet_logs()
     if args.data_dir is None:
-        raise ValueError("worker needs --data-dir DIR (result HDF5 files, spool; the embedded server without --uri)")
+        raise CDIValueError("worker needs --data-dir DIR (result HDF5 files, spool; the embedded server without --uri)")
     if args.max_runs is not None and args.max_runs < 1:
-        raise ValueError(f"--max-runs must be >= 1, got {args.max_runs}")
-    data_dir = Path(args.data_dir).expanduser().resolve()
+        raise CDIValueError(f"--max-runs must be >= 1, got {args.max_runs}")
     rec = build_reconstructor(args)
-    store = StoreConfig(data_dir=data_dir, uri=args.uri, api_key=args.api_key)
-    live = LiveConfig(
-        batch_size=args.batch_size, queue_policy=args.queue_policy, image_key=args.image_key, data_dir=data_dir
-    )
+    store = StoreConfig.build(data_dir=Path(args.data_dir), uri=args.uri, api_key=args.api_key)
+    live = LiveConfig.build(queue_policy=args.queue_policy, image_key=args.image_key)
     dispatcher = RemoteDispatcher(args.zmq, prefix=args.prefix.encode())
-    starts, stops = set(), []
+    starts: set[str] = set()
+    stops: list[str] = []
+    enough: list[bool] = []  # set when --max-runs is reached
 
     def _count_stops(name, doc):
         if name == "start":
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
             stops.append(doc["run_start"])
             print(f"raw run {doc['run_start']} done ({len(stops)})", flush=True)
             if args.max_runs and len(stops) >= args.max_runs:
-                dispatcher.loop.call_soon(dispatcher._task.cancel)
+                enough.append(True)
+                dispatcher.loop.stop()  # start() returns (raising RuntimeError) and closes the dispatcher
 
     with LiveSession(rec, store, live, write_raw=args.write_raw) as session:
         session.subscribe(dispatcher)
@@ -74,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"listening on {args.zmq}; results to {session.client.uri}", flush=True)
         try:
             dispatcher.start()
-        except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or --max-runs reached
+        except KeyboardInterrupt:
             pass
+        except RuntimeError:  # "Event loop stopped before Future completed": --max-runs reached
+            if not enough:
+                raise
         print("finishing queued frames ...", flush=True)
         session.finish()
         for raw_uid in stops:

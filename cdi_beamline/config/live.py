@@ -13,7 +13,8 @@ __all__ = ["LiveConfig", "StoreConfig"]
 
 
 class LiveConfig(FrozenModel):
-    """How the live callback feeds frames to the reconstruction worker."""
+    """How the live callback feeds frames to the reconstruction worker. The batch is the
+    engine's: ``ReconstructorConfig.batch_size``."""
 
     image_key: str | None = None
     """Data key of the detector image; ``None`` picks the first 2D field of the stream
@@ -22,11 +23,9 @@ class LiveConfig(FrozenModel):
     stream: str = "primary"
     """Name of the raw event stream whose frames are reconstructed."""
 
-    batch_size: int = Field(16, ge=1, le=65536)
-    """Frames per Reconstructor call (and per HDF5 append / StreamDatum)."""
-
     max_wait_s: float = Field(0.5, gt=0, le=3600)
-    """A partial batch is reconstructed once its oldest frame waited this long."""
+    """A partial batch is reconstructed once its oldest frame waited this long (a full batch,
+    ``ReconstructorConfig.batch_size`` frames, at once)."""
 
     queue_size: int = Field(4096, ge=1)
     """Capacity of the queue between the RunEngine thread and the worker (frames)."""

@@ -1,0 +1,141 @@
+"""The per-run assembler: frames of one raw run in, result rows out (no thread, no clock)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..pipeline import validate_frame
+from ..results import ResultRows, Status
+from ._items import Frames
+
+__all__ = ["Engine", "RunAssembler"]
+
+logger = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the live path needs of a reconstruction engine (``cdi_beamline.pipeline.Reconstructor``)."""
+
+    config: Any  # ``.batch_size``: frames per reconstruction
+
+    def reconstruct(self, frames: np.ndarray, *, mask: np.ndarray | None = ..., seed: int | None = ...) -> Any: ...
+
+    def describe(self) -> dict: ...
+
+
+class RunAssembler:
+    """Collect the frames of one raw run into batches of ``reconstructor.config.batch_size``
+    and turn them into :class:`~cdi_beamline.results.ResultRows`.
+
+    Frames of the run's shape wait as (B, H, W) arrays; a full batch is reconstructed as one
+    array (one ``reconstruct`` call, seed ``seed``). Frames of another shape cannot join the
+    stack: they become ``bad`` rows at once, with the reason from
+    :func:`cdi_beamline.pipeline.validate_frame`. Rows come out in raw ``seq_num`` order; a
+    failing engine gives ``error`` rows, never an exception.
+
+    Parameters
+    ----------
+    reconstructor : Engine
+    shape : (H, W), optional
+        The run's image shape (from the descriptor); else that of the first frames.
+    mask : (H, W) bool, optional
+        True = measured pixel, passed to every reconstruction.
+    seed : int or None
+        Seed of every batch's random starts.
+    stats : Counter, optional
+        Counts ``batches`` and ``reconstruct_errors`` here (shared with a worker).
+    """
+
+    def __init__(
+        self,
+        reconstructor: Engine,
+        shape: tuple[int, int] | None = None,
+        *,
+        mask: np.ndarray | None = None,
+        seed: int | None = 0,
+        stats: Counter | None = None,
+    ):
+        self.reconstructor = reconstructor
+        self.batch_size = int(reconstructor.config.batch_size)
+        self.shape = shape
+        self.mask = mask
+        self.seed = seed
+        self.stats = Counter() if stats is None else stats
+        self.received = 0
+        self.errors: list[str] = []
+        self._frames: list[np.ndarray] = []  # (b, H, W) arrays waiting, in arrival order
+        self._seqs: list[np.ndarray] = []
+        self._failed: list[ResultRows] = []  # rows without reconstruction, released in seq order
+
+    @property
+    def waiting(self) -> int:
+        """Frames (and failed rows) held until the next batch or :meth:`flush`."""
+        return sum(len(f) for f in self._frames) + sum(len(r) for r in self._failed)
+
+    def add(self, item: Frames) -> list[ResultRows]:
+        """Take frames; returns the rows of every batch now full (often none)."""
+        frames = item.frames
+        self.received += len(frames)
+        if self.shape is None and frames.ndim == 3:
+            self.shape = (int(frames.shape[1]), int(frames.shape[2]))
+        if frames.ndim == 3 and frames.shape[1:] == self.shape:
+            self._frames.append(frames)
+            self._seqs.append(item.seq_nums)
+        else:
+            reasons = [validate_frame(f, self.shape) or f"frame shape {np.shape(f)}" for f in frames]
+            self._failed.append(ResultRows.failed(item.seq_nums, self._row_shape, "bad", reasons))
+        out = []
+        while sum(len(f) for f in self._frames) >= self.batch_size:
+            out.append(self._release(self.batch_size))
+        return out
+
+    def fail(self, seq_nums: np.ndarray, status: Status, reason: str) -> None:
+        """Record frames that get no reconstruction (unreadable, dropped); released in order."""
+        self.received += len(seq_nums)
+        self._failed.append(ResultRows.failed(seq_nums, self._row_shape, status, reason))
+
+    def flush(self) -> ResultRows | None:
+        """Reconstruct what waits now (a partial batch); None if nothing waits."""
+        if not self.waiting:
+            return None
+        return self._release(sum(len(f) for f in self._frames))
+
+    @property
+    def _row_shape(self) -> tuple[int, int]:
+        return self.shape or (1, 1)
+
+    def _release(self, n: int) -> ResultRows:
+        parts = []
+        last_seq = None
+        if n:
+            frames = self._frames[0] if len(self._frames) == 1 else np.concatenate(self._frames)
+            seqs = np.concatenate(self._seqs)
+            self._frames = [frames[n:]] if len(frames) > n else []
+            self._seqs = [seqs[n:]] if len(seqs) > n else []
+            parts.append(self._reconstruct(seqs[:n], frames[:n]))
+            last_seq = seqs[n - 1] if self._frames else None
+        if self._failed:
+            failed = ResultRows.concat(self._failed)
+            now = np.ones(len(failed), bool) if last_seq is None else failed.raw_seq_num <= last_seq
+            parts.append(failed.take(np.flatnonzero(now)))
+            self._failed = [failed.take(np.flatnonzero(~now))] if (~now).any() else []
+        return ResultRows.concat(parts).sorted()
+
+    def _reconstruct(self, seqs: np.ndarray, frames: np.ndarray) -> ResultRows:
+        shape = self._row_shape
+        try:
+            out = self.reconstructor.reconstruct(frames, mask=self.mask, seed=self.seed)
+            self.stats["batches"] += 1
+        except Exception as exc:  # noqa: BLE001 - the scan goes on, the failure is recorded
+            logger.exception("reconstruction of %d frames failed", len(frames))
+            msg = f"reconstruction failed: {type(exc).__name__}: {exc}"
+            self.errors.append(msg)
+            self.stats["reconstruct_errors"] += 1
+            return ResultRows.failed(seqs, shape, "error", msg)
+        if out.amplitude.shape[1:] != shape:  # no frame was good: the engine gives (B, 0, 0) images
+            return ResultRows.failed(seqs, shape, "bad", list(out.reason))
+        return ResultRows.from_batch(seqs, out)

@@ -1,0 +1,29 @@
+"""Tiled storage: the embedded server of a data directory, writers that survive outages,
+result queries.
+
+- :mod:`._server`: :class:`EmbeddedTiled` (+ its API key), :func:`connect`, :func:`serving`;
+- :mod:`._spool`: :class:`SpoolingWriter` (+ the JSONL codec :mod:`._codec`), :func:`make_writer`;
+- :mod:`._queries`: :func:`derived_runs`, :func:`load_results`, :func:`load_raw_frames`.
+"""
+
+from ._codec import decode_line, encode_line
+from ._queries import derived_runs, load_raw_frames, load_results
+from ._server import CATALOG_KEY, DataDir, EmbeddedTiled, close_at_exit, connect, reachable, serving
+from ._spool import SpoolingWriter, make_writer
+
+__all__ = [
+    "CATALOG_KEY",
+    "DataDir",
+    "EmbeddedTiled",
+    "SpoolingWriter",
+    "close_at_exit",
+    "connect",
+    "decode_line",
+    "derived_runs",
+    "encode_line",
+    "load_raw_frames",
+    "load_results",
+    "make_writer",
+    "reachable",
+    "serving",
+]

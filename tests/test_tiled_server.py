@@ -1,0 +1,43 @@
+"""The embedded Tiled server: the data-directory layout, one API key per process, restarts."""
+
+import pytest
+
+from cdi_beamline.errors import CDIValueError
+from cdi_beamline.tiled import DataDir, EmbeddedTiled, connect, serving
+
+
+def test_second_embedded_server_in_process_keeps_the_first_usable(tiled_server, tmp_path):
+    first = tiled_server.client()
+    with EmbeddedTiled(tmp_path / "second") as second:
+        assert second.api_key == tiled_server.api_key
+        assert "CatalogOfBlueskyRuns" in {s.name for s in second.client().specs}
+        # the session server still answers its own (new) clients after another started
+        assert len(tiled_server.client()) == len(first)
+    # and after the second server stopped, and restarted on its own port
+    port = tiled_server.port
+    tiled_server.stop()
+    assert serving(tiled_server.data_dir) is None  # server.json removed
+    tiled_server.start()
+    assert tiled_server.port == port and len(tiled_server.client()) == len(first)
+
+
+def test_data_dir_layout_and_serving(tiled_server):
+    dirs = DataDir.of(tiled_server.data_dir)
+    assert (dirs.tiled, dirs.results, dirs.spool) == (
+        tiled_server.tiled_dir,
+        tiled_server.results_dir,
+        tiled_server.spool_dir,
+    )
+    assert (dirs.tiled / "catalog.db").exists() and (dirs.tiled / "api_key").read_text() == tiled_server.api_key
+    assert serving(tiled_server.data_dir) == (tiled_server.uri, tiled_server.api_key)
+    catalog = connect(data_dir=tiled_server.data_dir)  # reuses the running server
+    assert str(catalog.context.api_uri).startswith(tiled_server.uri)
+    via_uri = connect(uri=tiled_server.uri, api_key=tiled_server.api_key)  # root uri -> the runs catalog
+    assert "CatalogOfBlueskyRuns" in {s.name for s in via_uri.specs}
+
+
+def test_connect_refuses_what_it_cannot_reach(tmp_path):
+    with pytest.raises(CDIValueError, match="uri or a data_dir"):
+        connect()
+    with pytest.raises(CDIValueError, match="no Tiled catalog"):
+        connect(data_dir=tmp_path / "empty")
