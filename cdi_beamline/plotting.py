@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from matplotlib.figure import Figure
 
-from .results import ResultRows
+from .results import RAW_SEQ_NUM, ResultRows
 
 __all__ = [
     "GalleryColumn",
@@ -335,7 +335,7 @@ def plot_scan_overview(
             phase = unwrap(phase, mask=sup if sup.any() else None)
         phase = np.where(sup, phase, np.nan)
         axes[0, col].imshow(amp[r0:r1, c0:c1], cmap="gray")
-        axes[0, col].set_title(f"seq {res['raw_seq_num'][i]}\nchi² {res['chi2'][i]:.3g}", fontsize=8)
+        axes[0, col].set_title(f"seq {res[RAW_SEQ_NUM][i]}\nchi² {res['chi2'][i]:.3g}", fontsize=8)
         im = axes[1, col].imshow(phase[r0:r1, c0:c1], cmap="twilight_shifted")
         fig.colorbar(im, ax=axes[1, col], fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
         for ax in axes[:, col]:

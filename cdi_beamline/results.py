@@ -35,6 +35,7 @@ __all__ = [
     "KIND",
     "PARENT_UID",
     "RAW_IMAGE_KEY",
+    "RAW_SEQ_NUM",
     "REPROCESSED",
     "RESULT_KEYS",
     "ResultRows",
@@ -90,7 +91,10 @@ STREAM = "primary"
 ARRAY_DTYPES: dict[str, str] = {"amplitude": "<f4", "phase": "<f4", "support": "|u1"}
 """Per-frame images (H, W), stored in the result HDF5 file: key -> numpy dtype in the file."""
 
-SCALAR_DTYPES: dict[str, str] = {"chi2": "<f8", "raw_seq_num": "<i8", "status": "<U", "reason": "<U"}
+RAW_SEQ_NUM = "raw_seq_num"
+"""Per-frame key: the raw event's ``seq_num`` that the row reconstructs."""
+
+SCALAR_DTYPES: dict[str, str] = {"chi2": "<f8", RAW_SEQ_NUM: "<i8", "status": "<U", "reason": "<U"}
 """Per-frame scalars, stored in EventPages: key -> numpy dtype (``<U``: a string)."""
 
 RESULT_KEYS: tuple[str, ...] = (*ARRAY_DTYPES, *SCALAR_DTYPES)

@@ -73,7 +73,7 @@ def test_aps_geometry_and_errors(aps):
     assert len(aps) == 201 and aps.n_frames == 201 and aps.shape == (64, 64)
     assert aps.angles.shape == (201,)
     np.testing.assert_allclose(aps.angles[[0, 99, 200]], [-0.28, 0.215, 0.72])
-    assert aps.describe()["detector_rows"] == [94, 157]
+    assert aps.provenance()["detector_rows"] == [94, 157]
     # the rocking curve peaks at the centre of the scan
     totals = np.array([aps.frame(i).sum() for i in range(0, 201, 10)])
     assert 80 <= 10 * totals.argmax() <= 120
@@ -99,7 +99,7 @@ def test_file_source_formats(tmp_path, aps):
         assert isinstance(src, FileSource) and len(src) == 3 and src.shape == (64, 64)
         np.testing.assert_allclose(src.frame(1), aps.frame(99), rtol=1e-5)
         assert src.frame(0).dtype == np.float32
-    assert make_source(str(tmp_path / "sim.h5")).describe()["squared_modulus"] is True
+    assert make_source(str(tmp_path / "sim.h5")).provenance()["squared_modulus"] is True
     assert make_source(str(tmp_path / "i.npz")).mask.all()
 
 
@@ -290,7 +290,7 @@ def test_file_source_reads_the_simulate_hdf5(tmp_path):
     batch = simulate_batch(3, config, seed=2, device="cpu")
     path = write_h5(tmp_path / "sim.h5", batch, config, seed=2)
     src = make_source(str(path))
-    assert src.describe()["dataset"] == "modulus" and len(src) == 3
+    assert src.provenance()["dataset"] == "modulus" and len(src) == 3
     np.testing.assert_allclose(src.frame(2), batch.modulus[2].numpy() ** 2, rtol=1e-6)
     np.testing.assert_array_equal(src.mask, batch.mask[0].numpy())
     assert not src.mask[32, 32] and (src.frame(0)[~src.mask] == 0).all()

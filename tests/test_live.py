@@ -72,7 +72,7 @@ class ListSource(FrameSource):
     def _frame(self, i):
         return self.frames[i]
 
-    def describe(self):
+    def provenance(self):
         return {"source": "list"}
 
 

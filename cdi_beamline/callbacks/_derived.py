@@ -51,7 +51,7 @@ class DerivedRun:
     results_dir : path
         The HDF5 file ``<derived uid>.h5`` is created there.
     metadata : dict
-        Extra start metadata: ``reconstructor`` (``Reconstructor.describe()``), ``live``...
+        Extra start metadata: ``reconstructor`` (``Reconstructor.provenance()``), ``live``...
     """
 
     def __init__(self, raw_start: dict, emit: Emit, results_dir: str | Path, metadata: dict | None = None):

@@ -76,7 +76,7 @@ class ReconstructionWorker:
     Parameters
     ----------
     reconstructor : Engine
-        ``reconstruct(frames (B,H,W), mask=, seed=)``, ``describe()`` and ``config.batch_size``.
+        ``reconstruct(frames (B,H,W), mask=, seed=)``, ``provenance()`` and ``config.batch_size``.
     emit : callable(name, doc)
         Receives every derived document.
     config : LiveConfig
@@ -111,7 +111,7 @@ class ReconstructionWorker:
         self.stats: Counter = Counter()
         self.errors: list[str] = []
         self._runs: dict[str, _Run] = {}
-        self._describe: dict | None = None
+        self._provenance: dict | None = None
         self._listeners: list[RowsListener] = []
         self._thread = threading.Thread(target=self._loop, name="cdi-reconstruction", daemon=True)
 
@@ -258,14 +258,14 @@ class ReconstructionWorker:
 
     def start_metadata(self, image_key: str | None) -> dict:
         """Start-document metadata of a derived run: engine description, live config, image key."""
-        if self._describe is None:
+        if self._provenance is None:
             try:
-                self._describe = dict(self.reconstructor.provenance())
+                self._provenance = dict(self.reconstructor.provenance())
             except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
                 logger.exception("Reconstructor.provenance() failed")
-                self._describe = {"error": f"provenance() failed: {exc}"}
+                self._provenance = {"error": f"provenance() failed: {exc}"}
         return {
-            "reconstructor": self._describe,
+            "reconstructor": self._provenance,
             "live": self.config.model_dump(mode="json"),
             RAW_IMAGE_KEY: image_key,
             "raw_stream": self.config.stream,

@@ -10,7 +10,7 @@ import argparse
 import json
 import math
 
-from ..results import PARENT_UID, REPROCESSED
+from ..results import PARENT_UID, RAW_SEQ_NUM, REPROCESSED
 
 
 def add_store_options(p: argparse.ArgumentParser) -> None:
@@ -143,15 +143,15 @@ def run(args: argparse.Namespace) -> int:
         listing.append(
             {
                 "uid": start["uid"],
-                "parent_uid": start[PARENT_UID],
+                PARENT_UID: start[PARENT_UID],
                 "scan_id": start.get("scan_id"),
                 "time": start["time"],
-                "reprocessed": bool(start.get(REPROCESSED, False)),
+                REPROCESSED: bool(start.get(REPROCESSED, False)),
                 "counts": counts(res["stop"]),
                 "exit_status": res["stop"].get("exit_status"),
                 "chi2_mean": _finite(float(np.mean(chi2_ok))) if chi2_ok.size else None,
                 "chi2_max": _finite(float(np.max(chi2_ok))) if chi2_ok.size else None,
-                "raw_seq_num": [int(s) for s in res["raw_seq_num"]],
+                RAW_SEQ_NUM: [int(s) for s in res[RAW_SEQ_NUM]],
                 "chi2": [_finite(float(c)) for c in res["chi2"]],
                 "status": [str(s) for s in res["status"]],
                 "reason": [str(s) for s in res["reason"]],
@@ -168,15 +168,15 @@ def run(args: argparse.Namespace) -> int:
         mean = "-" if item["chi2_mean"] is None else f"{item['chi2_mean']:.4g}"
         worst = "-" if item["chi2_max"] is None else f"{item['chi2_max']:.4g}"
         print(
-            f"derived {item['uid']}  raw {item['parent_uid']}  scan_id {item['scan_id']}"
-            f"{'  (reprocessed)' if item['reprocessed'] else ''}"
+            f"derived {item['uid']}  raw {item[PARENT_UID]}  scan_id {item['scan_id']}"
+            f"{'  (reprocessed)' if item[REPROCESSED] else ''}"
         )
         print(
             f"  frames {len(item['chi2'])}: {c.get('reconstructed', 0)} reconstructed, {c.get('flagged', 0)} flagged,"
             f" {c.get('dropped', 0)} dropped; chi2 mean {mean}, worst {worst}; exit {item['exit_status']}"
         )
         print("  seq_num        chi2  status  reason")
-        for s, x, st, why in zip(item["raw_seq_num"], item["chi2"], item["status"], item["reason"]):
+        for s, x, st, why in zip(item[RAW_SEQ_NUM], item["chi2"], item["status"], item["reason"]):
             chi = "nan" if x is None else f"{x:.5f}"
             print(f"  {s:7d} {chi:>11}  {st:6}  {why}")
     return 0

@@ -184,7 +184,7 @@ class ReplayHDF5Detector(StandardDetector):
     (N, H, W) float32), announced by StreamResource/StreamDatum documents.
 
     Event keys: ``{name}`` (external, shape [1, H, W] per event) and ``{name}-frame_index``;
-    configuration: ``{name}-source_info`` (the source's ``describe()`` as JSON).
+    configuration: ``{name}-source_info`` (the source's ``provenance()`` as JSON).
     ``stage()`` rewinds the source to frame 0.
 
     Parameters
@@ -205,6 +205,6 @@ class ReplayHDF5Detector(StandardDetector):
             _ReplayAcquireLogic(self.file_writer),
             _ReplayDataLogic(self.file_writer, path_provider),
         )
-        self.source_info = soft_signal_rw(str, initial_value=json.dumps(self.source.describe()))
+        self.source_info = soft_signal_rw(str, initial_value=json.dumps(self.source.provenance()))
         self.add_config_signals(self.source_info)
         super().__init__(name=name)

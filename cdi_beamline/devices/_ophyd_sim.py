@@ -46,7 +46,7 @@ class ReplayDetector(Device):
     event, like ``ophyd.sim``'s image detectors.
 
     Event keys: ``{name}_image`` (H, W) float32 and ``{name}_frame_index`` (the source's
-    frame number); configuration: ``{name}_source_info`` (the source's ``describe()`` as
+    frame number); configuration: ``{name}_source_info`` (the source's ``provenance()`` as
     JSON). ``stage()`` rewinds to frame 0; each ``trigger()`` reads the next frame,
     wrapping around at the end of a finite source. With ``motor`` given, ``trigger()``
     instead picks the frame whose rocking angle is nearest the motor's position.
@@ -72,11 +72,11 @@ class ReplayDetector(Device):
         if motor is not None and self.source.angles is None:
             raise CDIValueError(
                 f"ReplayDetector {name!r}: motor {motor.name!r} given but the source "
-                f"{self.source.describe()['source']!r} has no rocking angles"
+                f"{self.source.provenance()['source']!r} has no rocking angles"
             )
         self.motor = motor
         self.image.shape = tuple(self.source.shape)
-        self.source_info.put(json.dumps(self.source.describe()))
+        self.source_info.put(json.dumps(self.source.provenance()))
         self.cursor = FrameCursor(self.source)
 
     def stage(self):

@@ -8,7 +8,7 @@ small interface, so that the ophyd, ophyd-async and Tango detectors can wrap any
     src.shape           (H, W)
     src.mask            (H, W) bool, True = measured pixel; None = every pixel measured
     src.angles          (n_frames,) rocking angle θ in degrees per frame, or None
-    src.describe()      JSON-able dict: what the source is, for start documents
+    src.provenance()    JSON-able dict: what the source is, for start documents
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class FrameSource:
             yield self.frame(i)
             i += 1
 
-    def describe(self) -> dict[str, Any]:
+    def provenance(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def _frame(self, i: int) -> np.ndarray:
@@ -204,7 +204,7 @@ class SyntheticSource(FrameSource):
     def _frame(self, i: int) -> np.ndarray:
         return self._chunk(i // self.chunk)[i % self.chunk].copy()
 
-    def describe(self) -> dict[str, Any]:
+    def provenance(self) -> dict[str, Any]:
         return {
             "source": "synthetic",
             "n_frames": self.n_frames,
@@ -310,7 +310,7 @@ class FileSource(FrameSource):
     def _frame(self, i: int) -> np.ndarray:
         return self.frames[i].copy()
 
-    def describe(self) -> dict[str, Any]:
+    def provenance(self) -> dict[str, Any]:
         return {
             "source": "file",
             "path": str(self.path),
@@ -372,7 +372,7 @@ class ApsRockingSource(FrameSource):
     def _frame(self, i: int) -> np.ndarray:
         return self.frames[i].copy()
 
-    def describe(self) -> dict[str, Any]:
+    def provenance(self) -> dict[str, Any]:
         return {
             "source": "aps34idc",
             "file": APS_DATA_FILE,

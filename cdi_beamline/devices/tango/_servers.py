@@ -90,7 +90,7 @@ class CDIReplayDetector(Device):
 
     @attribute(dtype=str, doc="What the device replays: the frame source's description (JSON)")
     def source_info(self):
-        return json.dumps(self.source.describe()) if self.source is not None else "{}"
+        return json.dumps(self.source.provenance()) if self.source is not None else "{}"
 
     @attribute(dtype=int, doc="Frames acquired since the device started")
     def frame_count(self):
