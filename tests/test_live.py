@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import threading
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,7 +29,7 @@ from cdi_beamline.config import ConfigError, LiveConfig, ReconstructorConfig
 from cdi_beamline.devices import FrameSource, ReplayDetector, SyntheticSource
 from cdi_beamline.errors import CDIValueError
 from cdi_beamline.pipeline import Reconstructor
-from cdi_beamline.tiled import derived_runs, load_raw_frames, load_results, make_writer
+from cdi_beamline.tiled import derived_runs, encode_document, load_raw_frames, load_results, make_writer
 
 ITER = 20  # refinement iterations: enough to exercise the engine, small for CI
 _ENGINES: dict[int, Reconstructor] = {}
@@ -362,8 +365,19 @@ def test_ophyd_async_hdf5_detector_path(source, tiled_server, client, run_engine
     np.testing.assert_allclose(res["chi2"], offline.chi2, rtol=1e-5)
 
 
+class _PicklePayload:
+    """Unpickling this creates the file ``marker``: what an attacker's message could run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
 def test_worker_process_fed_by_0mq(source, tiled_server, client, run_engine, tmp_path):
-    """The worker in its own process, behind a real 0MQ proxy on 127.0.0.1."""
+    """The worker in its own process, behind a real 0MQ proxy on 127.0.0.1; documents travel as
+    JSON, and a pickled message sent to the same port is dropped without being unpickled."""
     import queue
     import socket
     import subprocess
@@ -412,17 +426,26 @@ def test_worker_process_fed_by_0mq(source, tiled_server, client, run_engine, tmp
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # bluesky reports refused messages with print()
     )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in worker.stdout], daemon=True)
     reader.start()
     try:
-        publisher = Publisher(f"127.0.0.1:{ports[0]}")
+        publisher = Publisher(f"127.0.0.1:{ports[0]}", serializer=encode_document)
+        marker = tmp_path / "pwned"
+        # a sender that pickles (bluesky's default serializer) a payload that would create `marker`
+        attacker = Publisher(f"127.0.0.1:{ports[0]}", serializer=lambda doc: pickle.dumps(_PicklePayload(marker)))
         # handshake: 0MQ drops messages sent before both sockets reach the proxy, so publish a stop of an
         # unknown run until the worker reports ignoring it; only then is the path known to be live
         deadline, seen = time.monotonic() + 60, []
-        while not any("ignored stop of run probe" in line for line in seen):
+        # (and until a pickled message has reached the worker and been refused)
+        while not (
+            any("ignored stop of run probe" in line for line in seen)
+            and any("Failed to deserialize" in line for line in seen)
+        ):
             assert time.monotonic() < deadline and worker.poll() is None, "".join(seen)
+            attacker("start", {})
             publisher(
                 "stop",
                 {
@@ -444,7 +467,10 @@ def test_worker_process_fed_by_0mq(source, tiled_server, client, run_engine, tmp
         out = "".join(seen) + "".join(lines.queue)
         publisher._socket.setsockopt(zmq.LINGER, 0)  # a stopped proxy must not hold the context
         publisher.close()
+        attacker._socket.setsockopt(zmq.LINGER, 0)
+        attacker.close()
         assert worker.returncode == 0, out
+        assert not marker.exists()  # pickles reached the worker (handshake) and none was unpickled
         (derived,) = derived_runs(client, raw_uid)
         res = load_results(client, derived.metadata["start"]["uid"])
         assert list(res["status"]) == ["ok"] * 4 and list(res["raw_seq_num"]) == [1, 2, 3, 4]

@@ -1,9 +1,13 @@
-"""The spool's JSON Lines codec keeps documents, arrays included, exactly."""
+"""The JSON codec (spool lines, 0MQ wire) keeps documents, arrays included, exactly, and
+never runs what a message carries."""
 
 import numpy as np
 import pytest
 
-from cdi_beamline.tiled import decode_line, encode_line
+import pickle
+from pathlib import Path
+
+from cdi_beamline.tiled import decode_document, decode_line, encode_document, encode_line
 
 
 def test_round_trip_keeps_dtype_shape_and_values():
@@ -24,5 +28,29 @@ def test_round_trip_keeps_dtype_shape_and_values():
 
 
 def test_unknown_objects_are_refused():
-    with pytest.raises(TypeError, match="cannot spool object"):
+    with pytest.raises(TypeError, match="cannot encode object"):
         encode_line("event", {"x": object()})
+
+
+def test_wire_round_trip_keeps_arrays():
+    doc = {"uid": "u", "data": {"img": np.arange(6, dtype="<f4").reshape(2, 3)}, "seq_num": 3}
+    back = decode_document(encode_document(doc))
+    assert back["seq_num"] == 3 and back["data"]["img"].dtype == np.dtype("<f4")
+    np.testing.assert_array_equal(back["data"]["img"], doc["data"]["img"])
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("message", ["pickle", b"[1, 2]", b"not json"])
+def test_wire_refuses_what_is_not_a_json_document(message, tmp_path):
+    marker = tmp_path / "ran"
+    data = pickle.dumps({"payload": _Payload(marker)}) if message == "pickle" else message
+    with pytest.raises(ValueError):
+        decode_document(data)
+    assert not marker.exists()

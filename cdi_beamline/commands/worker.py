@@ -13,10 +13,12 @@ def add_parser(subparsers) -> None:
         "worker",
         help="run LiveReconstruction in its own process, fed by bluesky's 0MQ publisher",
         description="Subscribe to a bluesky 0MQ proxy (bluesky.callbacks.zmq: the RunEngine side does "
-        "RE.subscribe(Publisher('host:in_port')); a proxy forwards to out_port) and reconstruct every "
+        "RE.subscribe(Publisher('host:in_port', serializer=cdi_beamline.tiled.encode_document)); a proxy "
+        "forwards to out_port) and reconstruct every "
         "frame of every run, writing one derived run per raw run to Tiled (--uri, or the embedded server "
         "of --data-dir). Result HDF5 files go to DIR/results, which the Tiled server must read. The GPU "
-        "can sit on another host than the RunEngine.",
+        "can sit on another host than the RunEngine. Documents travel as JSON: a pickled message is dropped, "
+        "never unpickled.",
     )
     p.add_argument("--zmq", required=True, metavar="ADDRESS", help="the 0MQ proxy's output, host:port")
     p.add_argument("--prefix", default="", help="only documents published with this prefix")
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..callbacks import LiveSession
     from ..config import StoreConfig
     from ..errors import CDIValueError
+    from ..tiled import decode_document
 
     quiet_logs()
     if args.data_dir is None:
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     rec = build_reconstructor(args)
     store = StoreConfig.build(data_dir=Path(args.data_dir), uri=args.uri, api_key=args.api_key)
     live = LiveConfig.build(queue_policy=args.queue_policy, image_key=args.image_key)
-    dispatcher = RemoteDispatcher(args.zmq, prefix=args.prefix.encode())
+    # JSON on the wire, never pickle: a pickled message would run code on this (GPU) host
+    dispatcher = RemoteDispatcher(args.zmq, prefix=args.prefix.encode(), deserializer=decode_document)
     starts: set[str] = set()
     stops: list[str] = []
     enough: list[bool] = []  # set when --max-runs is reached

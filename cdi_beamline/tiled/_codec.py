@@ -1,4 +1,11 @@
-"""The spool's JSON Lines codec: one ``[name, doc]`` per line, numpy arrays kept exactly."""
+"""JSON for Bluesky documents, numpy arrays kept exactly (dtype, shape, bytes).
+
+Two uses: the spool's JSON Lines (one ``[name, doc]`` per line) and the 0MQ wire
+(:func:`encode_document` / :func:`decode_document` as the ``serializer`` / ``deserializer`` of
+bluesky's ``Publisher`` / ``RemoteDispatcher``, whose default, pickle, runs whatever code a
+message carries). Decoding is ``json.loads``: it builds dicts, lists, numbers, strings and
+numpy arrays, never objects of a class a message names.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["decode_line", "encode_line"]
+__all__ = ["decode_document", "decode_line", "encode_document", "encode_line"]
 
 
 def _encode(obj: Any) -> Any:
@@ -20,7 +27,7 @@ def _encode(obj: Any) -> Any:
         }
     if isinstance(obj, np.generic):
         return obj.item()
-    raise TypeError(f"cannot spool {type(obj).__name__}")
+    raise TypeError(f"cannot encode {type(obj).__name__} in a document")
 
 
 def _decode(obj: dict) -> Any:
@@ -39,3 +46,22 @@ def decode_line(line: str) -> tuple[str, dict]:
     """The ``(name, doc)`` of a line written by :func:`encode_line`."""
     name, doc = json.loads(line, object_hook=_decode)
     return name, doc
+
+
+def encode_document(doc: dict) -> bytes:
+    """A document as UTF-8 JSON: bluesky ``Publisher(..., serializer=encode_document)``."""
+    return json.dumps(doc, default=_encode).encode()
+
+
+def decode_document(data: bytes) -> dict:
+    """The inverse of :func:`encode_document`: ``RemoteDispatcher(..., deserializer=decode_document)``.
+
+    Raises
+    ------
+    ValueError
+        ``data`` is not a JSON object (a pickle, say): the dispatcher drops the message.
+    """
+    doc = json.loads(data, object_hook=_decode)
+    if not isinstance(doc, dict):
+        raise ValueError(f"a document must be a JSON object, got {type(doc).__name__}")
+    return doc
