@@ -1,11 +1,11 @@
 """The JSON codec (spool lines, 0MQ wire) keeps documents, arrays included, exactly, and
 never runs what a message carries."""
 
-import numpy as np
-import pytest
-
 import pickle
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 from cdi_beamline.tiled import decode_document, decode_line, encode_document, encode_line
 
