@@ -8,6 +8,8 @@ A benchmark module defines::
     add_arguments(parser)        # its own options
     setup(args) -> state         # untimed: data, warm-up (compilation, first calls)
     measure(args, state) -> dict # one repeat: {row key: value, ...}; may add "info": {...}
+    params(args) -> dict         # optional: what the tables' heading says was run
+    teardown(state)              # optional: close servers, contexts
 
 and ends with ``if __name__ == "__main__": main(sys.modules[__name__])``. :func:`main` runs
 ``setup`` once and ``measure`` ``--repeats`` times, records the machine, the load average
@@ -218,15 +220,19 @@ def run(module: ModuleType, args: argparse.Namespace) -> dict[str, Any]:
     state = module.setup(args)
     values: dict[str, list[float]] = {row.key: [] for row in module.ROWS}
     info: list[dict[str, Any]] = []
-    for _ in range(args.repeats):
-        got = module.measure(args, state)
-        info.append(got.pop("info", {}))
-        for key in values:
-            values[key].append(float(got.get(key, float("nan"))))
+    try:
+        for _ in range(args.repeats):
+            got = module.measure(args, state)
+            info.append(got.pop("info", {}))
+            for key in values:
+                values[key].append(float(got.get(key, float("nan"))))
+    finally:
+        if hasattr(module, "teardown"):
+            module.teardown(state)
     params = module.params(args) if hasattr(module, "params") else {}
     bench = {
         "name": module.NAME,
-        "title": module.TITLE,
+        "title": module.TITLE.format(**vars(args)),
         "started": started,
         "repeats": args.repeats,
         "params": params,
