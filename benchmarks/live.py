@@ -2,7 +2,8 @@
 
 1. the RunEngine's own rate: ``count`` of a 64x64 replay detector, no callback (baseline);
 2. the same scan with LiveReconstruction subscribed and the worker held: the callback's own
-   cost in the RunEngine thread (find the frame, enqueue) and the time spent inside it;
+   cost in the RunEngine thread (find the frame, enqueue) and the time spent inside it
+   (``--scans`` of each, interleaved, medians);
 3. offline: the same frames through ``Reconstructor.reconstruct`` in a thread (as the
    worker), same batches, with the CNN start and with random starts (mean chi² of both);
 4. end to end: raw run + derived run written to an embedded Tiled server, from scan start
@@ -29,9 +30,9 @@ from _harness import Ratio, Row, main
 NAME = "live"
 TITLE = "Live: scan → CNN + {iterations} iterations → Tiled, {frames} frames 64×64, batch {batch_size}"
 ROWS = [
-    Row("alone", "RunEngine count alone (baseline)", "events/s", 0),
-    Row("held", "… with the callback subscribed, worker held", "events/s", 0),
-    Row("inside", "time inside the callback, RunEngine thread", "µs/event", 1),
+    Row("alone", "RunEngine count alone (baseline; median of {scans} scans)", "events/s", 0),
+    Row("held", "… with the callback subscribed, worker held (median of {scans}, interleaved)", "events/s", 0),
+    Row("inside", "time inside the callback, RunEngine thread (median of {scans})", "µs/event", 1),
     Row("e2e", "end to end: scan start → every result in Tiled", "frames/s", 1),
     Row("e2e_scan", "scan rate during end to end (raw TiledWriter + callback + worker)", "events/s", 0),
     Row("lost", "frames lost (derived rows missing in Tiled)", "frames", 0),
@@ -65,6 +66,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--frames", type=int, default=1000, help="frames per scan (default 1000)")
     ap.add_argument("--iterations", type=int, default=100, help="refinement iterations (default 100)")
     ap.add_argument("--batch-size", type=int, default=64, help="live batch (default 64)")
+    ap.add_argument(
+        "--scans", type=int, default=3, help="interleaved scans alone / with the callback per repeat (median)"
+    )
     ap.add_argument("--device", default="auto")
 
 
@@ -147,16 +151,19 @@ def measure(args: argparse.Namespace, state: dict) -> dict:
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="cdi-live-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        out["alone"] = state["scan_rate"]()
-        gate = threading.Event()
-        held = LiveReconstruction(
-            HeldEngine(gate, batch), None, live_config(batch, data_dir=tmp / "held", queue_size=n + 16)
-        )
-        timed = _Timed(held)
-        out["held"] = state["scan_rate"](timed)
-        out["inside"] = 1e6 * timed.seconds / n
-        gate.set()
-        held.close()
+        alone, with_callback, inside = [], [], []
+        for k in range(args.scans):  # interleaved, medians: one scan is at the mercy of the load
+            alone.append(state["scan_rate"]())
+            gate = threading.Event()
+            held = LiveReconstruction(
+                HeldEngine(gate, batch), None, live_config(batch, data_dir=tmp / f"held{k}", queue_size=n + 16)
+            )
+            timed = _Timed(held)
+            with_callback.append(state["scan_rate"](timed))
+            inside.append(1e6 * timed.seconds / n)
+            gate.set()
+            held.close()
+        out.update(alone=np.median(alone), held=np.median(with_callback), inside=np.median(inside))
 
         out["offline"], out["chi2_cnn"] = offline(state["recs"]["cnn"], frames, batch)
         out["offline_random"], out["chi2_random"] = offline(state["recs"]["random"], frames, batch)
