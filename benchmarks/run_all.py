@@ -131,11 +131,11 @@ def header(record: dict[str, Any]) -> str:
         [
             f"## Benchmarks, {record['started']} – {record['finished']} ({record['seconds'] / 60:.1f} min)",
             "",
-            f"Machine: {m['cpu']} ({m['arch']}), {m['cores']} cores ({m['cores_usable']} usable), "
+            f"- Machine: {m['cpu']} ({m['arch']}), {m['cores']} cores ({m['cores_usable']} usable), "
             f"{m['memory_gib']} GiB memory, {m['os']}, {'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}.",
-            f"Load average (1/5/15 min) before {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}, after {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}.",
-            f"Software: Python {m['python']}, {soft}; OMP_WAIT_POLICY={m['omp_wait_policy']}; commit {record['commit']}.",
-            f"Command: `{record['command']}`.",
+            f"- Load average (1/5/15 min) before {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}, after {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}.",
+            f"- Software: Python {m['python']}, {soft}; OMP_WAIT_POLICY={m['omp_wait_policy']}; commit {record['commit']}.",
+            f"- Command: `{record['command']}`.",
         ]
     )
 
