@@ -5,6 +5,7 @@
     ./run bench phasing -- --cohere-n 8          # options after -- go to every named benchmark
     ./run bench -o phasing="--cohere-n 8" -o live="--frames 500"
     ./run bench phasing simulate --baseline-ref 3e650cd   # before/after, in one run
+    ./run bench phasing --baseline-ref 3e650cd --after-ref main   # two commits, from any tree
     ./run bench benchmarks/phasing.py --help     # one script as before
 
 Each benchmark runs in its own process (``python benchmarks/NAME.py``) with the package
@@ -16,7 +17,8 @@ against baselines measured in the same repeat) goes to ``benchmarks/results/<dat
 ``--baseline-ref REF`` checks REF out into a temporary git worktree and runs each benchmark
 ``--repeats`` times against both trees, one repeat per process, alternating which tree goes
 first, so that both see the same load; it prints after/before per measurement as the
-min–max over the paired repeats. Nothing here asserts a timing.
+min–max over the paired repeats; ``--after-ref REF`` puts a second commit on the "after"
+side instead of the working tree. Nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ from _harness import (  # noqa: E402  (after the path is set: this file runs as 
     versions,
 )
 
-BENCHMARKS = ["simulate", "phasing", "inference", "live", "aps", "devices", "nns"]
+BENCHMARKS = ["simulate", "phasing", "inference", "live", "aps", "accuracy", "devices", "nns"]
 """The whole set, in the order it runs (cheap and CPU-bound first)."""
+
+REPEATS_OF = {"accuracy": 1}
+"""Default repeats where the harness's default is not used: ``accuracy``'s values are fixed
+(seeded) and one repeat takes a minute on 2 cores. ``--repeats`` overrides."""
 
 
 def run_one(name: str, tree: Path, repeats: int, options: list[str], out: Path, log) -> dict[str, Any] | None:
@@ -116,8 +122,8 @@ def comparison_markdown(name: str, before: dict[str, Any], after: dict[str, Any]
     return "\n".join(lines)
 
 
-def worktree(ref: str, where: Path) -> Path:
-    path = where / "baseline"
+def worktree(ref: str, where: Path, name: str) -> Path:
+    path = where / name
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), ref], check=True)
     return path
 
@@ -149,7 +155,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default all: {' '.join(BENCHMARKS)})")
-    ap.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help=f"repeats each (default {DEFAULT_REPEATS})")
+    ap.add_argument(
+        "--repeats", type=int, help=f"repeats each (default {DEFAULT_REPEATS}; {REPEATS_OF} where deterministic)"
+    )
     ap.add_argument("--out", type=Path, help="JSON record (default benchmarks/results/<date>-<host>.json)")
     ap.add_argument(
         "-o",
@@ -160,8 +168,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="options for one benchmark (repeatable)",
     )
     ap.add_argument("--baseline-ref", metavar="REF", help="also run each benchmark against git REF, alternating")
+    ap.add_argument(
+        "--after-ref",
+        metavar="REF",
+        help="with --baseline-ref: the 'after' side is git REF (default: this working tree)",
+    )
     ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = ap.parse_args(argv)
+    if args.after_ref and not args.baseline_ref:
+        ap.error("--after-ref needs --baseline-ref")
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         ap.error(f"unknown benchmark(s) {unknown}; known: {BENCHMARKS}")
@@ -183,8 +198,8 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as ./run sets it: idle OpenMP threads sleep
     if args.list:
         for name in BENCHMARKS:
-            doc = (HERE / f"{name}.py").read_text().split('"""')[1].strip().splitlines()[0]
-            print(f"{name:10s} {doc}")
+            paragraph = (HERE / f"{name}.py").read_text().split('"""')[1].strip().split("\n\n")[0]
+            print(f"{name:10s} {' '.join(paragraph.split())}")
         return 0
     started, t0 = now_utc(), time.perf_counter()
     day = started.split()[0]
@@ -194,7 +209,7 @@ def main(argv: list[str]) -> int:
     record: dict[str, Any] = {
         "started": started,
         "command": shlex.join(["./run", "bench", *argv]),
-        "repeats": args.repeats,
+        "repeats": {name: args.repeats or REPEATS_OF.get(name, DEFAULT_REPEATS) for name in args.names},
         "load_before": load_average(),
         "machine": machine(),
         "versions": versions(),
@@ -204,19 +219,21 @@ def main(argv: list[str]) -> int:
     tables: list[str] = []
     with tempfile.TemporaryDirectory(prefix="cdi-bench-") as tmp_name, open(log_path, "w") as log:
         tmp = Path(tmp_name)
-        base_tree = worktree(args.baseline_ref, tmp) if args.baseline_ref else None
+        base_tree = worktree(args.baseline_ref, tmp, "baseline") if args.baseline_ref else None
+        after_tree = worktree(args.after_ref, tmp, "after") if args.after_ref else ROOT
         try:
             for name in args.names:
+                repeats = record["repeats"][name]
                 if base_tree is None:
-                    rec = run_one(name, ROOT, args.repeats, args.per[name], tmp / f"{name}.json", log)
+                    rec = run_one(name, ROOT, repeats, args.per[name], tmp / f"{name}.json", log)
                     record["benchmarks"][name] = rec or {"error": f"failed, see {log_path}"}
                     if rec:
                         tables.append(markdown(rec))
                         print(tables[-1] + "\n", flush=True)
                     continue
                 runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
-                for r in range(args.repeats):
-                    order = [("before", base_tree), ("after", ROOT)]
+                for r in range(repeats):
+                    order = [("before", base_tree), ("after", after_tree)]
                     for label, tree in order if r % 2 == 0 else order[::-1]:
                         rec = run_one(name, tree, 1, args.per[name], tmp / f"{name}-{label}-{r}.json", log)
                         if rec:
@@ -230,8 +247,8 @@ def main(argv: list[str]) -> int:
                 tables.append(comparison_markdown(name, before, after, rows))
                 print(tables[-1] + "\n", flush=True)
         finally:
-            if base_tree is not None:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False)
+            for tree in {base_tree, after_tree} - {None, ROOT}:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     record.update(finished=now_utc(), seconds=time.perf_counter() - t0, load_after=load_average())
     for bench in record["benchmarks"].values():  # torch (imported by the benchmarks) knows the GPU
         rec = bench.get("after", bench)
