@@ -117,7 +117,7 @@ def comparison_markdown(name: str, before: dict[str, Any], after: dict[str, Any]
     lines += [
         "",
         f"Repeats alternate the trees (ABBA); load average before {before['load_before'][0]:.2f}, "
-        f"after {after['load_after'][0]:.2f}.",
+        f"after {after['load_after'][0]:.2f}. After / before above 1: slower for times, faster for rates.",
     ]
     return "\n".join(lines)
 
