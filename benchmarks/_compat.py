@@ -88,22 +88,22 @@ def torch_path(cfg: Any) -> Iterator[Any]:
         yield cfg.model_copy(update={"backend": "torch"})
         return
     module = importlib.import_module("cdi_beamline.phasing.refine")
-    load = module._load_cpu_kernels
-    module._load_cpu_kernels = lambda: None
+    load = getattr(module, "_load_cpu_kernels")  # noqa: B009  (the old API: absent from the new module)
+    setattr(module, "_load_cpu_kernels", lambda: None)  # noqa: B010
     try:
         yield cfg
     finally:
-        module._load_cpu_kernels = load
+        setattr(module, "_load_cpu_kernels", load)  # noqa: B010
 
 
 @contextlib.contextmanager
 def _old_cuda_graphs(on: bool) -> Iterator[None]:
     module = importlib.import_module("cdi_beamline.phasing.refine")
-    module._cuda_graphs = on
+    setattr(module, "_cuda_graphs", on)  # noqa: B010  (the old API: absent from the new module)
     try:
         yield
     finally:
-        module._cuda_graphs = True
+        setattr(module, "_cuda_graphs", True)  # noqa: B010
 
 
 def cuda_variants(cfg: Any) -> list[tuple[str, Any, Any]]:

@@ -247,8 +247,11 @@ def main(argv: list[str]) -> int:
                 tables.append(comparison_markdown(name, before, after, rows))
                 print(tables[-1] + "\n", flush=True)
         finally:
-            for tree in {base_tree, after_tree} - {None, ROOT}:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+            for temporary in (base_tree, after_tree):
+                if temporary is not None and temporary != ROOT:
+                    subprocess.run(
+                        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(temporary)], check=False
+                    )
     record.update(finished=now_utc(), seconds=time.perf_counter() - t0, load_after=load_average())
     for bench in record["benchmarks"].values():  # torch (imported by the benchmarks) knows the GPU
         rec = bench.get("after", bench)
