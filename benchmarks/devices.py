@@ -1,17 +1,36 @@
 """Replay devices: events/s of a RunEngine ``count`` over each detector, as ratios against
 ``ophyd.sim.DirectImage`` (a 64x64 image signal returning a fixed array) measured in the
-same run, plus the frame rates of the plain-Python sources. No callbacks, no writer.
+same repeat, plus the frame rates of the plain-Python sources. No callbacks, no writer.
 
-    .venv/bin/python benchmarks/devices.py [--n 500]
+    ./run bench devices [--repeats N] -- [--n 500]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import contextlib
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _harness import Ratio, Row, main
+
+NAME = "devices"
+TITLE = "Replay devices: RunEngine count of {n} 64×64 frames, no callbacks"
+ROWS = [
+    Row("direct", "ophyd.sim.DirectImage (baseline)", "events/s", 0),
+    Row("replay", "ReplayDetector (ophyd, APS)", "events/s", 0),
+    Row("hdf5", "ReplayHDF5Detector (ophyd-async, HDF5 + StreamDatum)", "events/s", 0),
+    Row("tango", "TangoReplayDetector (ophyd-async.tango, server in a subprocess)", "events/s", 0),
+    Row("aps_frames", "ApsRockingSource.frame, plain Python", "frames/s", 0),
+    Row("synth_frames", "SyntheticSource.frame (simulator, chunks of 256, CPU)", "frames/s", 0),
+]
+RATIOS = [
+    Ratio("ReplayDetector / DirectImage", "replay", "direct"),
+    Ratio("ReplayHDF5Detector / DirectImage", "hdf5", "direct"),
+    Ratio("TangoReplayDetector / DirectImage", "tango", "direct"),
+]
 
 
 def events_per_s(RE, plan_factory, n: int) -> float:
@@ -29,59 +48,61 @@ def frames_per_s(source, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=500, help="events per count (default 500)")
-    args = parser.parse_args()
-    n = args.n
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--n", type=int, default=500, help="events per count (default 500)")
 
+
+def setup(args: argparse.Namespace) -> dict:
     from bluesky import RunEngine
-    from bluesky.plans import count
     from ophyd.sim import DirectImage
     from ophyd_async.core import StaticPathProvider, UUIDFilenameProvider, init_devices
     from tango.test_context import MultiDeviceTestContext
 
-    from cdi_beamline.config import SimulationConfig
-    from cdi_beamline.devices import ApsRockingSource, ReplayDetector, ReplayHDF5Detector, SyntheticSource
+    from cdi_beamline.devices import ApsRockingSource, ReplayDetector, ReplayHDF5Detector
     from cdi_beamline.devices.tango import CDIReplayDetector, TangoReplayDetector
 
-    print(
-        f"machine: {platform.node()} {platform.processor() or platform.machine()}, python {platform.python_version()}"
-    )
+    stack = contextlib.ExitStack()
+    RE = RunEngine({})  # first: ophyd-async devices connect in its event loop
     aps = ApsRockingSource()
-    RE = RunEngine({})
     fixed = aps.frame(99)
-    baseline_det = DirectImage(name="img", func=lambda: fixed)
-    rows = [("ophyd.sim.DirectImage (baseline)", events_per_s(RE, lambda k: count([baseline_det], k), n))]
-    rows.append(("ReplayDetector (ophyd, APS)", events_per_s(RE, lambda k: count([ReplayDetector(aps)], k), n)))
-    with tempfile.TemporaryDirectory() as tmp:
-        with init_devices():
-            hdet = ReplayHDF5Detector(aps, StaticPathProvider(UUIDFilenameProvider(), Path(tmp)), name="hdet")
-        rows.append(
-            ("ReplayHDF5Detector (ophyd-async, HDF5 + StreamDatum)", events_per_s(RE, lambda k: count([hdet], k), n))
-        )
-    devices = [
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    with init_devices():
+        hdet = ReplayHDF5Detector(aps, StaticPathProvider(UUIDFilenameProvider(), tmp), name="hdet")
+    tango_devices = [
         {"class": CDIReplayDetector, "devices": [{"name": "sim/cdi/detector", "properties": {"Source": "aps34idc"}}]}
     ]
-    with MultiDeviceTestContext(devices, process=True) as ctx:
-        with init_devices():
-            tdet = TangoReplayDetector(ctx.get_device_access("sim/cdi/detector"), name="tdet")
-        rows.append(
-            (
-                "TangoReplayDetector (ophyd-async.tango, server in a subprocess)",
-                events_per_s(RE, lambda k: count([tdet], k), n),
-            )
-        )
-    base = rows[0][1]
-    print(f"RunEngine count of {n} 64x64 frames, no callbacks:")
-    for name, rate in rows:
-        print(f"  {name:<66s} {rate:8.0f} events/s  x{rate / base:5.2f}")
+    ctx = stack.enter_context(MultiDeviceTestContext(tango_devices, process=True))
+    with init_devices():
+        tdet = TangoReplayDetector(ctx.get_device_access("sim/cdi/detector"), name="tdet")
+    return {
+        "stack": stack,
+        "RE": RE,
+        "aps": aps,
+        "dets": {
+            "direct": DirectImage(name="img", func=lambda: fixed),
+            "replay": ReplayDetector(aps),
+            "hdf5": hdet,
+            "tango": tdet,
+        },
+    }
 
-    print("frame sources (frames/s, plain Python):")
-    print(f"  {'ApsRockingSource.frame':<66s} {frames_per_s(aps, 20000):8.0f}")
+
+def measure(args: argparse.Namespace, state: dict) -> dict:
+    from bluesky.plans import count
+
+    from cdi_beamline.config import SimulationConfig
+    from cdi_beamline.devices import SyntheticSource
+
+    out = {key: events_per_s(state["RE"], lambda k, d=det: count([d], k), args.n) for key, det in state["dets"].items()}
+    out["aps_frames"] = frames_per_s(state["aps"], 20000)
     synth = SyntheticSource(n=None, config=SimulationConfig(), chunk=256, device="cpu")
-    print(f"  {'SyntheticSource.frame (simulator, chunks of 256, CPU)':<66s} {frames_per_s(synth, 1024):8.0f}")
+    out["synth_frames"] = frames_per_s(synth, 1024)
+    return out
+
+
+def teardown(state: dict) -> None:
+    state["stack"].close()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

@@ -1,8 +1,9 @@
 """Simulator throughput: patterns/s of ``simulate_batch`` on the CPU (and CUDA when present),
 as ratios against a plain-numpy, one-pattern-at-a-time generator of the same physics
-measured in the same run.
+measured in the same repeat. "patterns/CPU-s" divides by the CPU time of this process (all
+its threads): what one free core would give on a shared machine.
 
-    .venv/bin/python benchmarks/simulate.py [--n 2048] [--gpu-n 200000]
+    ./run bench simulate [--repeats N] -- [--n 2048] [--numpy-n 48] [--gpu-n 200000]
 """
 
 from __future__ import annotations
@@ -10,14 +11,33 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
+import sys
 import time
 
 import numpy as np
 import torch
+from _harness import Ratio, Row, main
 
 from cdi_beamline.config import SimulationConfig
 from cdi_beamline.physics import simulate_batch
+
+NAME = "simulate"
+TITLE = "Simulator: patterns/s of simulate_batch vs a plain-numpy generator"
+CORES = os.cpu_count() or 1
+ROWS = [
+    Row("numpy", "numpy, one pattern at a time (baseline)", "patterns/s", 0),
+    Row("numpy_cpu", "numpy, one pattern at a time (baseline)", "patterns/CPU-s", 0),
+    Row("torch1", "simulate_batch, torch CPU, 1 thread, auto chunk", "patterns/s", 0),
+    Row("torch1_cpu", "simulate_batch, torch CPU, 1 thread, auto chunk", "patterns/CPU-s", 0),
+    Row("torchN", f"simulate_batch, torch CPU, {CORES} threads, auto chunk", "patterns/s", 0),
+    Row("cuda", "simulate_batch, CUDA, auto chunk", "patterns/s", 0),
+]
+RATIOS = [
+    Ratio("1 thread / numpy (patterns/s)", "torch1", "numpy", 1),
+    Ratio("1 thread / numpy (patterns/CPU-s)", "torch1_cpu", "numpy_cpu", 1),
+    Ratio(f"{CORES} threads / numpy (patterns/s)", "torchN", "numpy", 1),
+    Ratio("CUDA / numpy (patterns/s)", "cuda", "numpy", 0),
+]
 
 
 def numpy_pattern(rng: np.random.Generator, cfg: SimulationConfig) -> np.ndarray:
@@ -67,60 +87,58 @@ def numpy_pattern(rng: np.random.Generator, cfg: SimulationConfig) -> np.ndarray
 def rate_numpy(n: int, cfg: SimulationConfig) -> tuple[float, float]:
     """(patterns per wall-clock second, patterns per CPU second of this process)."""
     rng = np.random.default_rng(0)
-    numpy_pattern(rng, cfg)
     t, c = time.perf_counter(), time.process_time()
     for _ in range(n):
         numpy_pattern(rng, cfg)
     return n / (time.perf_counter() - t), n / (time.process_time() - c)
 
 
-def rate_torch(n: int, cfg: SimulationConfig, device: str, repeats: int = 3) -> tuple[float, float]:
-    """Best of ``repeats``: (patterns per wall-clock second, patterns per CPU second)."""
-    simulate_batch(min(n, 2 * (cfg.chunk_size or 64)), cfg, device=device)  # warm-up
-    best, best_cpu = math.inf, math.inf
-    for r in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t, c = time.perf_counter(), time.process_time()
-        batch = simulate_batch(n, cfg, seed=r, device=device)
-        batch.modulus.sum().item()  # waits for the device
-        best = min(best, time.perf_counter() - t)
-        best_cpu = min(best_cpu, time.process_time() - c)
-        del batch
-    return n / best, n / best_cpu
+def rate_torch(n: int, cfg: SimulationConfig, device: str, seed: int) -> tuple[float, float]:
+    """(patterns per wall-clock second, patterns per CPU second) of one ``simulate_batch`` call."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t, c = time.perf_counter(), time.process_time()
+    batch = simulate_batch(n, cfg, seed=seed, device=device)
+    batch.modulus.sum().item()  # waits for the device
+    return n / (time.perf_counter() - t), n / (time.process_time() - c)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2048, help="patterns per CPU measurement")
-    parser.add_argument("--numpy-n", type=int, default=48, help="patterns of the numpy baseline")
-    parser.add_argument("--gpu-n", type=int, default=200_000, help="patterns per GPU measurement")
-    args = parser.parse_args()
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--n", type=int, default=2048, help="patterns per CPU measurement (default 2048)")
+    ap.add_argument("--numpy-n", type=int, default=48, help="patterns of the numpy baseline (default 48)")
+    ap.add_argument("--gpu-n", type=int, default=200_000, help="patterns per GPU measurement (default 200000)")
 
+
+def params(args: argparse.Namespace) -> dict:
+    return {"patterns (torch)": args.n, "patterns (numpy)": args.numpy_n, "config": "default SimulationConfig"}
+
+
+def setup(args: argparse.Namespace) -> dict:
     cfg = SimulationConfig()
-    threads = torch.get_num_threads()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} ({threads} threads)")  # fmt: skip
-    base = rate_numpy(args.numpy_n, cfg)
-    rows = [("numpy, one pattern at a time (baseline)", base)]
-    for nthreads in sorted({1, threads}):
-        torch.set_num_threads(nthreads)
-        for chunk in (None, 128):
-            label = f"torch CPU, {nthreads} thread(s), chunk {chunk or 'auto (32)'}"
-            rows.append((label, rate_torch(args.n, cfg.model_copy(update={"chunk_size": chunk}), "cpu")))
-    torch.set_num_threads(threads)
+    numpy_pattern(np.random.default_rng(0), cfg)  # warm-up: imports, first FFT plans
+    simulate_batch(args.n, cfg, device="cpu")
     if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        for chunk in (None, 16384):
-            label = f"torch CUDA {name}, chunk {chunk or 'auto (4096)'}"
-            rows.append((label, rate_torch(args.gpu_n, cfg.model_copy(update={"chunk_size": chunk}), "cuda")))
-    width = max(len(r[0]) for r in rows)
-    # Wall-clock rates suffer when other processes share the cores; the rate per CPU second
-    # of this process (all its threads) is what one free core would give.
-    print(f"{'generator':<{width}}  patterns/s  x baseline  patterns/CPU-s  x baseline")
-    for label, (rate, per_cpu) in rows:
-        print(f"{label:<{width}}  {rate:10.0f}  {rate / base[0]:10.1f}  {per_cpu:13.0f}  {per_cpu / base[1]:10.1f}")
+        simulate_batch(4096, cfg, device="cuda")
+    return {"cfg": cfg, "repeat": 0}
+
+
+def measure(args: argparse.Namespace, state: dict) -> dict:
+    cfg, seed = state["cfg"], state["repeat"]
+    state["repeat"] += 1
+    threads = torch.get_num_threads()
+    out = {}
+    out["numpy"], out["numpy_cpu"] = rate_numpy(args.numpy_n, cfg)
+    try:
+        torch.set_num_threads(1)
+        out["torch1"], out["torch1_cpu"] = rate_torch(args.n, cfg, "cpu", seed)
+        torch.set_num_threads(CORES)
+        out["torchN"], _ = rate_torch(args.n, cfg, "cpu", seed)
+    finally:
+        torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        out["cuda"], _ = rate_torch(args.gpu_n, cfg, "cuda", seed)
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])
