@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,10 +52,10 @@ def test_resume_continues_exactly(tiny_run, tmp_path):
     cfg, out_full, _ = tiny_run
     out = tmp_path / "sliced"
     train(cfg, out, device="cpu", progress=lambda s: None, stop_at_step=17)
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 17
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 17
     train(cfg, out, device="cpu", progress=lambda s: None, resume=out / "checkpoint.pt")
-    a = torch.load(out_full / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(out_full / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
@@ -63,6 +64,27 @@ def test_resume_refuses_another_recipe(tiny_run, tmp_path):
     cfg, out, _ = tiny_run
     with pytest.raises(ValueError, match="different training config"):
         train(cfg.model_copy(update={"lr": 0.1}), tmp_path, device="cpu", resume=out / "checkpoint.pt")
+
+
+class _Payload:
+    """Unpickling this creates the file ``marker``: what a hostile checkpoint could run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_resume_refuses_a_pickle_payload_unread(tiny_run, tmp_path):
+    cfg, out, _ = tiny_run
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "checkpoint.pt"
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    torch.save({**ckpt, "best": _Payload(marker)}, hostile)  # a real checkpoint, one object added
+    with pytest.raises(CDIValueError, match="not a checkpoint written by"):
+        train(cfg, tmp_path / "again", device="cpu", progress=lambda s: None, resume=hostile)
+    assert not marker.exists()
 
 
 def test_train_cli_refuses_bad_config(tmp_path, capsys):

@@ -208,6 +208,24 @@ def _load_init_weights(net: CDINet, config: TrainConfig) -> dict[str, str]:
     return {"id": str(source.weights_id), "sha256": str(source.weights_sha256)}  # set by every load
 
 
+def _load_checkpoint(path: str | Path, device: torch.device) -> dict[str, Any]:
+    """A ``checkpoint.pt`` of :func:`train`: tensors and plain types only (``weights_only``).
+
+    A file that needs anything else (a pickled object of some class, whose unpickling could run
+    code) is refused, unread.
+    """
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CDIValueError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CDIValueError(f"{path}: not a checkpoint written by `cdi-beamline train` ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or not {"model", "optimizer", "step", "config"} <= ckpt.keys():
+        raise CDIValueError(f"{path}: not a checkpoint written by `cdi-beamline train` (keys missing)")
+    return ckpt
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -257,7 +275,7 @@ def train(
     if init is not None:
         say(f"starting from weights {init['id']} (sha256 {init['sha256'][:12]}...)")
     if resume is not None:
-        ckpt = torch.load(resume, map_location=dev, weights_only=False)
+        ckpt = _load_checkpoint(resume, dev)
         if _recipe_key(ckpt["config"]) != _recipe_key(config.model_dump(mode="json")):
             raise CDIValueError(f"{resume}: checkpoint was written by a different training config")
         net.load_state_dict(ckpt["model"])
