@@ -3,6 +3,7 @@ any other exception is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
@@ -79,6 +80,36 @@ def test_bad_config_file_and_output_folder(frames, tmp_path, capsys):
     assert cli.main(["reconstruct", str(frames), "--out", str(nowhere), "--device", "cpu"]) == 2
     line = _error_line(capsys)
     assert f"the folder {nowhere.parent} does not exist" in line, line
+
+
+def test_output_equal_to_an_input_is_refused_and_the_input_kept(frames, tmp_path, capsys):
+    h5 = tmp_path / "scan.h5"
+    with h5py.File(h5, "w") as f:
+        f["data"] = np.load(frames)[None]
+    before = h5.read_bytes()
+    for out, extra in ((h5, []), (h5, ["--mask", f"{h5}:/data"])):
+        assert cli.main(["reconstruct", f"{h5}:/data", "--out", str(out), "--device", "cpu", *extra]) == 2
+        assert "is one of the inputs: it would be overwritten" in _error_line(capsys)
+    assert h5.read_bytes() == before
+    # and an ordinary run leaves only its output beside the input (no partial file)
+    assert (
+        cli.main(
+            [
+                "reconstruct",
+                str(frames),
+                "--out",
+                str(tmp_path / "o.h5"),
+                "--device",
+                "cpu",
+                "--init",
+                "random",
+                "--iterations",
+                "20",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.h5", "p.npy", "scan.h5"]
 
 
 def test_a_bug_keeps_its_traceback(frames, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -115,16 +116,19 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..io import read_array, read_patterns
+    from ..io import read_array, read_patterns, split_dataset_path
     from ..pipeline import Reconstructor
 
     if args.threads is not None:
         if args.threads < 1:
             raise CDIValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)  # this process is ours: a global setting is fine
-    out_dir = Path(args.out).resolve().parent
-    if not out_dir.is_dir():
-        raise CDIValueError(f"--out {args.out}: the folder {out_dir} does not exist")
+    out_path = Path(args.out).resolve()
+    if not out_path.parent.is_dir():
+        raise CDIValueError(f"--out {args.out}: the folder {out_path.parent} does not exist")
+    inputs = [args.input, args.mask, args.support]
+    if any(spec and split_dataset_path(spec)[0].resolve() == out_path for spec in inputs):
+        raise CDIValueError(f"--out {args.out} is one of the inputs: it would be overwritten; choose another file")
     config = build_config(args)
     if config.init == "support" and not args.support:
         raise CDIValueError("--init support needs --support FILE")
@@ -165,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     if not kept:
         raise CDIValueError(f"no frame of {args.input} could be reconstructed ({len(skipped)} bad, reasons above)")
 
-    with h5py.File(args.out, "w") as f:
+    partial = out_path.with_name(f".{out_path.name}.partial")  # renamed over --out once complete: no half-written file
+    with h5py.File(partial, "w") as f:
         for name in ("object", "amplitude", "phase", "support", "chi2", "chi2_history"):
             f.create_dataset(name, data=getattr(out, name)[kept], compression="gzip" if name != "chi2" else None)
         f["frame_index"] = np.asarray(kept, dtype=np.int64)
@@ -177,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         f.attrs["quantity"] = config.quantity
         f.attrs["init"] = json.dumps(sorted({out.init[i] for i in kept}))
         f.attrs["skipped"] = json.dumps({str(k): v for k, v in skipped.items()})
+    os.replace(partial, out_path)
     chi2 = out.chi2[kept]
     print(
         f"{args.out}: {len(kept)} of {n} frame(s) reconstructed ({config.iterations} iterations, "
