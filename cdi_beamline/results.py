@@ -33,8 +33,11 @@ __all__ = [
     "DERIVED_KIND",
     "HINTS",
     "KIND",
+    "LIVE",
     "PARENT_UID",
     "RAW_IMAGE_KEY",
+    "RAW_STREAM",
+    "RECONSTRUCTOR",
     "RAW_SEQ_NUM",
     "REPROCESSED",
     "RESULT_KEYS",
@@ -70,6 +73,16 @@ PARENT_UID = "parent_uid"
 
 RAW_IMAGE_KEY = "raw_image_key"
 """Start key: data key of the raw run's detector image that was reconstructed."""
+
+RECONSTRUCTOR = "reconstructor"
+"""Start key: the engine's provenance (``Reconstructor.provenance()``: the configuration that
+ran under ``"config"``, weights, versions); enough to rebuild the engine."""
+
+LIVE = "live"
+"""Start key: the live configuration (``LiveConfig`` dump: seed, queue policy, ...)."""
+
+RAW_STREAM = "raw_stream"
+"""Start key: the raw run's stream whose frames were reconstructed."""
 
 REPROCESSED = "reprocessed"
 """Start key: True in a derived run rebuilt from the raw run's stored frames."""

@@ -109,6 +109,8 @@ DERIVED_ONLY_KEYS = {
     results.DERIVED_KIND,
     results.PARENT_UID,
     results.RAW_IMAGE_KEY,
+    results.RAW_STREAM,
+    results.RECONSTRUCTOR,
     results.REPROCESSED,
     results.SUPERSEDES,
     results.COUNTS,

@@ -29,7 +29,7 @@ from cdi_beamline.config import ConfigError, LiveConfig, ReconstructorConfig
 from cdi_beamline.devices import FrameSource, ReplayDetector, SyntheticSource
 from cdi_beamline.errors import CDIValueError
 from cdi_beamline.pipeline import Reconstructor
-from cdi_beamline.tiled import derived_runs, encode_document, load_raw_frames, load_results, make_writer
+from cdi_beamline.tiled import connect, derived_runs, encode_document, load_raw_frames, load_results, make_writer
 
 ITER = 20  # refinement iterations: enough to exercise the engine, small for CI
 _ENGINES: dict[int, Reconstructor] = {}
@@ -513,6 +513,16 @@ def test_demo_then_results_find_it_again(tmp_path, capsys):
     assert main(["results", "--data-dir", str(data), "--json"]) == 0
     (run,) = json.loads(capsys.readouterr().out)
     assert run["counts"]["reconstructed"] == 5 and len(run["chi2"]) == 5 and run["uid"] in out
+    # reprocess without options rebuilds the engine from what the derived run recorded (init random,
+    # 5 iterations, batches of 2, seed 0): the same arrays on the same CPU
+    assert main(["reprocess", run["parent_uid"], "--data-dir", str(data), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    client = connect(data_dir=data)
+    first, again = derived_runs(client, run["parent_uid"])
+    live, redo = (load_results(client, r.metadata["start"]["uid"]) for r in (first, again))
+    assert redo["start"]["reconstructor"]["config"] == live["start"]["reconstructor"]["config"]
+    for key in ("amplitude", "phase", "support", "chi2"):
+        np.testing.assert_array_equal(redo[key], live[key], err_msg=key)
     with pytest.raises(CDIValueError, match="no Tiled catalog"):
         main(["-v", "results", "--data-dir", str(tmp_path / "nothing")])  # -v: the error is raised
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import LiveConfig
-from ..results import RAW_IMAGE_KEY, ResultRows
+from ..results import LIVE, RAW_IMAGE_KEY, RAW_STREAM, RECONSTRUCTOR, ResultRows
 from ._assembler import Engine, RunAssembler
 from ._derived import DerivedRun, Emit
 from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, WorkItem
@@ -265,10 +265,10 @@ class ReconstructionWorker:
                 logger.exception("Reconstructor.provenance() failed")
                 self._provenance = {"error": f"provenance() failed: {exc}"}
         return {
-            "reconstructor": self._provenance,
-            "live": self.config.model_dump(mode="json"),
+            RECONSTRUCTOR: self._provenance,
+            LIVE: self.config.model_dump(mode="json"),
             RAW_IMAGE_KEY: image_key,
-            "raw_stream": self.config.stream,
+            RAW_STREAM: self.config.stream,
             **self.metadata,
         }
 

@@ -14,16 +14,30 @@ def add_parser(subparsers) -> None:
         help="rebuild the derived run of a raw run from its frames in Tiled",
         description="Read the detector frames of RAW_UID back from Tiled, reconstruct them with the same "
         "worker code as the live callback, and store a new derived run (start.reprocessed = true, "
-        "start.supersedes = the earlier derived runs). The raw run is not touched. Result HDF5 files go "
+        "start.supersedes = the earlier derived runs). The raw run is not touched. Unset options take "
+        "the settings recorded in the raw run's latest derived run (the configuration that ran, the "
+        "seed), so a reprocess reproduces the live result unless told otherwise. Result HDF5 files go "
         "to DIR/results, which the Tiled server must be able to read.",
     )
     p.add_argument("raw_uid", metavar="RAW_UID", help="raw run uid (full or partial)")
     add_store_options(p)
     p.add_argument("--image-key", metavar="KEY", help="detector image field (default: the first 2D field)")
-    add_reconstructor_options(p)
-    seed = LiveConfig.model_fields["seed"].default
-    p.add_argument("--seed", type=int, default=seed, help=f"seed of random starts (default {seed}, as live)")
+    add_reconstructor_options(p, init_default=None, defaults_from="the latest derived run")
+    p.add_argument("--seed", type=int, help="seed of random starts (default: the latest derived run's)")
     p.set_defaults(func=run)
+
+
+def recorded_settings(client, raw_uid: str) -> tuple[dict, dict]:
+    """(ReconstructorConfig dump, LiveConfig dump) recorded in the raw run's latest derived run;
+    empty dicts when it has none (or an older one recorded no configuration)."""
+    from ..results import LIVE, RECONSTRUCTOR
+    from ..tiled import derived_runs
+
+    runs = derived_runs(client, raw_uid)
+    if not runs:
+        return {}, {}
+    start = runs[-1].metadata["start"]
+    return dict((start.get(RECONSTRUCTOR) or {}).get("config") or {}), dict(start.get(LIVE) or {})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,9 +51,11 @@ def run(args: argparse.Namespace) -> int:
     if args.data_dir is None:
         raise CDIValueError("reprocess needs --data-dir DIR for the result HDF5 files (readable by the Tiled server)")
     raw_uid = client[args.raw_uid].metadata["start"]["uid"]
-    rec = build_reconstructor(args)
+    recorded, live = recorded_settings(client, raw_uid)
+    rec = build_reconstructor(args, recorded=recorded)
     dirs = DataDir.of(args.data_dir)
-    config = LiveConfig.build(seed=args.seed, data_dir=dirs.root, image_key=args.image_key)
+    seed = args.seed if args.seed is not None else live.get("seed", LiveConfig.model_fields["seed"].default)
+    config = LiveConfig.build(seed=seed, data_dir=dirs.root, image_key=args.image_key or live.get("image_key"))
     writer = make_writer(client, dirs.spool, batch_size=1000)
     stop = reprocess(client, raw_uid, rec, writer, config)
     if not writer.flush(timeout=60):

@@ -35,18 +35,25 @@ def open_client(args: argparse.Namespace):
 
 
 def add_reconstructor_options(
-    p: argparse.ArgumentParser, *, init_default: str | None = "random", iterations_default: int | None = None
+    p: argparse.ArgumentParser,
+    *,
+    init_default: str | None = "random",
+    iterations_default: int | None = None,
+    defaults_from: str | None = None,
 ) -> None:
     """``--init``, ``--iterations``, ``--config``, ``--device``, ``--batch-size``; unset options
-    take the defaults of :class:`~cdi_beamline.config.ReconstructorConfig` (or the ones given here)."""
+    take the defaults of :class:`~cdi_beamline.config.ReconstructorConfig` (or the ones given here),
+    or, with ``defaults_from`` (e.g. "the latest derived run"), recorded settings the command reads."""
     from ..config import ReconstructorConfig
 
-    fields = ReconstructorConfig.model_fields
+    batch_default = f"{defaults_from}'s" if defaults_from else ReconstructorConfig.model_fields["batch_size"].default
     p.add_argument(
         "--init",
         choices=("cnn", "random", "support", "nns"),
         default=init_default,
-        help=f"start of the refinement (default {init_default or 'cnn if weights are installed, else random'})",
+        help="start of the refinement (default "
+        + (f"{defaults_from}'s" if defaults_from else init_default or "cnn if weights are installed, else random")
+        + ")",
     )
     p.add_argument(
         "--iterations",
@@ -54,7 +61,13 @@ def add_reconstructor_options(
         default=iterations_default,
         metavar="N",
         help="refinement iterations (default: "
-        + (str(iterations_default) if iterations_default is not None else "the schedule's own")
+        + (
+            f"{defaults_from}'s"
+            if defaults_from
+            else str(iterations_default)
+            if iterations_default is not None
+            else "the schedule's own"
+        )
         + ")",
     )
     p.add_argument("--config", metavar="FILE", help="ReconstructorConfig as JSON or YAML")
@@ -63,22 +76,29 @@ def add_reconstructor_options(
         "--batch-size",
         type=int,
         metavar="B",
-        help=f"frames reconstructed together (default {fields['batch_size'].default})",
+        help=f"frames reconstructed together (default {batch_default})",
     )
 
 
-def build_reconstructor(args: argparse.Namespace):
-    """A Reconstructor from the options; ``--init cnn`` falls back to random (with a note)
-    when no CNN weights are installed and ``--init`` was not given explicitly."""
-    from ..config import ReconstructorConfig, load_config
+def build_reconstructor(args: argparse.Namespace, recorded: dict | None = None):
+    """A Reconstructor from the options over ``recorded`` (a ``ReconstructorConfig`` dump, e.g.
+    what a derived run recorded; then the ``--config`` file; then the options given).
+
+    ``--init cnn`` falls back to random (with a note) when no CNN weights are installed and
+    ``--init`` was not given explicitly.
+    """
+    from ..config import ReconstructorConfig, read_config_file
     from ..errors import CDIRuntimeError
     from ..pipeline import Reconstructor
 
+    values = dict(recorded or {})
+    if args.config:
+        values.update(read_config_file(args.config))
     explicit = args.init is not None
-    init = args.init or "cnn"
-    config = load_config(
-        ReconstructorConfig, args.config, init=init, iterations=args.iterations, batch_size=args.batch_size
-    )
+    init = args.init or values.get("init", "cnn")
+    given = {"init": init, "iterations": args.iterations, "batch_size": args.batch_size}
+    values.update({k: v for k, v in given.items() if v is not None})
+    config = ReconstructorConfig.build(**values)
     rec = Reconstructor(config, device=args.device)
     if init == "cnn":
         try:
