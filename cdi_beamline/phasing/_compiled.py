@@ -42,7 +42,7 @@ def _compile(cuda_graphs: bool) -> Callable:
     )
     fn = _torch.iteration
     code = fn.__code__
-    copy = types.FunctionType(code.replace(), fn.__globals__, code.co_name, fn.__defaults__)
+    copy = types.FunctionType(code.replace(), fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
     return torch.compile(copy, mode="reduce-overhead" if cuda_graphs else "default", dynamic=False, fullgraph=True)
 
 
