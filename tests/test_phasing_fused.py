@@ -105,9 +105,10 @@ def test_compiled_refine_matches_eager(moduli, masked, caplog):
     assert len(C._cache) >= 2 and _graphs_per_variant() == [1] * len(_graphs_per_variant())
     assert eager.chi2_history.shape == compiled.chi2_history.shape == (4, 60)
     assert torch.equal(compiled.support, eager.support)
-    assert (compiled.object - eager.object).abs().max() <= 5e-3 * eager.object.abs().max()
-    assert torch.allclose(compiled.chi2_history, eager.chi2_history, rtol=1e-3, atol=2e-4)
-    assert torch.allclose(compiled.chi2, eager.chi2, rtol=1e-3, atol=2e-4)
+    # measured over 32 seeds and masks (see CONFIG): objects within 1.5e-3, chi² within 6e-5
+    assert (compiled.object - eager.object).abs().max() <= 4.5e-3 * eager.object.abs().max()
+    assert torch.allclose(compiled.chi2_history, eager.chi2_history, rtol=0, atol=1.8e-4)
+    assert torch.allclose(compiled.chi2, eager.chi2, rtol=0, atol=1.8e-4)
     assert compiled.chi2.max() < 0.1 < eager.chi2_history[:, 0].min()  # and it does refine
 
 

@@ -43,11 +43,13 @@ def test_fused_kernels_match_torch_path(moduli, schedule, positivity, masked):
     # shrink-wrap at every iteration, so that the kernel's |x| is exercised too
     cfg = RefineConfig(schedule=schedule, positivity=positivity, shrinkwrap_start=1, shrinkwrap_every=1)
     fused, plain = _both(moduli, cfg, mask=mask)
+    # measured over the 16 cases (2-core x86-64 CPU, 2026-12-02): object within 8.1e-7 of its
+    # maximum, chi² history 3.5e-6 and final chi² 6.5e-7 relative
     scale = plain.object.abs().max()
-    assert (fused.object - plain.object).abs().max() <= 1e-5 * scale
+    assert (fused.object - plain.object).abs().max() <= 2.4e-6 * scale
     assert torch.equal(fused.support, plain.support)
-    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=1e-4, atol=1e-6)
-    assert torch.allclose(fused.chi2, plain.chi2, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=1e-5, atol=0)
+    assert torch.allclose(fused.chi2, plain.chi2, rtol=1.95e-6, atol=0)
 
 
 def test_fused_kernels_match_on_non_square_frames():
@@ -56,9 +58,10 @@ def test_fused_kernels_match_on_non_square_frames():
     mask = torch.rand(33, 40, generator=torch.Generator().manual_seed(1)) > 0.2
     cfg = RefineConfig(schedule="HIO**3 * ER**2", shrinkwrap_start=1, shrinkwrap_every=1)
     fused, plain = _both(modulus, cfg, mask=mask)
-    assert (fused.object - plain.object).abs().max() <= 1e-5 * plain.object.abs().max()
+    # measured: object 2.1e-6, chi² history 6.6e-6 relative
+    assert (fused.object - plain.object).abs().max() <= 6.4e-6 * plain.object.abs().max()
     assert torch.equal(fused.support, plain.support)
-    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=2e-5, atol=0)
 
 
 def test_fused_kernels_match_with_given_object(moduli):
@@ -66,7 +69,7 @@ def test_fused_kernels_match_with_given_object(moduli):
         object=torch.randn(4, 32, 32, dtype=torch.complex64, generator=torch.Generator().manual_seed(3))
     )
     fused, plain = _both(moduli, RefineConfig(schedule="HIO**4"), init=init)
-    assert (fused.object - plain.object).abs().max() <= 1e-5 * plain.object.abs().max()
+    assert (fused.object - plain.object).abs().max() <= 6.9e-6 * plain.object.abs().max()  # measured 2.3e-6
 
 
 def test_kernels_refuse_non_contiguous_tensors():
@@ -106,6 +109,7 @@ def test_pruned_loop_with_a_support_beyond_support2(moduli):
     S[:3, 2:30, 1:31] = True
     cfg = RefineConfig(schedule="HIO**3 * RAAR**2 * ER**2", shrinkwrap_start=3, shrinkwrap_every=2)
     fused, plain = _both(moduli, cfg, init=InitialEstimate(support=S))
-    assert (fused.object - plain.object).abs().max() <= 1e-5 * plain.object.abs().max()
+    # measured: object 2.3e-6, chi² history 4.4e-6 relative
+    assert (fused.object - plain.object).abs().max() <= 6.8e-6 * plain.object.abs().max()
     assert torch.equal(fused.support, plain.support)
-    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=1.3e-5, atol=0)
