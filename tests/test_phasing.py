@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cdi_beamline.config import ConfigError, RefineConfig
+from cdi_beamline.errors import CDIValueError
 from cdi_beamline.fourier import to_detector
 from cdi_beamline.phasing import (
     ER,
@@ -109,7 +110,7 @@ def test_chi2_is_scale_invariant_and_zero_for_the_truth(blob):
     noisy = m + 0.05 * m.max() * torch.rand(m.shape, generator=torch.Generator().manual_seed(0))
     c = chi2(noisy, m).item()
     assert 0.05 < c < 0.44
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(CDIValueError, match="shape"):
         chi2(m[:, :10], m)
 
 
@@ -201,7 +202,7 @@ def test_schedule_prints_as_it_reads_and_round_trips():
     ],
 )
 def test_bad_schedules_are_refused(text, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(CDIValueError, match=message):
         parse_schedule(text)
     with pytest.raises(ConfigError, match="RefineConfig.schedule"):
         RefineConfig.build(schedule=text)
@@ -210,17 +211,17 @@ def test_bad_schedules_are_refused(text, message):
 def test_refine_refuses_bad_inputs(blob):
     _, _, modulus = blob
     m = modulus[None]
-    with pytest.raises(ValueError, match=r"must be \(B, H, W\)"):
+    with pytest.raises(CDIValueError, match=r"must be \(B, H, W\)"):
         refine(modulus)
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(CDIValueError, match="NaN or inf"):
         refine(torch.where(m > m.max() / 2, float("nan"), m))
-    with pytest.raises(ValueError, match="negative"):
+    with pytest.raises(CDIValueError, match="negative"):
         refine(-m)
-    with pytest.raises(ValueError, match="mask shape"):
+    with pytest.raises(CDIValueError, match="mask shape"):
         refine(m, mask=torch.ones(32, 32, dtype=torch.bool))
-    with pytest.raises(ValueError, match="mask must be bool"):
+    with pytest.raises(CDIValueError, match="mask must be bool"):
         refine(m, mask=torch.ones(N, N))
-    with pytest.raises(ValueError, match="initial support shape"):
+    with pytest.raises(CDIValueError, match="initial support shape"):
         refine(m, init=InitialEstimate(support=torch.ones(1, 32, 32, dtype=torch.bool)))
 
 
