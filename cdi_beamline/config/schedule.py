@@ -158,8 +158,6 @@ def parse_schedule(text: str | Schedule) -> Schedule:
     sched = parser.expr()
     if parser.pos != len(tokens):
         parser.fail("end of schedule")
-    if len(sched) == 0:
-        raise CDIValueError("empty schedule")
     return sched
 
 
