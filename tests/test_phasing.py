@@ -21,7 +21,9 @@ from cdi_beamline.phasing import (
     chi2,
     invert,
     parse_schedule,
+    random_initial_object,
     refine,
+    square_support,
     twin,
     unwrap,
 )
@@ -211,18 +213,52 @@ def test_bad_schedules_are_refused(text, message):
 def test_refine_refuses_bad_inputs(blob):
     _, _, modulus = blob
     m = modulus[None]
-    with pytest.raises(CDIValueError, match=r"must be \(B, H, W\)"):
-        refine(modulus)
-    with pytest.raises(CDIValueError, match="NaN or inf"):
-        refine(torch.where(m > m.max() / 2, float("nan"), m))
-    with pytest.raises(CDIValueError, match="negative"):
-        refine(-m)
-    with pytest.raises(CDIValueError, match="mask shape"):
+    bad = [
+        (modulus, r"^modulus must be \(B, H, W\), got shape \(64, 64\)$"),
+        (m.to(torch.complex64), r"^modulus must be a real floating tensor, got torch.complex64$"),
+        (m.to(torch.int32), r"^modulus must be a real floating tensor, got torch.int32$"),
+        (torch.where(m > m.max() / 2, float("nan"), m), r"^modulus contains NaN or inf$"),
+        (-m, r"^modulus contains negative values \(pass sqrt\(intensity\)\)$"),
+    ]
+    for frames, message in bad:
+        with pytest.raises(CDIValueError, match=message):
+            refine(frames)
+    with pytest.raises(CDIValueError, match=r"^mask shape \(32, 32\) does not match the frames: expected"):
         refine(m, mask=torch.ones(32, 32, dtype=torch.bool))
-    with pytest.raises(CDIValueError, match="mask must be bool"):
+    with pytest.raises(CDIValueError, match=r"^mask must be bool \(True = measured\), got torch.float32$"):
         refine(m, mask=torch.ones(N, N))
-    with pytest.raises(CDIValueError, match="initial support shape"):
+    with pytest.raises(CDIValueError, match=r"^initial support shape \(1, 32, 32\) != frames \(1, 64, 64\)$"):
         refine(m, init=InitialEstimate(support=torch.ones(1, 32, 32, dtype=torch.bool)))
+    with pytest.raises(CDIValueError, match=r"^initial object shape \(2, 64, 64\) != frames"):
+        refine(m, init=InitialEstimate(object=torch.ones(2, N, N, dtype=torch.complex64)))
+    # zeros are data (a dark detector pixel), and a per-frame mask is accepted
+    zeros = m.clone()
+    zeros[..., :4, :] = 0
+    res = refine(zeros, mask=torch.ones(1, N, N, dtype=torch.bool), config=RefineConfig(schedule="ER**2"))
+    assert res.chi2.shape == (1,) and res.object.shape == (1, N, N)
+
+
+def test_random_start_has_uniform_phases_in_the_support():
+    support = torch.zeros(4, 64, 64, dtype=torch.bool)
+    support[:, 8:56, 8:56] = True
+    obj = random_initial_object(support, torch.Generator().manual_seed(0))
+    assert obj.dtype == torch.complex64 and (obj[~support] == 0).all()
+    inside = obj[support]
+    assert torch.allclose(inside.abs(), torch.ones(()))
+    # uniform on [0, 2 pi): mean of e^{i phi} ~ 0 (std 0.005 over 9216 samples), all quadrants
+    assert inside.mean().abs() < 0.03
+    phase = inside.angle()
+    assert phase.min() < -3.1 and phase.max() > 3.1
+    again = random_initial_object(support, torch.Generator().manual_seed(0))
+    assert torch.equal(obj, again)
+
+
+def test_square_support_is_centred():
+    s = square_support((8, 8), 0.25)
+    assert s.nonzero().tolist() == [[3, 3], [3, 4], [4, 3], [4, 4]]  # side 2, its centre pixel (4, 4)
+    assert square_support((8, 8), 0.01).nonzero().tolist() == [[4, 4]]  # at least one pixel
+    assert square_support((8, 10), 1.0).sum() == 64 and square_support((6, 6), 1.0).all()
+    assert square_support((7, 9), 3 / 7).nonzero()[:, 0].unique().tolist() == [2, 3, 4]
 
 
 def test_raar_and_seeds(blob):
