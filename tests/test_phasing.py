@@ -108,6 +108,8 @@ def test_chi2_is_scale_invariant_and_zero_for_the_truth(blob):
     m = modulus[None]
     # measured: 3.3e-16 and 4.4e-16 (float64 rounding); 0.147 with 5 % noise
     assert chi2(m * 5.0, m).item() < 1.3e-15
+    assert chi2(m * 1e-6, m * 1e-7).item() < 5e-15  # tiny values, no clamp bites: measured 1.6e-15
+    assert chi2(m * 5.0, m).dtype == torch.float32
     assert chi2(m, m * 1e4).item() < 1.3e-15
     noisy = m + 0.05 * m.max() * torch.rand(m.shape, generator=torch.Generator().manual_seed(0))
     c = chi2(noisy, m).item()

@@ -9,12 +9,13 @@ import importlib
 import logging
 import math
 import shutil
+import sys
 
 import pytest
 import torch
 
 from cdi_beamline.config import ConfigError, RefineConfig
-from cdi_beamline.errors import CDIValueError
+from cdi_beamline.errors import CDIRuntimeError, CDIValueError
 from cdi_beamline.phasing import refine, square_support
 from cdi_beamline.physics import simulate_batch
 
@@ -162,6 +163,16 @@ def test_auto_is_numba_on_the_cpu(monkeypatch, moduli):
     assert refine(moduli[:1], config=RefineConfig(schedule="HIO**2")).backend == "numba"
     positivity = RefineConfig(schedule="HIO**2", positivity=True)
     assert refine(moduli[:1], config=positivity).backend == "numba"
+
+
+def test_without_numba_auto_runs_torch_and_numba_is_refused(monkeypatch, moduli):
+    phasing = importlib.import_module("cdi_beamline.phasing")
+    monkeypatch.delattr(phasing, "_numba")
+    monkeypatch.setitem(sys.modules, "cdi_beamline.phasing._numba", None)  # import fails as without numba
+    assert refine(moduli[:1], config=RefineConfig(schedule="HIO**2")).backend == "torch"
+    message = r"^RefineConfig.backend 'numba' needs the numba package, which does not import$"
+    with pytest.raises(CDIRuntimeError, match=message):
+        refine(moduli[:1], config=RefineConfig(schedule="HIO**2", backend="numba"))
 
 
 def test_bad_backend_values_are_refused(moduli):

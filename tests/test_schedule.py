@@ -54,10 +54,14 @@ def test_algebra_and_printing():
     [
         (lambda: ER**0, "positive integer, got 0"),
         (lambda: ER**True, "positive integer, got True"),
-        (lambda: (ER * HIO)(0.5), "only a single algorithm takes a beta"),
+        (lambda: (ER * HIO)(0.5), r"^only a single algorithm takes a beta, e.g. HIO\(0.7\)$"),
+        (lambda: Schedule((Step("HIO"),), 2)(0.5), "^only a single algorithm takes a beta"),
         (lambda: (HIO**2)(0.5), None),
         (lambda: (ER * HIO) ** 2 * ER**0, "positive integer"),
-        (lambda: ER(0.5), "ER takes no beta"),
+        (lambda: ER(0.5), "^ER takes no beta$"),
+        (lambda: parse_schedule("ER**"), r"^schedule 'ER\*\*': expected a repeat count at the end$"),
+        (lambda: parse_schedule("HIO("), r"^schedule 'HIO\(': expected a beta value at the end$"),
+        (lambda: parse_schedule("HIO(0.5"), r"^schedule 'HIO\(0.5': expected '\)' at the end$"),
         (lambda: parse_schedule(""), r"schedule '': expected an algorithm \(ER, HIO, RAAR\) or '\(' at the end"),
         (lambda: parse_schedule("   "), "expected an algorithm .* at the end"),
         (lambda: parse_schedule("ER ** 0"), "repeat count must be a positive integer, got '0'"),
@@ -75,6 +79,13 @@ def test_refusals_say_why(call, message):
         return
     with pytest.raises(CDIValueError, match=message):
         call()
+
+
+def test_one_is_a_repeat_count_and_nested_blocks_print_with_parentheses():
+    assert ER**1 == ER and parse_schedule("ER**1") == ER and str(parse_schedule("HIO**1")) == "HIO"
+    nested = Schedule(((ER * HIO) ** 2,))  # a single block that is itself repeated
+    assert str(nested**3) == "(ER * HIO)**6" and len(nested**3) == 12
+    assert str(Schedule((Schedule((Step("ER"), Step("HIO"))), Step("RAAR")))) == "(ER * HIO) * RAAR"
 
 
 def test_schedule_is_immutable_and_hashable():
