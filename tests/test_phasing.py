@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cdi_beamline.config import ConfigError, RefineConfig
+from cdi_beamline.errors import CDIValueError
 from cdi_beamline.fourier import to_detector
 from cdi_beamline.phasing import (
     ER,
@@ -20,7 +21,9 @@ from cdi_beamline.phasing import (
     chi2,
     invert,
     parse_schedule,
+    random_initial_object,
     refine,
+    square_support,
     twin,
     unwrap,
 )
@@ -48,15 +51,17 @@ def test_er_hio_with_true_support_converges(blob):
     obj, support, modulus = blob
     cfg = RefineConfig(shrinkwrap=False, schedule="(HIO**80 * ER**20)**2")
     res = refine(modulus[None] * 37.0, init=InitialEstimate(support=support[None]), config=cfg, seed=1)
-    assert res.chi2.item() < 1e-4
+    # measured (2-core x86-64 CPU, 2026-12-02): chi² 3.1e-6, first chi² 0.92, rel 1.8e-3,
+    # aligned chi² amplitude 3.2e-4, phase 2.3e-4
+    assert res.chi2.item() < 1e-5
     assert res.chi2_history.shape == (1, 200)
-    assert res.chi2_history[0, 0] > 0.1  # started far away
+    assert res.chi2_history[0, 0] > 0.3  # started far away
     # The object is on the data's scale: |FFT(object)| matches the data without refitting.
     rel = (to_detector(res.object).abs() - modulus * 37.0).norm() / (modulus * 37.0).norm()
-    assert rel.item() < 1e-2
+    assert rel.item() < 5e-3
     # ... and it is the true object up to the ambiguities.
     pair = align(res.object[0], obj)
-    assert pair.chi2_amplitude < 1e-3 and pair.chi2_phase < 1e-3
+    assert pair.chi2_amplitude < 9e-4 and pair.chi2_phase < 6.8e-4
 
 
 def test_masked_pixels_keep_their_estimate_and_measured_ones_converge(blob):
@@ -67,11 +72,12 @@ def test_masked_pixels_keep_their_estimate_and_measured_ones_converge(blob):
     corrupted[~mask] = 1e3  # garbage where nothing was measured: must be ignored
     cfg = RefineConfig(shrinkwrap=False, schedule="(HIO**80 * ER**20)**2")
     res = refine(corrupted[None], mask=mask, init=InitialEstimate(support=support[None]), config=cfg, seed=1)
-    assert res.chi2.item() < 1e-4
-    assert chi2(to_detector(res.object).abs(), modulus[None], mask).item() < 1e-4
+    # measured: 1.1e-6 both; without the mask 0.77
+    assert res.chi2.item() < 3.3e-6
+    assert chi2(to_detector(res.object).abs(), modulus[None], mask).item() < 3.3e-6
     # Without the mask the garbage pixels ruin the fit.
     bad = refine(corrupted[None], init=InitialEstimate(support=support[None]), config=cfg, seed=1)
-    assert bad.chi2.item() > 100 * res.chi2.item()
+    assert bad.chi2.item() > 0.25
 
 
 def test_shrinkwrap_tightens_a_loose_support(blob):
@@ -83,12 +89,14 @@ def test_shrinkwrap_tightens_a_loose_support(blob):
         modulus[None].expand(4, N, N), init=InitialEstimate(support=loose[None].expand(4, N, N)), config=cfg, seed=2
     )
     best = min(range(4), key=lambda i: res.chi2[i].item())
-    assert res.chi2[best] < 1e-3
+    # measured: best chi² 9.3e-5; areas 0.43-0.47 of the loose support, 1.34 of the true
+    # one for the best frame, which it covers entirely
+    assert res.chi2[best] < 2.8e-4
     areas = res.support.sum((-2, -1)).float()
-    assert (areas < 0.6 * loose.sum()).all(), areas
+    assert (areas < 0.55 * loose.sum()).all(), areas
     # Up to translation and twin, the support sits on the object, a little wider (blur).
     true_area = support.sum().item()
-    assert 0.9 * true_area < areas[best] < 1.6 * true_area, (areas, true_area)
+    assert 1.0 * true_area < areas[best] < 1.6 * true_area, (areas, true_area)
     pair = align(res.object[best], obj)
     s = res.support[best].numpy()
     s = np.roll(invert(s) if pair.twin else s, pair.shift, axis=(0, 1))
@@ -98,12 +106,15 @@ def test_shrinkwrap_tightens_a_loose_support(blob):
 def test_chi2_is_scale_invariant_and_zero_for_the_truth(blob):
     _, _, modulus = blob
     m = modulus[None]
-    assert chi2(m * 5.0, m).item() < 1e-6
-    assert chi2(m, m * 1e4).item() < 1e-6
+    # measured: 3.3e-16 and 4.4e-16 (float64 rounding); 0.147 with 5 % noise
+    assert chi2(m * 5.0, m).item() < 1.3e-15
+    assert chi2(m * 1e-6, m * 1e-7).item() < 5e-15  # tiny values, no clamp bites: measured 1.6e-15
+    assert chi2(m * 5.0, m).dtype == torch.float32
+    assert chi2(m, m * 1e4).item() < 1.3e-15
     noisy = m + 0.05 * m.max() * torch.rand(m.shape, generator=torch.Generator().manual_seed(0))
     c = chi2(noisy, m).item()
-    assert 1e-4 < c < 1
-    with pytest.raises(ValueError, match="shape"):
+    assert 0.05 < c < 0.44
+    with pytest.raises(CDIValueError, match="shape"):
         chi2(m[:, :10], m)
 
 
@@ -195,7 +206,7 @@ def test_schedule_prints_as_it_reads_and_round_trips():
     ],
 )
 def test_bad_schedules_are_refused(text, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(CDIValueError, match=message):
         parse_schedule(text)
     with pytest.raises(ConfigError, match="RefineConfig.schedule"):
         RefineConfig.build(schedule=text)
@@ -204,18 +215,52 @@ def test_bad_schedules_are_refused(text, message):
 def test_refine_refuses_bad_inputs(blob):
     _, _, modulus = blob
     m = modulus[None]
-    with pytest.raises(ValueError, match=r"must be \(B, H, W\)"):
-        refine(modulus)
-    with pytest.raises(ValueError, match="NaN or inf"):
-        refine(torch.where(m > m.max() / 2, float("nan"), m))
-    with pytest.raises(ValueError, match="negative"):
-        refine(-m)
-    with pytest.raises(ValueError, match="mask shape"):
+    bad = [
+        (modulus, r"^modulus must be \(B, H, W\), got shape \(64, 64\)$"),
+        (m.to(torch.complex64), r"^modulus must be a real floating tensor, got torch.complex64$"),
+        (m.to(torch.int32), r"^modulus must be a real floating tensor, got torch.int32$"),
+        (torch.where(m > m.max() / 2, float("nan"), m), r"^modulus contains NaN or inf$"),
+        (-m, r"^modulus contains negative values \(pass sqrt\(intensity\)\)$"),
+    ]
+    for frames, message in bad:
+        with pytest.raises(CDIValueError, match=message):
+            refine(frames)
+    with pytest.raises(CDIValueError, match=r"^mask shape \(32, 32\) does not match the frames: expected"):
         refine(m, mask=torch.ones(32, 32, dtype=torch.bool))
-    with pytest.raises(ValueError, match="mask must be bool"):
+    with pytest.raises(CDIValueError, match=r"^mask must be bool \(True = measured\), got torch.float32$"):
         refine(m, mask=torch.ones(N, N))
-    with pytest.raises(ValueError, match="initial support shape"):
+    with pytest.raises(CDIValueError, match=r"^initial support shape \(1, 32, 32\) != frames \(1, 64, 64\)$"):
         refine(m, init=InitialEstimate(support=torch.ones(1, 32, 32, dtype=torch.bool)))
+    with pytest.raises(CDIValueError, match=r"^initial object shape \(2, 64, 64\) != frames"):
+        refine(m, init=InitialEstimate(object=torch.ones(2, N, N, dtype=torch.complex64)))
+    # zeros are data (a dark detector pixel), and a per-frame mask is accepted
+    zeros = m.clone()
+    zeros[..., :4, :] = 0
+    res = refine(zeros, mask=torch.ones(1, N, N, dtype=torch.bool), config=RefineConfig(schedule="ER**2"))
+    assert res.chi2.shape == (1,) and res.object.shape == (1, N, N)
+
+
+def test_random_start_has_uniform_phases_in_the_support():
+    support = torch.zeros(4, 64, 64, dtype=torch.bool)
+    support[:, 8:56, 8:56] = True
+    obj = random_initial_object(support, torch.Generator().manual_seed(0))
+    assert obj.dtype == torch.complex64 and (obj[~support] == 0).all()
+    inside = obj[support]
+    assert torch.allclose(inside.abs(), torch.ones(()))
+    # uniform on [0, 2 pi): mean of e^{i phi} ~ 0 (std 0.005 over 9216 samples), all quadrants
+    assert inside.mean().abs() < 0.03
+    phase = inside.angle()
+    assert phase.min() < -3.1 and phase.max() > 3.1
+    again = random_initial_object(support, torch.Generator().manual_seed(0))
+    assert torch.equal(obj, again)
+
+
+def test_square_support_is_centred():
+    s = square_support((8, 8), 0.25)
+    assert s.nonzero().tolist() == [[3, 3], [3, 4], [4, 3], [4, 4]]  # side 2, its centre pixel (4, 4)
+    assert square_support((8, 8), 0.01).nonzero().tolist() == [[4, 4]]  # at least one pixel
+    assert square_support((8, 10), 1.0).sum() == 64 and square_support((6, 6), 1.0).all()
+    assert square_support((7, 9), 3 / 7).nonzero()[:, 0].unique().tolist() == [2, 3, 4]
 
 
 def test_raar_and_seeds(blob):
@@ -226,4 +271,4 @@ def test_raar_and_seeds(blob):
     b = refine(m, init=InitialEstimate(support=support[None].expand(2, N, N)), config=cfg, seed=5)
     assert torch.equal(a.object, b.object)  # seeded: reproducible
     assert not torch.equal(a.object[0], a.object[1])  # different random starts per frame
-    assert (a.chi2 < 1e-3).all()
+    assert (a.chi2 < 1e-4).all()  # measured 3.3e-5, 1.1e-5

@@ -1,23 +1,27 @@
-"""The fused (torch.compile'd) iteration of the refiner gives the eager torch path's results.
+"""The compiled backend (torch.compile'd iteration) gives the torch backend's results.
 
-On the CPU the torch path is forced by switching off the numba kernels. Inductor's first CPU
-compilation takes seconds per variant, so the tests share as few variants as possible: one
-shape (4 frames of 64x64), with and without mask, HIO/RAAR and ER, positivity with a mask.
+Inductor's first CPU compilation takes seconds per variant, so the tests share as few
+variants as possible: one shape (4 frames of 64x64), with and without mask, HIO/RAAR and
+ER, positivity with a mask. (tests/test_oracle.py checks both against the numpy oracle.)
 """
 
 import importlib
 import logging
 import math
 import shutil
+import sys
 
 import pytest
 import torch
 
 from cdi_beamline.config import ConfigError, RefineConfig
-from cdi_beamline.phasing import refine
+from cdi_beamline.errors import CDIRuntimeError, CDIValueError
+from cdi_beamline.phasing import refine, square_support
 from cdi_beamline.physics import simulate_batch
 
-R = importlib.import_module("cdi_beamline.phasing.refine")
+C = importlib.import_module("cdi_beamline.phasing._compiled")
+T = importlib.import_module("cdi_beamline.phasing._torch")
+common = importlib.import_module("cdi_beamline.phasing._common")
 
 needs_compiler = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None,
@@ -28,13 +32,6 @@ needs_compiler = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def moduli():
     return simulate_batch(4, seed=3, device="cpu").modulus
-
-
-@pytest.fixture()
-def torch_path(monkeypatch):
-    """The torch path on the CPU (no numba kernels), with fused-path state restored afterwards."""
-    monkeypatch.setattr(R, "_load_cpu_kernels", lambda: None)
-    monkeypatch.setattr(R, "_fused_failure", None)
 
 
 def _beamstop_mask(H=64, W=64):
@@ -49,19 +46,20 @@ def _graphs_per_variant() -> list[int]:
     (dynamo's own bookkeeping, private: if it moves in a torch upgrade, this fails loudly.)
     """
     entries = torch._dynamo.eval_frame._debug_get_cache_entry_list
-    return [len(entries(step._torchdynamo_orig_callable.__code__)) for step in R._compiled.values()]
+    steps = [step for step in C._cache.values() if not isinstance(step, str)]
+    return [len(entries(step._torchdynamo_orig_callable.__code__)) for step in steps]
 
 
 def _iteration_inputs(moduli, masked, alg, beta, support_size):
-    """The arguments of R._torch_iteration before ``er``, built as refine builds them."""
+    """The arguments of the torch iteration before ``er``, built as refine builds them."""
     B, H, W = moduli.shape
-    measured = R._to_fft_order(_beamstop_mask().expand(B, H, W)).contiguous() if masked else None
-    Mm = R._to_fft_order(moduli) if measured is None else R._to_fft_order(moduli) * measured
+    measured = common.to_fft_order(_beamstop_mask().expand(B, H, W)).contiguous() if masked else None
+    Mm = common.to_fft_order(moduli) if measured is None else common.to_fft_order(moduli) * measured
     Mm = (Mm / Mm.square().sum((-2, -1)).sqrt()[:, None, None]).contiguous()
     unmeasured_r = None if measured is None else (~measured).to(torch.float32) * (1.0 / (H * W))
-    S = R._to_fft_order(R.square_support((H, W), support_size)).expand(B, H, W).to(torch.float32)
+    S = common.to_fft_order(square_support((H, W), support_size)).expand(B, H, W).to(torch.float32)
     x = torch.randn(B, H, W, dtype=torch.complex64, generator=torch.Generator().manual_seed(4))  # also outside S: a·x
-    ca, cb = R._coefficients(alg, beta, S)
+    ca, cb = common.coefficients(alg, beta, S)
     return x, ca, cb, Mm, Mm * (1.0 / math.sqrt(H * W)), measured, unmeasured_r, Mm.square().sum((-2, -1))
 
 
@@ -69,20 +67,19 @@ def _iteration_inputs(moduli, masked, alg, beta, support_size):
 @pytest.mark.parametrize(
     "masked, positivity", [(False, False), (True, False), (True, True)], ids=["all-measured", "masked", "positivity"]
 )
-def test_fused_iteration_matches_eager(torch_path, moduli, masked, positivity):
-    before = len(R._compiled)
+def test_compiled_iteration_matches_eager(moduli, masked, positivity):
+    before = len(C._cache)
+    step = C._compile(cuda_graphs=False)  # ER and HIO/RAAR: two graphs
     for alg, beta, size in [("HIO", 0.9, 0.375), ("ER", 0.9, 0.375), ("HIO", 0.7, 0.5), ("RAAR", 0.8, 0.3)]:
         x, ca, cb, *data = _iteration_inputs(moduli, masked, alg, beta, size)
-        outside = torch.tensor(R._outside_coefficients(alg, beta)) if positivity else None
+        outside = torch.tensor(common.outside_coefficients(alg, beta)) if positivity else None
         with torch.no_grad():  # as in refine: grad mode is part of a compiled graph's guards
-            eager = R._torch_iteration(x, ca.to(torch.complex64), cb.to(torch.complex64), *data, alg == "ER", outside)
-            fused = R._fused_iteration(x, ca, cb, *data, alg == "ER", outside)
-        assert R._fused_failure is None
-        assert (fused[0] - eager[0]).abs().max() <= 1e-5 * eager[0].abs().max()
-        assert torch.allclose(fused[1], eager[1], rtol=1e-4, atol=1e-6)
-    # Two variants (ER, and HIO/RAAR), one graph each: another beta or support did not recompile.
-    assert len(R._compiled) <= before + 2
-    assert _graphs_per_variant() == [1] * len(R._compiled)
+            eager = T.iteration(x, ca.to(torch.complex64), cb.to(torch.complex64), *data, alg == "ER", outside)
+            compiled = step(x, ca, cb, *data, alg == "ER", outside)
+        # measured: object within ~1e-7 of its maximum, chi² equal to float32 rounding
+        assert (compiled[0] - eager[0]).abs().max() <= 1e-5 * eager[0].abs().max()
+        assert torch.allclose(compiled[1], eager[1], rtol=1e-4, atol=1e-6)
+    assert len(C._cache) == before  # compiled outside refine: nothing cached
 
 
 # 60 iterations: shrink-wrap at 10 and 35, HIO -> ER at 10. HIO is chaotic: float32 rounding
@@ -93,38 +90,44 @@ def test_fused_iteration_matches_eager(torch_path, moduli, masked, positivity):
 CONFIG = RefineConfig(schedule="HIO(0.5)**10 * ER**50", shrinkwrap_start=10, shrinkwrap_every=25)
 
 
+def _run(moduli, config, backend, **kw):
+    return refine(moduli, config=config.model_copy(update={"backend": backend}), seed=2, **kw)
+
+
 @needs_compiler
 @pytest.mark.parametrize("masked", [False, True], ids=["all-measured", "masked"])
-def test_fused_refine_matches_eager(torch_path, moduli, masked, caplog):
+def test_compiled_refine_matches_eager(moduli, masked, caplog):
     mask = _beamstop_mask() if masked else None
-    eager = refine(moduli, mask=mask, config=CONFIG.model_copy(update={"fused": "off"}), seed=2)
-    with caplog.at_level(logging.WARNING, logger=R.__name__):
-        fused = refine(moduli, mask=mask, config=CONFIG.model_copy(update={"fused": "on"}), seed=2)
-    assert R._fused_failure is None and not [r for r in caplog.records if r.name == R.__name__]
-    assert len(R._compiled) >= 2 and _graphs_per_variant() == [1] * len(R._compiled)
-    assert eager.chi2_history.shape == fused.chi2_history.shape == (4, 60)
-    assert torch.equal(fused.support, eager.support)
-    assert (fused.object - eager.object).abs().max() <= 5e-3 * eager.object.abs().max()
-    assert torch.allclose(fused.chi2_history, eager.chi2_history, rtol=1e-3, atol=2e-4)
-    assert torch.allclose(fused.chi2, eager.chi2, rtol=1e-3, atol=2e-4)
-    assert fused.chi2.max() < 0.1 < eager.chi2_history[:, 0].min()  # and it does refine
+    eager = _run(moduli, CONFIG, "torch", mask=mask)
+    with caplog.at_level(logging.WARNING, logger=C.__name__):
+        compiled = _run(moduli, CONFIG, "compiled", mask=mask)
+    assert compiled.backend == "compiled" and eager.backend == "torch"
+    assert not [r for r in caplog.records if r.name == C.__name__]
+    assert len(C._cache) >= 2 and _graphs_per_variant() == [1] * len(_graphs_per_variant())
+    assert eager.chi2_history.shape == compiled.chi2_history.shape == (4, 60)
+    assert torch.equal(compiled.support, eager.support)
+    # measured over 32 seeds and masks (see CONFIG): objects within 1.5e-3, chi² within 6e-5
+    assert (compiled.object - eager.object).abs().max() <= 4.5e-3 * eager.object.abs().max()
+    assert torch.allclose(compiled.chi2_history, eager.chi2_history, rtol=0, atol=1.8e-4)
+    assert torch.allclose(compiled.chi2, eager.chi2, rtol=0, atol=1.8e-4)
+    assert compiled.chi2.max() < 0.1 < eager.chi2_history[:, 0].min()  # and it does refine
 
 
 @needs_compiler
-def test_fused_refine_matches_eager_with_positivity(torch_path, moduli):
+def test_compiled_refine_matches_eager_with_positivity(moduli):
     cfg = RefineConfig(schedule="HIO(0.5)**6 * ER**6", positivity=True, shrinkwrap_start=6, shrinkwrap_every=100)
     mask = _beamstop_mask()
-    eager = refine(moduli, mask=mask, config=cfg.model_copy(update={"fused": "off"}), seed=2)
-    fused = refine(moduli, mask=mask, config=cfg.model_copy(update={"fused": "on"}), seed=2)
-    assert R._fused_failure is None
-    assert torch.equal(fused.support, eager.support)
-    assert (fused.object - eager.object).abs().max() <= 1e-4 * eager.object.abs().max()
-    assert torch.allclose(fused.chi2_history, eager.chi2_history, rtol=1e-3, atol=1e-5)
-    assert fused.object.imag.abs().max() == 0 and fused.object.real.min() >= 0
+    eager = _run(moduli, cfg, "torch", mask=mask)
+    compiled = _run(moduli, cfg, "compiled", mask=mask)
+    assert compiled.backend == "compiled"
+    assert torch.equal(compiled.support, eager.support)
+    assert (compiled.object - eager.object).abs().max() <= 1e-4 * eager.object.abs().max()
+    assert torch.allclose(compiled.chi2_history, eager.chi2_history, rtol=1e-3, atol=1e-5)
+    assert compiled.object.imag.abs().max() == 0 and compiled.object.real.min() >= 0
 
 
 @pytest.mark.parametrize("where", ["compile", "first call"])
-def test_failed_compilation_warns_once_and_runs_eager(torch_path, monkeypatch, moduli, caplog, where):
+def test_failed_compilation_warns_once_and_runs_eager(monkeypatch, moduli, caplog, where):
     def broken_compile(fn, **kwargs):
         if where == "compile":
             raise RuntimeError("no backend here")
@@ -134,32 +137,47 @@ def test_failed_compilation_warns_once_and_runs_eager(torch_path, monkeypatch, m
 
         return compiled
 
-    monkeypatch.setattr(R, "_compiled", {})
     monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(C, "_cache", {})  # a variant that failed stays failed in this process
     cfg = RefineConfig(schedule="HIO**8 * ER**4", shrinkwrap_start=4, shrinkwrap_every=4)
-    eager = refine(moduli, config=cfg.model_copy(update={"fused": "off"}), seed=2)
-    with caplog.at_level(logging.WARNING, logger=R.__name__):
-        fused = refine(moduli, config=cfg.model_copy(update={"fused": "on"}), seed=2)
-        again = refine(moduli, config=cfg.model_copy(update={"fused": "on"}), seed=2)
-    warnings = [r for r in caplog.records if r.name == R.__name__]
-    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    frames = moduli[:2]
+    eager = _run(frames, cfg, "torch")
+    with caplog.at_level(logging.WARNING, logger=C.__name__):
+        compiled = _run(frames, cfg, "compiled")
+        again = _run(frames, cfg, "compiled")
+    warnings = [r for r in caplog.records if r.name == C.__name__]
+    assert len(warnings) == 2 and {w.levelno for w in warnings} == {logging.WARNING}  # one per variant: HIO, ER
     assert "eager" in warnings[0].getMessage() and "RuntimeError" in warnings[0].getMessage()
-    for result in (fused, again):
+    for result in (compiled, again):
+        assert result.backend.startswith("torch (compiled unavailable: RuntimeError: ")
+        assert "\n" not in result.backend
         assert torch.equal(result.object, eager.object)
         assert torch.equal(result.chi2_history, eager.chi2_history)
 
 
-def test_auto_is_off_on_the_cpu(torch_path, monkeypatch, moduli):
+def test_auto_is_numba_on_the_cpu(monkeypatch, moduli):
     def no_compile(fn, **kwargs):
-        raise AssertionError("the fused path must not be used on the CPU with fused='auto'")
+        raise AssertionError("the compiled backend must not be used on the CPU with backend='auto'")
 
-    monkeypatch.setattr(R, "_compiled", {})
     monkeypatch.setattr(torch, "compile", no_compile)
-    refine(moduli[:1], config=RefineConfig(schedule="HIO**2", fused="auto"))
-    assert R._fused_failure is None
+    assert refine(moduli[:1], config=RefineConfig(schedule="HIO**2")).backend == "numba"
+    positivity = RefineConfig(schedule="HIO**2", positivity=True)
+    assert refine(moduli[:1], config=positivity).backend == "numba"
 
 
-def test_bad_fused_value_is_refused_naming_the_field():
-    assert RefineConfig().fused == "off"  # until timed on a GPU
-    with pytest.raises(ConfigError, match=r"RefineConfig\.fused"):
-        RefineConfig.build(fused="yes")
+def test_without_numba_auto_runs_torch_and_numba_is_refused(monkeypatch, moduli):
+    phasing = importlib.import_module("cdi_beamline.phasing")
+    monkeypatch.delattr(phasing, "_numba")
+    monkeypatch.setitem(sys.modules, "cdi_beamline.phasing._numba", None)  # import fails as without numba
+    assert refine(moduli[:1], config=RefineConfig(schedule="HIO**2")).backend == "torch"
+    message = r"^RefineConfig.backend 'numba' needs the numba package, which does not import$"
+    with pytest.raises(CDIRuntimeError, match=message):
+        refine(moduli[:1], config=RefineConfig(schedule="HIO**2", backend="numba"))
+
+
+def test_bad_backend_values_are_refused(moduli):
+    assert RefineConfig().backend == "auto" and RefineConfig().cuda_graphs
+    with pytest.raises(ConfigError, match=r"RefineConfig\.backend"):
+        RefineConfig.build(backend="fused")
+    with pytest.raises(CDIValueError, match="'numba' runs on the CPU, the data are on meta"):
+        refine(torch.ones(1, 8, 8, device="meta"), config=RefineConfig(backend="numba"))

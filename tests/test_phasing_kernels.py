@@ -1,4 +1,4 @@
-"""The fused numba CPU kernels of the refiner give the torch path's results.
+"""The numba backend (fused CPU kernels, pruned DFTs) gives the torch backend's results.
 
 HIO is chaotic: rounding differences grow over hundreds of iterations, so the two paths
 are compared over a few iterations, where they must agree to float32 rounding.
@@ -13,7 +13,6 @@ from cdi_beamline.config import RefineConfig
 from cdi_beamline.phasing import InitialEstimate, refine
 
 pytest.importorskip("numba")
-R = importlib.import_module("cdi_beamline.phasing.refine")
 K = importlib.import_module("cdi_beamline.phasing._numba_kernels")
 
 
@@ -29,47 +28,48 @@ def moduli():
     return _moduli(32, 32)
 
 
-def _both(monkeypatch, modulus, **kw):
-    assert R._load_cpu_kernels() is not None
-    fused = refine(modulus, seed=2, **kw)
-    with monkeypatch.context() as m:
-        m.setattr(R, "_load_cpu_kernels", lambda: None)
-        plain = refine(modulus, seed=2, **kw)
+def _both(modulus, config, **kw):
+    fused = refine(modulus, seed=2, config=config.model_copy(update={"backend": "numba"}), **kw)
+    plain = refine(modulus, seed=2, config=config.model_copy(update={"backend": "torch"}), **kw)
+    assert (fused.backend, plain.backend) == ("numba", "torch")
     return fused, plain
 
 
 @pytest.mark.parametrize("schedule", ["ER**3", "HIO(0.8)**3", "RAAR**3", "HIO**2 * ER**2"])
 @pytest.mark.parametrize("positivity", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_fused_kernels_match_torch_path(monkeypatch, moduli, schedule, positivity, masked):
+def test_fused_kernels_match_torch_path(moduli, schedule, positivity, masked):
     mask = (torch.rand(32, 32, generator=torch.Generator().manual_seed(1)) > 0.2) if masked else None
     # shrink-wrap at every iteration, so that the kernel's |x| is exercised too
     cfg = RefineConfig(schedule=schedule, positivity=positivity, shrinkwrap_start=1, shrinkwrap_every=1)
-    fused, plain = _both(monkeypatch, moduli, mask=mask, config=cfg)
+    fused, plain = _both(moduli, cfg, mask=mask)
+    # measured over the 16 cases (2-core x86-64 CPU, 2026-12-02): object within 8.1e-7 of its
+    # maximum, chi² history 3.5e-6 and final chi² 6.5e-7 relative
     scale = plain.object.abs().max()
-    assert (fused.object - plain.object).abs().max() <= 1e-5 * scale
+    assert (fused.object - plain.object).abs().max() <= 2.4e-6 * scale
     assert torch.equal(fused.support, plain.support)
-    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=1e-4, atol=1e-6)
-    assert torch.allclose(fused.chi2, plain.chi2, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=1e-5, atol=0)
+    assert torch.allclose(fused.chi2, plain.chi2, rtol=1.95e-6, atol=0)
 
 
-def test_fused_kernels_match_on_non_square_frames(monkeypatch):
+def test_fused_kernels_match_on_non_square_frames():
     # the CPU path keeps Fourier space transposed: H != W (one odd) catches a layout slip
     modulus = _moduli(33, 40)
     mask = torch.rand(33, 40, generator=torch.Generator().manual_seed(1)) > 0.2
     cfg = RefineConfig(schedule="HIO**3 * ER**2", shrinkwrap_start=1, shrinkwrap_every=1)
-    fused, plain = _both(monkeypatch, modulus, mask=mask, config=cfg)
-    assert (fused.object - plain.object).abs().max() <= 1e-5 * plain.object.abs().max()
+    fused, plain = _both(modulus, cfg, mask=mask)
+    # measured: object 2.1e-6, chi² history 6.6e-6 relative
+    assert (fused.object - plain.object).abs().max() <= 6.4e-6 * plain.object.abs().max()
     assert torch.equal(fused.support, plain.support)
-    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=2e-5, atol=0)
 
 
-def test_fused_kernels_match_with_given_object(monkeypatch, moduli):
+def test_fused_kernels_match_with_given_object(moduli):
     init = InitialEstimate(
         object=torch.randn(4, 32, 32, dtype=torch.complex64, generator=torch.Generator().manual_seed(3))
     )
-    fused, plain = _both(monkeypatch, moduli, init=init, config=RefineConfig(schedule="HIO**4"))
-    assert (fused.object - plain.object).abs().max() <= 1e-5 * plain.object.abs().max()
+    fused, plain = _both(moduli, RefineConfig(schedule="HIO**4"), init=init)
+    assert (fused.object - plain.object).abs().max() <= 6.9e-6 * plain.object.abs().max()  # measured 2.3e-6
 
 
 def test_kernels_refuse_non_contiguous_tensors():
@@ -102,13 +102,14 @@ def test_kernel_projection_values():
     assert torch.allclose(K.modulus(F), amp, rtol=1e-6)
 
 
-def test_pruned_loop_with_a_support_beyond_support2(monkeypatch, moduli):
+def test_pruned_loop_with_a_support_beyond_support2(moduli):
     # The pruned DFTs cover the batch's support box: here the whole frame at first (a given
     # support wider than Support 2, one frame's support empty), then Support 2 after shrink-wrap.
     S = torch.zeros(4, 32, 32, dtype=torch.bool)
     S[:3, 2:30, 1:31] = True
     cfg = RefineConfig(schedule="HIO**3 * RAAR**2 * ER**2", shrinkwrap_start=3, shrinkwrap_every=2)
-    fused, plain = _both(monkeypatch, moduli, init=InitialEstimate(support=S), config=cfg)
-    assert (fused.object - plain.object).abs().max() <= 1e-5 * plain.object.abs().max()
+    fused, plain = _both(moduli, cfg, init=InitialEstimate(support=S))
+    # measured: object 2.3e-6, chi² history 4.4e-6 relative
+    assert (fused.object - plain.object).abs().max() <= 6.8e-6 * plain.object.abs().max()
     assert torch.equal(fused.support, plain.support)
-    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(fused.chi2_history, plain.chi2_history, rtol=1.3e-5, atol=0)

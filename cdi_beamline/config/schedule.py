@@ -6,14 +6,16 @@ products apply right to left). ``(A * B)**3`` repeats a block; ``HIO(0.7)`` carr
 own beta. ``str(schedule)`` prints the canonical form and ``parse_schedule`` reads it
 back: ``parse_schedule(str(s)) == s``.
 
-This module imports nothing else of ours: the config validates schedules with it, and
-:mod:`cdi_beamline.phasing` re-exports it for the phasing code.
+This module imports only :mod:`cdi_beamline.errors` of ours: the config validates
+schedules with it, and :mod:`cdi_beamline.phasing` re-exports it for the phasing code.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from ..errors import CDIValueError
 
 __all__ = ["ALGORITHMS", "ER", "HIO", "RAAR", "Step", "Schedule", "parse_schedule"]
 
@@ -34,7 +36,7 @@ class Schedule:
 
     def __pow__(self, n: int) -> Schedule:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"schedule repeat count must be a positive integer, got {n!r}")
+            raise CDIValueError(f"schedule repeat count must be a positive integer, got {n!r}")
         if len(self.blocks) == 1:  # (X**a)**n == X**(a*n)
             inner = self.blocks[0]
             return Schedule((_repeat(inner, self.count * n),))
@@ -61,10 +63,10 @@ class Schedule:
     def __call__(self, beta: float) -> Schedule:
         """``HIO(0.7)``: the same single algorithm with its own beta."""
         if len(self.blocks) != 1 or not isinstance(self.blocks[0], Step) or self.count != 1:
-            raise ValueError("only a single algorithm takes a beta, e.g. HIO(0.7)")
+            raise CDIValueError("only a single algorithm takes a beta, e.g. HIO(0.7)")
         step = self.blocks[0]
         if step.name == "ER":
-            raise ValueError("ER takes no beta")
+            raise CDIValueError("ER takes no beta")
         return Schedule((Step(step.name, float(beta), step.count),))
 
     def resized(self, iterations: int) -> Schedule:
@@ -73,7 +75,7 @@ class Schedule:
         Rounding leftovers go to the last step, so ``len(result) == iterations``.
         """
         if iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {iterations}")
+            raise CDIValueError(f"iterations must be >= 1, got {iterations}")
         scaled = _scale(self, iterations / len(self))
         if len(scaled) == iterations:
             return scaled
@@ -124,7 +126,7 @@ def _str_block(b) -> str:
 
 
 def _scale(s: Schedule, factor: float) -> Schedule:
-    blocks = []
+    blocks: list[Step | Schedule] = []
     for b in s.blocks:
         if isinstance(b, Step):
             blocks.append(Step(b.name, b.beta, max(1, round(b.count * factor))))
@@ -145,7 +147,7 @@ def parse_schedule(text: str | Schedule) -> Schedule:
 
     Raises
     ------
-    ValueError
+    CDIValueError
         Naming the position and what was expected, for an unknown algorithm, a
         non-integer or zero repeat count, or unbalanced parentheses.
     """
@@ -156,8 +158,6 @@ def parse_schedule(text: str | Schedule) -> Schedule:
     sched = parser.expr()
     if parser.pos != len(tokens):
         parser.fail("end of schedule")
-    if len(sched) == 0:
-        raise ValueError("empty schedule")
     return sched
 
 
@@ -167,9 +167,10 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise ValueError(f"schedule {text!r}: unexpected character {text[pos:].lstrip()[:1]!r} at {pos}")
-        kind = ("pow", "mul", "lp", "rp", "name", "num")[m.lastindex - 1]
-        tokens.append((kind, m.group(m.lastindex), m.start(m.lastindex)))
+            raise CDIValueError(f"schedule {text!r}: unexpected character {text[pos:].lstrip()[:1]!r} at {pos}")
+        group = m.lastindex or 0  # one group matched: the token alternatives are all groups
+        kind = ("pow", "mul", "lp", "rp", "name", "num")[group - 1]
+        tokens.append((kind, m.group(group), m.start(group)))
         pos = m.end()
     return tokens
 
@@ -193,8 +194,8 @@ class _Parser:
     def fail(self, what):
         if self.pos < len(self.tokens):
             _, value, at = self.tokens[self.pos]
-            raise ValueError(f"schedule {self.text!r}: expected {what} at {at}, got {value!r}")
-        raise ValueError(f"schedule {self.text!r}: expected {what} at the end")
+            raise CDIValueError(f"schedule {self.text!r}: expected {what} at {at}, got {value!r}")
+        raise CDIValueError(f"schedule {self.text!r}: expected {what} at the end")
 
     def expr(self) -> Schedule:
         out = self.term()
@@ -209,7 +210,7 @@ class _Parser:
             self.pos += 1
             num = self.take("num", "a repeat count")
             if not num.isdigit() or int(num) < 1:
-                raise ValueError(f"schedule {self.text!r}: repeat count must be a positive integer, got {num!r}")
+                raise CDIValueError(f"schedule {self.text!r}: repeat count must be a positive integer, got {num!r}")
             atom = atom ** int(num)
         return atom
 
@@ -221,13 +222,15 @@ class _Parser:
             return inner
         name = self.take("name", "an algorithm (ER, HIO, RAAR) or '('")
         if name.upper() not in ALGORITHMS:
-            raise ValueError(f"schedule {self.text!r}: unknown algorithm {name!r}; use one of {', '.join(ALGORITHMS)}")
+            raise CDIValueError(
+                f"schedule {self.text!r}: unknown algorithm {name!r}; use one of {', '.join(ALGORITHMS)}"
+            )
         step = Schedule((Step(name.upper()),))
         if self.peek() == "lp":
             self.pos += 1
             beta = float(self.take("num", "a beta value"))
             self.take("rp", "')'")
             if not 0.0 < beta <= 1.0:
-                raise ValueError(f"schedule {self.text!r}: beta of {name} must be in (0, 1], got {beta:g}")
+                raise CDIValueError(f"schedule {self.text!r}: beta of {name} must be in (0, 1], got {beta:g}")
             step = step(beta)
         return step

@@ -4,9 +4,9 @@ In eager torch the modulus projection with its chi² sums is ~8 passes over memo
 (|F|², sqrt, ratio, two products for the sums, the complex cast, the multiply) and the
 update ``x <- a x + b y`` two more; on a busy 2-core CPU they cost as much as the two
 FFTs. Here the projection (:func:`project_modulus`, :func:`project_modulus_to`) and the
-Fourier-space step of ``refine._refine_box_pruned`` (update, then the next projection:
+Fourier-space step of ``_numba._run_box_pruned`` (update, then the next projection:
 :func:`advance_project`) are one vectorised pass each over the interleaved (re, im) float32
-view of the complex64 tensors. Same arithmetic as the torch path of :mod:`.refine` up to
+view of the complex64 tensors. Same arithmetic as the torch backend (:mod:`._torch`) up to
 float rounding (``fastmath``: reassociated sums, accumulated in float64 per 256 pixels).
 
 Compiled on first use and cached on disk (numba's ``cache=True``).
@@ -20,17 +20,19 @@ import torch
 
 __all__ = ["advance_project", "modulus", "project_modulus", "project_modulus_to"]
 
-_JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
+_jit = numba.njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
 _CHUNK = 256  # pixels summed in float32 before adding to the float64 total
 _EPS = np.float32(1e-12)
 
 
 # Loops run over slices of at most _CHUNK pixels: LLVM vectorises those (a loop with a
 # computed bound such as range(s0, min(s0 + _CHUNK, N)) stayed scalar, 10x slower).
+# Each kernel is written once for both cases: called with Ur = W = None (all measured),
+# numba prunes the masked branches at compile time (a separate specialisation).
 
 
-@numba.njit(**_JIT)
-def _project_to(X, P, Mr, sums):
+@_jit
+def _project_to(X, P, Mr, Ur, W, sums):
     B, N = Mr.shape
     for b in range(B):
         spm = 0.0
@@ -39,6 +41,9 @@ def _project_to(X, P, Mr, sums):
             Xc = X[b, 2 * s0 : 2 * (s0 + _CHUNK)]
             Pc = P[b, 2 * s0 : 2 * (s0 + _CHUNK)]
             Mc = Mr[b, s0 : s0 + _CHUNK]
+            if Ur is not None:
+                Uc = Ur[b, s0 : s0 + _CHUNK]
+                Wc = W[b, s0 : s0 + _CHUNK]
             pm = np.float32(0.0)
             pp = np.float32(0.0)
             for i in range(Mc.size):
@@ -48,7 +53,11 @@ def _project_to(X, P, Mr, sums):
                 amp = np.sqrt(a2)
                 r = Mc[i] / (amp + _EPS)
                 pm += amp * Mc[i]
-                pp += a2
+                if Ur is None:
+                    pp += a2
+                else:
+                    r += Uc[i]
+                    pp += a2 * Wc[i]
                 Pc[2 * i] = re * r
                 Pc[2 * i + 1] = im * r
             spm += pm
@@ -57,38 +66,8 @@ def _project_to(X, P, Mr, sums):
         sums[b, 1] = spp
 
 
-@numba.njit(**_JIT)
-def _project_to_masked(X, P, Mr, Ur, W, sums):
-    B, N = Mr.shape
-    for b in range(B):
-        spm = 0.0
-        spp = 0.0
-        for s0 in range(0, N, _CHUNK):
-            Xc = X[b, 2 * s0 : 2 * (s0 + _CHUNK)]
-            Pc = P[b, 2 * s0 : 2 * (s0 + _CHUNK)]
-            Mc = Mr[b, s0 : s0 + _CHUNK]
-            Uc = Ur[b, s0 : s0 + _CHUNK]
-            Wc = W[b, s0 : s0 + _CHUNK]
-            pm = np.float32(0.0)
-            pp = np.float32(0.0)
-            for i in range(Mc.size):
-                re = Xc[2 * i]
-                im = Xc[2 * i + 1]
-                a2 = re * re + im * im
-                amp = np.sqrt(a2)
-                r = Mc[i] / (amp + _EPS) + Uc[i]
-                pm += amp * Mc[i]
-                pp += a2 * Wc[i]
-                Pc[2 * i] = re * r
-                Pc[2 * i + 1] = im * r
-            spm += pm
-            spp += pp
-        sums[b, 0] = spm
-        sums[b, 1] = spp
-
-
-@numba.njit(**_JIT)
-def _advance_project(E, P, G, Mr, a, b, c, sums):
+@_jit
+def _advance_project(E, P, G, Mr, Ur, W, a, b, c, sums):
     B, N = Mr.shape
     for f in range(B):
         spm = 0.0
@@ -98,6 +77,9 @@ def _advance_project(E, P, G, Mr, a, b, c, sums):
             Pc = P[f, 2 * s0 : 2 * (s0 + _CHUNK)]
             Gc = G[f, 2 * s0 : 2 * (s0 + _CHUNK)]
             Mc = Mr[f, s0 : s0 + _CHUNK]
+            if Ur is not None:
+                Uc = Ur[f, s0 : s0 + _CHUNK]
+                Wc = W[f, s0 : s0 + _CHUNK]
             pm = np.float32(0.0)
             pp = np.float32(0.0)
             for i in range(Mc.size):
@@ -109,7 +91,11 @@ def _advance_project(E, P, G, Mr, a, b, c, sums):
                 amp = np.sqrt(a2)
                 r = Mc[i] / (amp + _EPS)
                 pm += amp * Mc[i]
-                pp += a2
+                if Ur is None:
+                    pp += a2
+                else:
+                    r += Uc[i]
+                    pp += a2 * Wc[i]
                 Pc[2 * i] = re * r
                 Pc[2 * i + 1] = im * r
             spm += pm
@@ -118,40 +104,7 @@ def _advance_project(E, P, G, Mr, a, b, c, sums):
         sums[f, 1] = spp
 
 
-@numba.njit(**_JIT)
-def _advance_project_masked(E, P, G, Mr, Ur, W, a, b, c, sums):
-    B, N = Mr.shape
-    for f in range(B):
-        spm = 0.0
-        spp = 0.0
-        for s0 in range(0, N, _CHUNK):
-            Ec = E[f, 2 * s0 : 2 * (s0 + _CHUNK)]
-            Pc = P[f, 2 * s0 : 2 * (s0 + _CHUNK)]
-            Gc = G[f, 2 * s0 : 2 * (s0 + _CHUNK)]
-            Mc = Mr[f, s0 : s0 + _CHUNK]
-            Uc = Ur[f, s0 : s0 + _CHUNK]
-            Wc = W[f, s0 : s0 + _CHUNK]
-            pm = np.float32(0.0)
-            pp = np.float32(0.0)
-            for i in range(Mc.size):
-                re = a * Ec[2 * i] + b * Pc[2 * i] + c * Gc[2 * i]
-                im = a * Ec[2 * i + 1] + b * Pc[2 * i + 1] + c * Gc[2 * i + 1]
-                Ec[2 * i] = re - Gc[2 * i]
-                Ec[2 * i + 1] = im - Gc[2 * i + 1]
-                a2 = re * re + im * im
-                amp = np.sqrt(a2)
-                r = Mc[i] / (amp + _EPS) + Uc[i]
-                pm += amp * Mc[i]
-                pp += a2 * Wc[i]
-                Pc[2 * i] = re * r
-                Pc[2 * i + 1] = im * r
-            spm += pm
-            spp += pp
-        sums[f, 0] = spm
-        sums[f, 1] = spp
-
-
-@numba.njit(**_JIT)
+@_jit
 def _modulus(x, out):
     for i in range(out.size):
         re = x[2 * i]
@@ -166,6 +119,11 @@ def _interleaved(z: torch.Tensor) -> np.ndarray:
     copied and updated in the copy.
     """
     return torch.view_as_real(z).view(z.shape[0], -1).numpy()
+
+
+def _flat(*maps: torch.Tensor | None) -> list[np.ndarray | None]:
+    """(B, H, W) float32 maps (or None) -> (B, HW) views."""
+    return [None if t is None else t.view(t.shape[0], -1).numpy() for t in maps]
 
 
 def project_modulus(
@@ -198,13 +156,8 @@ def project_modulus_to(
     sums: np.ndarray,
 ) -> None:
     """:func:`project_modulus` out of place: ``P <- P_M(X)``, X unchanged (same arguments)."""
-    B = X.shape[0]
-    Xv, Pv = _interleaved(X), _interleaved(P)
-    Mv = Mr.view(B, -1).numpy()
-    if unmeasured_r is None:
-        _project_to(Xv, Pv, Mv, sums)
-    else:
-        _project_to_masked(Xv, Pv, Mv, unmeasured_r.view(B, -1).numpy(), measured.view(B, -1).numpy(), sums)
+    Mv, Uv, Wv = _flat(Mr, unmeasured_r, measured)
+    _project_to(_interleaved(X), _interleaved(P), Mv, Uv, Wv, sums)
 
 
 def advance_project(
@@ -217,20 +170,16 @@ def advance_project(
     measured: torch.Tensor | None,
     sums: np.ndarray,
 ) -> None:
-    """One step of the Fourier-space iterate, in one pass (see ``refine._refine_box_pruned``).
+    """One step of the Fourier-space iterate, in one pass (see ``_numba._run_box_pruned``).
 
     ``X = a·E + b·P + c·G``, then ``E <- X - G`` and ``P <- P_M(X)`` with its chi² sums.
 
     E, P, G : (B, ...) complex64, contiguous, CPU; E and P overwritten
     coefficients : (a, b, c); the rest as in :func:`project_modulus`
     """
-    B = E.shape[0]
-    views = [_interleaved(t) for t in (E, P, G)] + [Mr.view(B, -1).numpy()]
     a, b, c = (np.float32(v) for v in coefficients)
-    if unmeasured_r is None:
-        _advance_project(*views, a, b, c, sums)
-    else:
-        _advance_project_masked(*views, unmeasured_r.view(B, -1).numpy(), measured.view(B, -1).numpy(), a, b, c, sums)
+    Mv, Uv, Wv = _flat(Mr, unmeasured_r, measured)
+    _advance_project(_interleaved(E), _interleaved(P), _interleaved(G), Mv, Uv, Wv, a, b, c, sums)
 
 
 def modulus(x: torch.Tensor) -> torch.Tensor:

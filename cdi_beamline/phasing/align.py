@@ -88,6 +88,7 @@ def align(recon, reference, support=None) -> AlignedPair:
         peak, shift, value = _best_shift(cand, ref)
         if best is None or peak > best[0] * (1 + 1e-9):
             best = (peak, shift, value, is_twin, cand)
+    assert best is not None  # the first candidate always wins over None
     _, shift, value, is_twin, cand = best
     cand = np.roll(cand, shift, axis=(0, 1))
     phase = float(np.angle(value))

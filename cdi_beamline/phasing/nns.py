@@ -115,7 +115,8 @@ class NearestNeighbourIndex:
         qv = _unit(q.reshape(q.shape[0], -1).to(self.device))
         qp = (qv - self.mean) @ self.basis
         k = min(self.candidates, len(self))
-        best_d, best_i = None, None
+        best_d: torch.Tensor | None = None
+        best_i = torch.empty(0, dtype=torch.long)
         for start in range(0, len(self), self.chunk):
             p = self.projected[start : start + self.chunk]
             d = self.projected_sq[start : start + self.chunk][None, :] - 2.0 * (qp @ p.T)

@@ -1,0 +1,164 @@
+"""The numba backend (CPU): the box-pruned Fourier-space loop with the fused kernels.
+
+Without positivity the iterate is kept in Fourier space and only S·y crosses to real
+space, through DFTs pruned to the supports' box (:func:`_run_box_pruned`); with positivity
+the torch backend's loop runs with the kernels' modulus projection (:func:`_run_positivity`).
+Fourier space is transposed on both (:func:`_fft2_t`), and so are the data. Imports numba:
+:mod:`.refine` imports this module only when the backend is asked for.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _numba_kernels as kernels
+from . import _torch
+from ._common import Problem, chi2_closed_form, from_fft_order, outside_coefficients, step_beta, to_fft_order
+
+#: (Mr, unmeasured_r, measured) transposed as Fourier space is (see :class:`._common.Problem`)
+_Data = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
+def _fft2_t(x: torch.Tensor) -> torch.Tensor:
+    """Unscaled 2-D DFT of (B, H, W) returned *transposed*, (B, W, H) contiguous.
+
+    Two 1-D FFTs along the contiguous axis, the second on the transposed view: ~15 %
+    faster than ``fft2`` with MKL on the CPU, whose column pass is strided. The
+    element-wise Fourier-space work does not mind the layout.
+    """
+    return torch.fft.fft(torch.fft.fft(x, dim=-1).mT, dim=-1)
+
+
+def _ifft2_t(Ft: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_fft2_t` without the 1/(HW) factor: (B, W, H) -> (B, H, W)."""
+    return torch.fft.ifft(torch.fft.ifft(Ft, dim=-1, norm="forward").mT, dim=-1, norm="forward")
+
+
+def _history(sums: torch.Tensor, HW: int, smm: torch.Tensor) -> torch.Tensor:
+    """chi² history (T, B) from the kernels' (T, B, 2) sums ``Σ|F|·Mr``, ``Σ_measured |F|²``."""
+    return chi2_closed_form(sums[..., 0] * math.sqrt(HW), sums[..., 1], smm).to(torch.float32)
+
+
+def run(p: Problem):
+    """Returns (x_T·S, S, chi² history (T, B) float32), FFT order."""
+    B, H, W = p.x.shape
+    data: _Data = (
+        p.Mr.mT.contiguous(),
+        None if p.unmeasured_r is None else p.unmeasured_r.mT.contiguous(),
+        None if p.measured is None else p.measured.mT.to(torch.float32).contiguous(),
+    )
+    sums = torch.empty((len(p.steps) + 1, B, 2), dtype=torch.float64)  # a spare last row for x_T
+    if p.config.positivity:
+        obj, S = _run_positivity(p, data, sums)
+    else:
+        obj, S = _run_box_pruned(p, data, sums)
+    return obj, S, _history(sums[: len(p.steps)], H * W, p.smm)
+
+
+def _run_positivity(p: Problem, data: _Data, sums: torch.Tensor):
+    def step(it, x, ca, cb, er, outside):
+        Ft = _fft2_t(x)
+        kernels.project_modulus(Ft, *data, sums[it].numpy())
+        return _torch.update(x, _ifft2_t(Ft), ca, cb, er, outside)
+
+    return _torch.loop(p, step, complex_maps=True, modulus=kernels.modulus)
+
+
+def _support_box(S: torch.Tensor) -> tuple[int, int, int, int]:
+    """Rows r0:r1 and columns c0:c1 spanned by the supports of the whole batch (B, H, W)."""
+    B, H, W = S.shape
+    union = S.view(torch.uint8).amax(0)
+    rows = [i for i, v in enumerate(union.amax(1).tolist()) if v]
+    cols = [j for j, v in enumerate(union.amax(0).tolist()) if v]
+    if not rows:
+        return 0, H, 0, W
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
+class _BoxDFT:
+    """Pruned unscaled DFTs for objects that vanish outside the box rows r0:r1, cols c0:c1.
+
+    Fourier space is in the transposed layout of :func:`_fft2_t`. ``forward`` skips the
+    row transforms of the rows outside the box (they are zero); ``inverse`` returns only
+    the box, computing the last pass for its rows only: each is ~25 % cheaper than the
+    full transform for Support 2 of half the frame.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], box: tuple[int, int, int, int]):
+        B, H, W = shape
+        self.r0, self.r1, self.c0, self.c1 = box
+        # zero outside the box for good: only the box is ever written
+        self.rows = torch.zeros((B, self.r1 - self.r0, W), dtype=torch.complex64)
+        self.full_t = torch.zeros((B, W, H), dtype=torch.complex64)
+
+    def box(self) -> torch.Tensor:
+        """The object's box (B, h, w), a view: write it, then call :meth:`forward`."""
+        return self.rows[:, :, self.c0 : self.c1]
+
+    def forward(self) -> torch.Tensor:
+        """DFT of the object in :meth:`box`, (B, W, H), transposed."""
+        self.full_t[:, :, self.r0 : self.r1] = torch.fft.fft(self.rows, dim=-1).mT
+        return torch.fft.fft(self.full_t, dim=-1)
+
+    def inverse(self, Ft: torch.Tensor) -> torch.Tensor:
+        """(B, W, H) transposed spectrum -> (B, h, w) box of its inverse DFT (no 1/(HW))."""
+        cols = torch.fft.ifft(Ft, dim=-1, norm="forward")[:, :, self.r0 : self.r1]
+        return torch.fft.ifft(cols.mT, dim=-1, norm="forward")[:, :, self.c0 : self.c1]
+
+
+def _run_box_pruned(p: Problem, data: _Data, sums: torch.Tensor):
+    """The refinement loop with the iterate kept in Fourier space.
+
+    Every algorithm sets ``x_{n+1} = y_n`` inside S and ``a·x_n + b·y_n`` outside, with
+    ``y_n = F⁻¹ P_M(F x_n)``, so by linearity (X = F x, P_n = P_M(X_n))::
+
+        X_{n+1} = a·(X_n - F[S x_n]) + b·P_n + (1 - b)·F[S y_n]
+
+    and ``F[S x_n] = F[S y_{n-1}]`` while S is unchanged. The state is
+    ``E_n = X_n - F[S x_n]`` (the exterior's DFT), P_n and ``G_n = F[S y_n]``. Only S·y,
+    which vanishes outside the box of the supports (Support 2 after shrink-wrap), ever goes
+    through the real space: pruned DFTs (:class:`_BoxDFT`). The full inverse is taken only
+    for shrink-wrap. Real space is in centred order here (a shift only multiplies X by a
+    unit phase ramp, which the modulus projection and the linear update carry through).
+
+    data : (Mr, Ur, measured) transposed; sums : (T + 1, B, 2) float64, filled with the chi²
+    sums of each iteration (and of x_T). Returns (x_T·S, S) in FFT order.
+    """
+    x, S = from_fft_order(p.x), from_fft_order(p.S).contiguous()
+    B, H, W = x.shape
+    HW = float(H * W)
+    support2 = from_fft_order(p.support2)
+
+    def reset(S, x):  # after a change of S: box, buffers, S as complex on the box, F[S x]
+        box = _support_box(S)
+        dft = _BoxDFT((B, H, W), box)
+        r0, r1, c0, c1 = box
+        S_box = S[:, r0:r1, c0:c1].to(torch.complex64)
+        torch.mul(x[:, r0:r1, c0:c1], S_box, out=dft.box())
+        return dft, S_box, dft.forward()
+
+    X = _fft2_t(x)
+    P = torch.empty_like(X)
+    dft, S_box, G = reset(S, x)
+    kernels.project_modulus_to(X, P, *data, sums[0].numpy())
+    E = X.sub_(G)
+    for it, (alg, beta) in enumerate(p.steps):
+        if p.shrinkwrap_due(it):
+            X = E.add_(G)
+            x = _ifft2_t(X).mul_(1.0 / HW)
+            S = p.new_support(x, S, support2, kernels.modulus)
+            dft, S_box, G = reset(S, x)
+            E = X.sub_(G)
+        # P = P_M(X_n) is ready (with the chi² sums of iteration it)
+        torch.mul(dft.inverse(P), S_box, out=dft.box())  # S·y_n (P carries the 1/(HW))
+        G = dft.forward()
+        a, b = outside_coefficients(alg, step_beta(beta, p.config))
+        # X_{n+1} = a E_n + b P_n + c G_n; E_{n+1}, P_M(X_{n+1}) and its sums
+        kernels.advance_project(E, P, G, (a, b * HW, 1.0 - b), *data, sums[it + 1].numpy())
+        p.report(it)
+
+    obj = torch.zeros((B, H, W), dtype=torch.complex64)
+    obj[:, dft.r0 : dft.r1, dft.c0 : dft.c1] = dft.box()  # inside S, x_T = y_{T-1}
+    return to_fft_order(obj), to_fft_order(S)

@@ -1,0 +1,120 @@
+"""Plain numpy reference of the phasing maths, written from the equations, not from the code.
+
+Slow (one frame, float64, no tricks) and meant to be obviously right:
+
+- the transform is the package's convention (:mod:`cdi_beamline.fourier`): centred, unitary;
+- the modulus projection P_M replaces |F| by the measured modulus on measured pixels
+  (mask True) and keeps F on unmeasured ones;
+- ER, HIO (Fienup 1982; Wu et al. 2021, Appendix B) and RAAR (Luke 2005, written with the
+  reflections R = 2P - I) with the support projection P_S (zero outside S);
+  with positivity, a pixel also violates the constraint where Re P_M x <= 0, and the
+  projected value is real (Fienup's HIO for a real, non-negative object);
+- shrink-wrap (Marchesini et al. 2003): the periodic Gaussian blur of |x| (transfer
+  function exp(-2 pi^2 sigma^2 |f|^2)), thresholded at a fraction of its maximum, inside
+  the fixed square Support 2; an empty result keeps the previous support;
+- chi² of eq. 5, ``sum_m (s |F| - M)^2 / sum_m M^2`` with the optimal scale ``s`` over
+  measured pixels m (the closed-form minimiser of that sum).
+
+The start is put on the data's scale with the same optimal ``s``; refine's own per-frame
+normalisation does not change the result (every step is homogeneous of degree one).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+
+def fft(o):
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(o), norm="ortho"))
+
+
+def ifft(F):
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(F), norm="ortho"))
+
+
+def optimal_scale(pred, data, mask):
+    return np.sum(mask * pred * data) / np.sum(mask * pred**2)
+
+
+def chi2(pred, data, mask):
+    """Eq. 5 with the optimal scale, over measured pixels."""
+    s = optimal_scale(pred, data, mask)
+    return np.sum(mask * (s * pred - data) ** 2) / np.sum(mask * data**2)
+
+
+def project_modulus(x, data, mask):
+    F = fft(x)
+    amp = np.abs(F)
+    phase = np.where(amp > 0, F / np.where(amp > 0, amp, 1.0), 1.0)
+    return ifft(np.where(mask, data * phase, F))
+
+
+def step(x, S, alg, beta, data, mask, positivity=False):
+    """One iteration x_n -> x_{n+1}."""
+    y = project_modulus(x, data, mask)
+    if positivity:
+        y = y.real.astype(complex)
+        ok = S & (y.real > 0)
+    else:
+        ok = S
+    if alg == "ER":  # P_S P_M x
+        return np.where(ok, y, 0)
+    if alg == "HIO":  # Fienup: P_M x where the constraints hold, x - beta P_M x elsewhere
+        return np.where(ok, y, x - beta * y)
+    if alg == "RAAR":  # [beta/2 (R_S R_M + I) + (1 - beta) P_M] x
+        r_m = 2 * y - x
+        r_s_r_m = 2 * np.where(ok, r_m, 0) - r_m
+        return beta / 2 * (r_s_r_m + x) + (1 - beta) * y
+    raise ValueError(alg)
+
+
+def square(shape, size):
+    """Centred square of side round(size * min(H, W)), its centre pixel at (H//2, W//2)."""
+    H, W = shape
+    side = max(1, int(round(size * min(H, W))))
+    out = np.zeros(shape, bool)
+    r0, c0 = H // 2 - side // 2, W // 2 - side // 2
+    out[max(r0, 0) : r0 + side, max(c0, 0) : c0 + side] = True
+    return out
+
+
+def blur(a, sigma):
+    fy = np.fft.fftfreq(a.shape[0])[:, None]
+    fx = np.fft.fftfreq(a.shape[1])[None, :]
+    return np.fft.ifft2(np.fft.fft2(a) * np.exp(-2 * np.pi**2 * sigma**2 * (fy**2 + fx**2))).real
+
+
+def shrinkwrap(x, previous, sigma, threshold, support2):
+    smooth = blur(np.abs(x), sigma)
+    new = (smooth > threshold * smooth.max()) & support2
+    return new if new.any() else previous
+
+
+def expand(schedule, default_beta):
+    """A flat schedule "HIO(0.7)**3 * ER**2 * RAAR" -> [(alg, beta), ...]."""
+    steps = []
+    for term in schedule.split(" * "):
+        alg, beta, n = re.fullmatch(r"(ER|HIO|RAAR)(?:\(([\d.]+)\))?(?:\*\*(\d+))?", term.strip()).groups()
+        steps += [(alg, default_beta if beta is None else float(beta))] * int(n or 1)
+    return steps
+
+
+def run(data, mask, x0, S0, steps, *, positivity=False, shrinkwrap_start=None, shrinkwrap_every=1,
+        sigma=1.0, threshold=0.1, support2_size=0.5):  # fmt: skip
+    """Iterate one frame. Returns (object x_T·S, S, [chi² of x_n for each n], chi² of the object)."""
+    data = np.asarray(data, float)
+    mask = np.ones(data.shape, bool) if mask is None else np.asarray(mask, bool)
+    x = np.asarray(x0, complex)
+    x = x * optimal_scale(np.abs(fft(x)), data, mask)
+    S = np.asarray(S0, bool)
+    support2 = square(data.shape, support2_size)
+    history = []
+    for n, (alg, beta) in enumerate(steps):
+        if shrinkwrap_start is not None and n >= shrinkwrap_start and (n - shrinkwrap_start) % shrinkwrap_every == 0:
+            S = shrinkwrap(x, S, sigma, threshold, support2)
+        history.append(chi2(np.abs(fft(x)), data, mask))
+        x = step(x, S, alg, beta, data, mask, positivity)
+    obj = x * S
+    return obj, S, np.array(history), chi2(np.abs(fft(obj)), data, mask)
