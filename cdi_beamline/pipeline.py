@@ -1,7 +1,7 @@
 """One reconstruction engine for every door: the CLI, the Bluesky callback, Tango, benchmarks.
 
-``Reconstructor.reconstruct(frames)`` validates each frame (:func:`validate_frame`, the one
-place that decides whether a frame is usable), starts the good ones
+``Reconstructor.reconstruct(frames)`` validates each frame (:func:`validate_frame`, from
+:mod:`cdi_beamline.frames`, the one place that decides whether a frame is usable), starts the good ones
 (CNN, random, given support or nearest neighbour), refines them in batches on the
 device and returns a numpy :class:`ReconstructionBatch` with one row per input frame,
 bad frames included (status ``"bad"`` and a specific reason) — it never raises for a
@@ -22,12 +22,10 @@ from .config import ReconstructorConfig
 from .device import resolve_device
 from .errors import CDIRuntimeError, CDIValueError
 from .fourier import FFT_CONVENTION, embed_centre, fix_global_phase, fourier_modulus
+from .frames import MAX_SIZE, MIN_SIZE, validate_frame
 from .phasing import InitialEstimate, NearestNeighbourIndex, chi2, refine
 
 __all__ = ["MIN_SIZE", "MAX_SIZE", "Reconstructor", "ReconstructionBatch", "validate_frame"]
-
-#: Supported frame sides (pixels), inclusive.
-MIN_SIZE, MAX_SIZE = 32, 1024
 
 
 @dataclass
@@ -56,44 +54,6 @@ class ReconstructionBatch:
 
     def __len__(self) -> int:
         return len(self.status)
-
-
-def validate_frame(
-    frame: np.ndarray, expected_shape: tuple[int, int] | None = None, *, saturation: float | None = None
-) -> str | None:
-    """Why ``frame`` cannot be reconstructed, or None if it can.
-
-    Checks, in order: numeric real dtype, rank 2, size within [MIN_SIZE, MAX_SIZE],
-    ``expected_shape``, NaN/inf, negative values, all zero, saturation.
-    """
-    frame = np.asarray(frame)
-    if np.iscomplexobj(frame):
-        return f"frame is complex ({frame.dtype}); expected real intensities or moduli"
-    if not (np.issubdtype(frame.dtype, np.number) or frame.dtype == np.bool_):
-        return f"frame has non-numeric dtype {frame.dtype}"
-    if frame.ndim != 2:
-        return f"frame has rank {frame.ndim} (shape {frame.shape}); expected a 2-D (H, W) pattern"
-    H, W = frame.shape
-    if not (MIN_SIZE <= H <= MAX_SIZE and MIN_SIZE <= W <= MAX_SIZE):
-        return f"frame size {H}x{W} is not supported: each side must be in [{MIN_SIZE}, {MAX_SIZE}]"
-    if expected_shape is not None and tuple(expected_shape) != (H, W):
-        return f"frame shape {H}x{W} differs from the batch's {expected_shape[0]}x{expected_shape[1]}"
-    finite = np.isfinite(frame)
-    if not finite.all():
-        n_nan = int(np.isnan(frame).sum())
-        n_inf = int((~finite).sum()) - n_nan
-        what = " and ".join(s for s in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else "") if s)
-        return f"frame contains {what} pixel(s)"
-    n_neg = int((frame < 0).sum())
-    if n_neg:
-        return f"frame contains {n_neg} negative pixel(s) (min {frame.min():.3g}); intensities must be >= 0"
-    if not frame.any():
-        return "frame is all zero"
-    if saturation is not None:
-        n_sat = int((frame >= saturation).sum())
-        if n_sat:
-            return f"frame has {n_sat} pixel(s) at or above the saturation level {saturation:g}"
-    return None
 
 
 class Reconstructor:
