@@ -11,7 +11,7 @@ import torch
 from cdi_beamline.config import ConfigError, ReconstructorConfig
 from cdi_beamline.fourier import FFT_CONVENTION, to_detector
 from cdi_beamline.phasing import chi2, parse_schedule
-from cdi_beamline.pipeline import Reconstructor, validate_frame
+from cdi_beamline.pipeline import Reconstructor
 
 N = 64
 FAST = {"refine": {"schedule": "(HIO**40 * ER**10)**2", "shrinkwrap_start": 20}}
@@ -27,34 +27,6 @@ def _pattern(n=N):
 @pytest.fixture(scope="module")
 def pattern():
     return _pattern()
-
-
-@pytest.mark.parametrize(
-    "frame, message",
-    [
-        (np.full((N, N), np.nan), "1 NaN"),
-        (np.full((N, N), np.inf), "inf"),
-        (-np.ones((N, N)), "negative"),
-        (np.zeros((N, N)), "all zero"),
-        (np.ones((2, N, N)), "rank 3"),
-        (np.ones((16, 16)), "size 16x16 is not supported"),
-        (np.ones((N, N), complex), "complex"),
-        (np.ones((N, 70)), "differs from the batch's 64x64"),
-    ],
-)
-def test_validate_frame_reasons(frame, message):
-    if "NaN" in message:
-        frame = np.ones((N, N))
-        frame[3, 4] = np.nan
-    reason = validate_frame(frame, (N, N))
-    assert reason is not None and message in reason, reason
-    assert validate_frame(np.ones((N, N)), (N, N)) is None
-
-
-def test_saturation_is_refused_when_configured(pattern):
-    frame, _ = pattern
-    assert "saturation level" in validate_frame(frame, saturation=float(frame.max()))
-    assert validate_frame(frame, saturation=float(frame.max()) * 2) is None
 
 
 def test_bad_frames_are_flagged_and_the_rest_reconstructed(pattern):
