@@ -18,6 +18,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
     import time
 
     from ..errors import CDIValueError
@@ -25,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise CDIValueError(f"--port must be in 0..65535, got {args.port}")
+    # Ctrl-C and SIGTERM stop the server cleanly, also where this process was started with
+    # SIGINT ignored (a background job of a non-interactive shell inherits that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with EmbeddedTiled(args.data_dir, port=args.port) as server:
         print(f"serving {server.data_dir}", flush=True)
         print(f"  uri      {server.uri}", flush=True)
