@@ -9,7 +9,7 @@ Three documented recipes are provided as functions returning a validated
   ``torch.compile`` on CUDA, fresh patterns generated on the GPU every step,
   twin-aware loss.
 * :func:`cpu_recipe` — a narrower network trained on fresh patterns on a CPU for a
-  fixed wall-clock budget (how the shipped weights were made when no GPU was lent).
+  fixed wall-clock budget (how the shipped weights were made, on a CPU).
 * :func:`cpu_finetune_recipe` — the second CPU stage: the cpu recipe's weights trained
   further on new patterns (``init_weights``).
 """
