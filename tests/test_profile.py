@@ -23,6 +23,7 @@ print("RESULT " + json.dumps({
     "status": list(res["status"]),
     "shape": list(res["amplitude"].shape),
     "init": live.reconstructor.config.init,
+    "db_rows": len(db[raw_uid].table()),
 }))
 """
 
@@ -56,4 +57,5 @@ def test_profile_starts_in_ipython_and_runs_a_scan(tmp_path):
     assert result["counts"]["received"] == result["counts"]["reconstructed"] == 3
     assert result["status"] == ["ok"] * 3 and result["shape"] == [3, 64, 64]
     assert result["init"] in ("cnn", "random")
+    assert result["db_rows"] == 3  # databroker's v1 view of the same raw run
     assert (tmp_path / "data" / "live.png").stat().st_size > 1000, "the live plot was saved"

@@ -27,7 +27,8 @@ RE = RunEngine({})
 session = LiveSession(_reconstructor(), cdi_store, LiveConfig(), mask=cdi_source.mask, close_at_exit=True)
 session.subscribe(RE)
 client, live = session.client, session.callback
-print(f"cdi: runs are stored in Tiled at {session.uri} (`client`)")
+db = client.v1  # databroker's v1 API on the same catalog, as beamline users know it: db[-1].table()
+print(f"cdi: runs are stored in Tiled at {session.uri} (`client`; `db` the databroker v1 view)")
 print(
     f"cdi: live reconstruction on {live.reconstructor.device} "
     f"({live.reconstructor.config.init} start, {CDI_ITERATIONS} iterations): `live`, `session`"
