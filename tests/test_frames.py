@@ -65,6 +65,11 @@ def test_the_order_of_the_checks():
     assert "complex" in validate_frame(np.ones((2, 8), complex))
 
 
+def test_the_expected_shape_is_read_as_rows_by_columns():
+    assert validate_frame(np.ones((N, N)), (N, 70)) == "frame shape 64x64 differs from the batch's 64x70"
+    assert validate_frame(np.ones((N, N)), (70, N)) == "frame shape 64x64 differs from the batch's 70x64"
+
+
 def test_saturation():
     frame = _with(100.0, n=2)
     assert validate_frame(frame, saturation=100.0) == "frame has 2 pixel(s) at or above the saturation level 100"
