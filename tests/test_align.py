@@ -23,12 +23,20 @@ def _object(n=N, seed=0):
     return amp * np.exp(1j * (0.3 * yy - 0.2 * xx + 0.4 * rng.random((n, n))))
 
 
-@pytest.mark.parametrize("shift", [(5, -7), (-9, 10), (11, 3), (0, 0)])
+@pytest.mark.parametrize("shift", [(5, -7), (-9, 10), (11, 3), (-12, -13), (0, 0)])
 def test_shift_is_reported_exactly(shift):
     ref = _object()
     moved = np.roll(ref, shift, axis=(0, 1))
     pair = align(moved, ref)
     assert not pair.twin and pair.shift == (-shift[0], -shift[1])
+    assert pair.chi2_amplitude < 1e-12 and pair.chi2_phase < 1e-12
+
+
+def test_half_frame_shift_is_reported_positive():
+    # a roll by N/2 is its own inverse: the convention reports +N/2
+    ref = _object()
+    pair = align(np.roll(ref, (N // 2, N // 2), axis=(0, 1)), ref)
+    assert pair.shift == (N // 2, N // 2)
     assert pair.chi2_amplitude < 1e-12 and pair.chi2_phase < 1e-12
 
 
@@ -66,7 +74,8 @@ def test_phase_error_is_the_mean_square_over_pi():
 
 def test_default_support_is_above_a_tenth_of_the_peak():
     ref = _object()
-    ref *= 10.0 / np.abs(ref).max()  # peak 10
+    ref *= 9.0 / np.abs(ref).max()
+    ref[N // 2, N // 2] = 10.0  # the peak, exactly 10
     assert ref[2, 2] == 0
     ref[2, 2] = 1.0  # exactly a tenth of the peak: outside the default support
     recon = ref.copy()
@@ -108,7 +117,7 @@ def test_bad_inputs_are_refused_with_their_reason():
     nan = ref.copy()
     nan[0, 0] = np.nan
     for a, b in ((nan, ref), (ref, nan)):
-        with pytest.raises(ValueError, match="align: inputs contain NaN or inf"):
+        with pytest.raises(ValueError, match=r"^align: inputs contain NaN or inf$"):
             align(a, b)
     with pytest.raises(ValueError, match=r"align: support shape \(4, 4\) != \(32, 32\)"):
         align(ref, ref, support=np.ones((4, 4), bool))
