@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..config import LIVE_ITERATIONS, LiveConfig
-from .results import add_reconstructor_options, build_reconstructor, quiet_logs
+from .results import add_queue_policy_option, add_reconstructor_options, build_reconstructor, quiet_logs
 
 
 def add_parser(subparsers) -> None:
@@ -35,13 +35,7 @@ def add_parser(subparsers) -> None:
         help="simulated detector's frames (default synthetic)",
     )
     add_reconstructor_options(p, init_default="cnn", iterations_default=LIVE_ITERATIONS)
-    policy = LiveConfig.model_fields["queue_policy"].default
-    p.add_argument(
-        "--queue-policy",
-        choices=("block", "drop"),
-        default=policy,
-        help=f"full queue: block the scan (replay) or drop and count (live); default {policy}",
-    )
+    add_queue_policy_option(p, "the scan: replay")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.set_defaults(func=run)
 

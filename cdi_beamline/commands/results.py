@@ -80,6 +80,22 @@ def add_reconstructor_options(
     )
 
 
+def add_queue_policy_option(p: argparse.ArgumentParser, block_means: str) -> None:
+    """``--queue-policy`` with the choices and default of ``LiveConfig.queue_policy``;
+    ``block_means`` says what blocking holds up in this command."""
+    from typing import get_args
+
+    from ..config import LiveConfig
+
+    field = LiveConfig.model_fields["queue_policy"]
+    p.add_argument(
+        "--queue-policy",
+        choices=get_args(field.annotation),
+        default=field.default,
+        help=f"full queue: block ({block_means}) or drop and count; default {field.default}",
+    )
+
+
 def build_reconstructor(args: argparse.Namespace, recorded: dict | None = None):
     """A Reconstructor from the options over ``recorded`` (a ``ReconstructorConfig`` dump, e.g.
     what a derived run recorded; then the ``--config`` file; then the options given).

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ..config import LIVE_ITERATIONS, LiveConfig
-from .results import add_reconstructor_options, add_store_options, build_reconstructor, quiet_logs
+from .results import (
+    add_queue_policy_option,
+    add_reconstructor_options,
+    add_store_options,
+    build_reconstructor,
+    quiet_logs,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -25,13 +31,7 @@ def add_parser(subparsers) -> None:
     add_store_options(p)
     add_reconstructor_options(p, init_default=None, iterations_default=LIVE_ITERATIONS)
     p.add_argument("--image-key", metavar="KEY", help="detector image field (default: the first 2D field)")
-    policy = LiveConfig.model_fields["queue_policy"].default
-    p.add_argument(
-        "--queue-policy",
-        choices=("block", "drop"),
-        default=policy,
-        help=f"full queue: block (0MQ buffers) or drop and count (default {policy})",
-    )
+    add_queue_policy_option(p, "0MQ buffers")
     p.add_argument("--write-raw", action="store_true", help="also store the raw runs (if no other writer does)")
     p.add_argument("--max-runs", type=int, metavar="N", help="exit after N runs (default: run until Ctrl-C)")
     p.set_defaults(func=run)
