@@ -19,6 +19,7 @@ from tango import AttrWriteType, DevState
 from tango.server import Device, attribute, command, device_property
 
 from ...config import LIVE_ITERATIONS, ModelConfig, ReconstructorConfig
+from ...pipeline import Reconstructor, validate_frame
 from .. import DEFAULT_SOURCE, FrameCursor, FrameSource, make_source
 
 __all__ = ["CDIReplayDetector", "CDIReconstructor", "MAX_SIDE"]
@@ -186,6 +187,15 @@ class CDIReconstructor(Device):
         elif self._init not in self.INITS:
             self._fault(f"bad property InitMode {self._init!r}: use one of {', '.join(self.INITS)}")
         else:
+            # warm up before saying ready: the engine built and, for a CNN start, its weights loaded
+            # (the first pattern write or Reconstruct must not pay for it: Tango clients time out at 3 s)
+            try:
+                engine = self._engine(self._init, self._iterations)
+                if self._init == "cnn":
+                    engine.cnn()
+            except Exception as exc:  # the device must report, not die
+                self._fault(f"cannot build the reconstruction engine: {type(exc).__name__}: {exc}")
+                return
             self.set_state(DevState.ON)
             self.set_status(f"ready: write a {self._shape[0]}x{self._shape[1]} pattern, then run Reconstruct")
 
@@ -210,8 +220,6 @@ class CDIReconstructor(Device):
         return req_type == tango.AttReqType.READ_REQ or self.get_state() != DevState.RUNNING
 
     def write_pattern(self, value):
-        from ...pipeline import validate_frame
-
         frame = np.asarray(value, dtype=np.float32)
         self._pattern = None
         self._clear_result()
@@ -319,8 +327,6 @@ class CDIReconstructor(Device):
     def _engine(self, init: str, iterations: int):
         """The Reconstructor for these settings (the last one is kept: CNN loaded once)."""
         if self._engine_key != (init, iterations):
-            from ...pipeline import Reconstructor
-
             config = ReconstructorConfig.build(init=init, iterations=iterations)
             self._engine_obj = Reconstructor(config, device=self.TorchDevice)
             self._engine_key = (init, iterations)
