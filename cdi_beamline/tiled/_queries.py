@@ -67,7 +67,7 @@ def derived_runs(client, raw_uid: str | None = None) -> list:
     of ``raw_uid`` if given."""
     from tiled.queries import Key
 
-    runs = []
+    runs: list[Any] = []
     for catalog in _catalogs(client):
         results = catalog.search(Key(f"start.{KIND}") == DERIVED_KIND)
         if raw_uid is not None:
