@@ -32,9 +32,11 @@ __all__ = [
     "COUNTS",
     "DERIVED_KIND",
     "HINTS",
+    "INHERITED_START_KEYS",
     "KIND",
     "LIVE",
     "PARENT_UID",
+    "PROCESSED",
     "RAW_IMAGE_KEY",
     "RAW_STREAM",
     "RECONSTRUCTOR",
@@ -70,6 +72,24 @@ DERIVED_KIND = "cdi_reconstruction"
 
 PARENT_UID = "parent_uid"
 """Start key: uid of the raw run the derived run reconstructs."""
+
+PROCESSED = "processed"
+"""The container, at the run catalog's root, that holds every derived run. Raw scans stay the
+root's own runs, so ``catalog[-1]``, ``catalog[scan_id]`` and a search by scan_id return the
+scan a user took; a facility's processed data likewise lives apart from its raw data."""
+
+INHERITED_START_KEYS: tuple[str, ...] = (
+    "scan_id",
+    "tiled_access_tags",
+    "data_session",
+    "proposal",
+    "cycle",
+    "beamline_id",
+    "facility",
+)
+"""Start keys copied from the raw run into its derived run: the scan number, and the
+access-control and session keys a facility's Tiled policies act on (``tiled_access_tags``
+becomes the derived node's access tags, as for the raw run)."""
 
 RAW_IMAGE_KEY = "raw_image_key"
 """Start key: data key of the raw run's detector image that was reconstructed."""

@@ -29,7 +29,16 @@ from cdi_beamline.config import ConfigError, LiveConfig, ReconstructorConfig
 from cdi_beamline.devices import FrameSource, ReplayDetector, SyntheticSource
 from cdi_beamline.errors import CDIValueError
 from cdi_beamline.pipeline import Reconstructor
-from cdi_beamline.tiled import connect, derived_runs, encode_document, load_raw_frames, load_results, make_writer
+from cdi_beamline.tiled import (
+    connect,
+    derived_of,
+    derived_runs,
+    encode_document,
+    load_raw_frames,
+    load_results,
+    make_writer,
+    processed,
+)
 
 ITER = 20  # refinement iterations: enough to exercise the engine, small for CI
 _ENGINES: dict[int, Reconstructor] = {}
@@ -59,7 +68,7 @@ def client(tiled_server):
 
 
 def _live(rec, tiled_server, client, tiled_batch=64, **live):
-    writer = make_writer(client, tiled_server.spool_dir, batch_size=tiled_batch)
+    writer = make_writer(processed(client), tiled_server.spool_dir, batch_size=tiled_batch)
     cb = LiveReconstruction(rec, writer, LiveConfig(data_dir=tiled_server.data_dir, **live))
     return cb, writer
 
@@ -85,7 +94,8 @@ def test_scan_gives_linked_derived_run_matching_offline(rec, source, tiled_serve
     run_engine.subscribe(raw_writer)
     run_engine.subscribe(cb)
     det = ReplayDetector(source, name="det")
-    (raw_uid,) = run_engine(count([det], 6), sample="synthetic").run_start_uids
+    access = {"data_session": "pass-314159", "proposal": "GUP-42", "cycle": "2026-3"}
+    (raw_uid,) = run_engine(count([det], 6), sample="synthetic", **access).run_start_uids
     assert cb.flush(timeout=120)
 
     (derived,) = derived_runs(client, raw_uid)
@@ -113,13 +123,16 @@ def test_scan_gives_linked_derived_run_matching_offline(rec, source, tiled_serve
     assert writer.stats["spooled"] == 0 and raw_writer.stats["spooled"] == 0
     cb.close()
 
-    # databroker-style access on the same server
+    # catalog manners: the raw scan stays what a user reaches; its derived run hangs off it
+    assert {key: start[key] for key in access} == access  # session keys copied for the facility's policies
     catalog = client
-    assert catalog[-1].metadata["start"]["uid"] == start["uid"]  # the derived run is the latest
+    assert catalog[-1].metadata["start"]["uid"] == raw_uid
+    assert catalog[start["scan_id"]].metadata["start"]["uid"] == raw_uid
+    assert [r.metadata["start"]["uid"] for r in derived_of(catalog[-1])] == [start["uid"]]
+    assert processed(client)[-1].metadata["start"]["uid"] == start["uid"]
     from bluesky_tiled_plugins.queries import ScanID, TimeRange
 
-    same_scan = catalog.search(ScanID(start["scan_id"], duplicates="all"))
-    assert {raw_uid, start["uid"]} <= set(same_scan)
+    assert set(catalog.search(ScanID(start["scan_id"], duplicates="all"))) == {raw_uid}
     t0 = client[raw_uid].metadata["start"]["time"]
     assert raw_uid in catalog.search(TimeRange(since=t0 - 1, until=t0 + 3600, timezone="UTC"))
     import databroker

@@ -21,6 +21,7 @@ from ..results import (
     COUNTS,
     DERIVED_KIND,
     HINTS,
+    INHERITED_START_KEYS,
     KIND,
     PARENT_UID,
     STATUSES,
@@ -66,8 +67,7 @@ class DerivedRun:
             "fft_convention": FFT_CONVENTION,
             **(metadata or {}),
         }
-        if "scan_id" in raw_start:
-            md["scan_id"] = raw_start["scan_id"]
+        md.update({key: raw_start[key] for key in INHERITED_START_KEYS if key in raw_start})
         self._bundle = compose_run(metadata=md)
         self.start = self._bundle.start_doc
         self.uid = self.start["uid"]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..config import LiveConfig, StoreConfig
-from ..tiled import DataDir, EmbeddedTiled, connect, make_writer, serving
+from ..tiled import DataDir, EmbeddedTiled, connect, make_writer, processed, serving
 from ..tiled import close_at_exit as call_at_exit
 from ._assembler import Engine
 from ._live import LiveReconstruction
@@ -19,7 +19,8 @@ __all__ = ["LiveSession"]
 class LiveSession:
     """Tiled (``store.uri``; else the server already serving ``store.data_dir``; else an
     embedded one started here), a raw-run writer, and a :class:`LiveReconstruction` whose
-    derived runs go to the same server.
+    derived runs go to the same server, in the catalog's ``processed`` container
+    (:func:`cdi_beamline.tiled.processed`).
 
     Parameters
     ----------
@@ -73,7 +74,7 @@ class LiveSession:
             else None
         )
         self.derived_writer = make_writer(
-            self.client, dirs.spool, batch_size=self.store.derived_batch_size, retry_s=self.store.retry_s
+            processed(self.client), dirs.spool, batch_size=self.store.derived_batch_size, retry_s=self.store.retry_s
         )
         live_values = (live or LiveConfig()).model_dump()
         self.live = LiveConfig.build(**{**live_values, "data_dir": dirs.root})

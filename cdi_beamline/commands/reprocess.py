@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..callbacks import reprocess
     from ..errors import CDIValueError
     from ..results import counts
-    from ..tiled import DataDir, make_writer
+    from ..tiled import DataDir, make_writer, processed
 
     quiet_logs()
     client = open_client(args)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     dirs = DataDir.of(args.data_dir)
     seed = args.seed if args.seed is not None else live.get("seed", LiveConfig.model_fields["seed"].default)
     config = LiveConfig.build(seed=seed, data_dir=dirs.root, image_key=args.image_key or live.get("image_key"))
-    writer = make_writer(client, dirs.spool, batch_size=1000)
+    writer = make_writer(processed(client), dirs.spool, batch_size=1000)
     stop = reprocess(client, raw_uid, rec, writer, config)
     if not writer.flush(timeout=60):
         print(f"warning: Tiled unreachable; the derived run is spooled in {writer.spool_dir}")

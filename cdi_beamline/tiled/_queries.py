@@ -1,4 +1,11 @@
-"""Reading runs back from Tiled: derived runs of a raw run, their results, the raw frames."""
+"""Where derived runs live in Tiled, and reading runs back: derived runs of a raw run, their
+results, the raw frames.
+
+Layout of a run catalog: raw scans at the root; every derived run in the root's container
+:data:`cdi_beamline.results.PROCESSED` (a catalog of Bluesky runs of its own, created by
+:func:`processed` at the first session). Derived runs written before that container existed
+(at the root) are still found.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +14,85 @@ from typing import Any
 import numpy as np
 
 from ..errors import CDIValueError
-from ..results import DERIVED_KIND, KIND, PARENT_UID, STREAM, ResultRows, find_image_key
+from ..results import DERIVED_KIND, KIND, PARENT_UID, PROCESSED, STREAM, ResultRows, find_image_key
 
-__all__ = ["derived_runs", "load_raw_frames", "load_results"]
+__all__ = ["derived_of", "derived_runs", "load_raw_frames", "load_results", "processed"]
+
+_CATALOG_SPEC = "CatalogOfBlueskyRuns"
+
+
+def _child(client, key: str):
+    # A catalog of runs reads a string key as a (partial) run uid; a plain container lookup
+    # reaches a named child.
+    from tiled.client.container import Container
+
+    return Container.__getitem__(client, key)
+
+
+def processed(client, *, create: bool = True):
+    """The container of derived runs under the run catalog ``client``.
+
+    Created (a catalog of Bluesky runs, so ``processed(client)[-1]`` is the latest derived
+    run) when missing and ``create``; a concurrent creator is tolerated. Returns None when it
+    is missing and not ``create``.
+    """
+    from tiled.structures.core import Spec
+
+    try:
+        return _child(client, PROCESSED)
+    except KeyError:
+        if not create:
+            return None
+    try:
+        return client.create_container(
+            PROCESSED,
+            specs=[Spec(_CATALOG_SPEC, version="3.0")],
+            metadata={"description": "derived runs (cdi-beamline reconstructions) of the raw scans beside it"},
+        )
+    except Exception as exc:  # another session may have created it since our lookup
+        try:
+            return _child(client, PROCESSED)
+        except KeyError:
+            raise exc from None
+
+
+def _catalogs(client) -> list:
+    # where derived runs may be: their container, then the root (runs stored before it existed)
+    container = processed(client, create=False)
+    return [client] if container is None else [container, client]
 
 
 def derived_runs(client, raw_uid: str | None = None) -> list:
-    """Derived (reconstruction) runs, oldest first; only those of ``raw_uid`` if given."""
+    """Derived (reconstruction) runs of the run catalog ``client``, oldest first; only those
+    of ``raw_uid`` if given."""
     from tiled.queries import Key
 
-    results = client.search(Key(f"start.{KIND}") == DERIVED_KIND)
-    if raw_uid is not None:
-        results = results.search(Key(f"start.{PARENT_UID}") == raw_uid)
-    runs = [results[uid] for uid in results]
+    runs: list[Any] = []
+    for catalog in _catalogs(client):
+        results = catalog.search(Key(f"start.{KIND}") == DERIVED_KIND)
+        if raw_uid is not None:
+            results = results.search(Key(f"start.{PARENT_UID}") == raw_uid)
+        runs.extend(results[uid] for uid in results)
     return sorted(runs, key=lambda r: r.metadata["start"]["time"])
+
+
+def derived_of(raw_run) -> list:
+    """The derived runs of a raw run client (e.g. ``catalog[-1]``), oldest first."""
+    return derived_runs(raw_run.parent, raw_run.metadata["start"]["uid"])
 
 
 def _v3(run):
     # a run's client may come back in the v2 (databroker) flavour once ``.v2`` was used
     return getattr(run, "v3", run)
+
+
+def _derived_run(client, derived_uid: str):
+    for catalog in _catalogs(client):
+        try:
+            return catalog[derived_uid]
+        except KeyError:
+            continue
+    raise CDIValueError(f"no run {derived_uid!r} in the catalog or its {PROCESSED!r} container")
 
 
 def load_results(client, derived_uid: str) -> dict[str, Any]:
@@ -43,7 +110,7 @@ def load_results(client, derived_uid: str) -> dict[str, Any]:
     CDIValueError
         When the run is not a derived run.
     """
-    run = _v3(client[derived_uid])
+    run = _v3(_derived_run(client, derived_uid))
     md = run.metadata
     if md["start"].get(KIND) != DERIVED_KIND:
         raise CDIValueError(f"run {derived_uid!r} is not a derived reconstruction run")
