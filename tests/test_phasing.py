@@ -4,6 +4,7 @@ NNS, schedules, chi², bad inputs."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -272,3 +273,45 @@ def test_raar_and_seeds(blob):
     assert torch.equal(a.object, b.object)  # seeded: reproducible
     assert not torch.equal(a.object[0], a.object[1])  # different random starts per frame
     assert (a.chi2 < 1e-4).all()  # measured 3.3e-5, 1.1e-5
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "numba",
+        "torch",
+        pytest.param(
+            "compiled",
+            marks=pytest.mark.skipif(
+                shutil.which("g++") is None and shutil.which("c++") is None,
+                reason="torch.compile on the CPU needs a C++ compiler",
+            ),
+        ),
+    ],
+)
+def test_keep_best_returns_the_lowest_chi2_of_the_history(backend):
+    # Every object is a candidate here (the support is given, no shrink-wrap): the returned
+    # chi² is the minimum over the history and the last object, frame by frame. HIO after ER
+    # raises chi², so the best is not the last on some frames.
+    from cdi_beamline.physics import simulate_batch
+
+    batch = simulate_batch(6, seed=3, device="cpu")
+    support = torch.ones_like(batch.modulus, dtype=torch.bool) & square_support((N, N), 0.45)
+    init = InitialEstimate(support=support)
+    config = RefineConfig(schedule="ER**20 * HIO**20 * ER**5 * HIO**15", shrinkwrap=False, backend=backend)
+    res = {
+        keep: refine(batch.modulus, init=init, config=config.model_copy(update={"keep": keep}), seed=1)
+        for keep in ("best", "last")
+    }
+    best, last = res["best"], res["last"]
+    assert torch.equal(best.chi2_history, last.chi2_history)
+    every = torch.cat([last.chi2_history, last.chi2[:, None]], 1)
+    torch.testing.assert_close(best.chi2, every.min(1).values, rtol=1e-3, atol=1e-7)
+    assert (best.chi2 <= last.chi2 + 1e-7).all()
+    n = best.best_iteration
+    assert (n < 60).any() and (last.best_iteration == 60).all()
+    # the returned object is the one of that iteration: its chi² is the history's there
+    inside = n < 60
+    torch.testing.assert_close(best.chi2[inside], every[inside, n[inside]], rtol=1e-3, atol=1e-7)
+    assert torch.equal(best.support, support)
+    assert (best.object[~support] == 0).all()

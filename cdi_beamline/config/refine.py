@@ -53,6 +53,12 @@ class RefineConfig(FrozenModel):
     init_support_size: float = Field(0.375, gt=0.0, le=1.0)
     """Side of the rectangular initial support used when no support is given."""
 
+    keep: Literal["best", "last"] = "best"
+    """Which iterate refinement returns, per frame: "best", the object (with its support)
+    of lowest chi² among the last and those whose support estimates the object's (given
+    with the start, or shrink-wrapped from an ER iterate: see
+    :mod:`cdi_beamline.phasing.refine`), or "last", the final one."""
+
     backend: Literal["auto", "numba", "torch", "compiled"] = "auto"
     """The refinement loop: "numba" (CPU only: Fourier-space iterate, pruned DFTs, fused
     kernels; about 2x faster per pattern than "torch" there), "torch" (any device), "compiled"
