@@ -9,7 +9,8 @@ iterations=n).refine`` (the default schedule of each start, scaled to n iteratio
 - Counts: on ``--n`` fresh simulated 64×64 patterns (``simulate_batch``, seed ``--seed``),
   median and worst decile (p90) of the returned chi² after 20, 50, 100 and 600 iterations,
   for the CNN start (object and support) and the random start (random phases in the
-  rectangle), the random one ``--repeats`` times per pattern (seeds 0, 1, ...).
+  rectangle), the random one ``--repeats`` times per pattern (seeds 0, 1, ...); the CNN
+  start also under the paper's schedule, returning the best or the last object.
 - Fig. 5f: chi² of the object after each iteration (``RefineResult.chi2_history``) of the
   600-iteration runs of the four starts (random + rectangle, random + CNN support, CNN,
   nearest neighbour in ``--nns-size`` simulated patterns), median and 10–90 % band over the
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 from cdi_beamline.config import ReconstructorConfig, RefineConfig
+from cdi_beamline.config.refine import DEFAULT_SCHEDULE
 from cdi_beamline.config.schedule import parse_schedule
 from cdi_beamline.devices import make_source
 from cdi_beamline.fourier import embed_centre
@@ -56,9 +58,16 @@ COUNTS = (20, 50, 100, 600)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def refine_config(init: str, iterations: int) -> RefineConfig:
-    """The refinement the pipeline runs for ``init`` and ``iterations`` (its defaults)."""
-    return ReconstructorConfig.build(init=init, iterations=iterations).refine
+def refine_config(init: str, iterations: int, **refine) -> RefineConfig:
+    """The refinement the pipeline runs for ``init`` and ``iterations`` (its defaults, or ``refine``)."""
+    return ReconstructorConfig.build(init=init, iterations=iterations, refine=refine).refine
+
+
+#: the CNN start under the earlier defaults, for comparison: the paper's schedule, and the last object
+CNN_BEFORE = {
+    "cnn_paper_best": {"schedule": DEFAULT_SCHEDULE},
+    "cnn_paper_last": {"schedule": DEFAULT_SCHEDULE, "keep": "last"},
+}
 
 
 def prefix(config: RefineConfig, n: int) -> RefineConfig:
@@ -79,14 +88,18 @@ def summary(chi2: np.ndarray) -> dict[str, float]:
 
 
 def counts(m, est, repeats: int) -> dict:
-    """Returned chi² after each count, CNN start and random start (``repeats`` seeds)."""
-    out: dict[str, dict] = {"cnn": {}, "random": {}}
+    """Returned chi² after each count: CNN start (its default, and :data:`CNN_BEFORE`) and
+    random start (``repeats`` seeds)."""
+    out: dict[str, dict] = {"cnn": {}, "random": {}, **{k: {} for k in CNN_BEFORE}}
     for n in COUNTS:
         res = refine(m, init=est, config=refine_config("cnn", n), seed=0)
         out["cnn"][str(n)] = summary(res.chi2.double().numpy())
+        for name, refine_kw in CNN_BEFORE.items():
+            res = refine(m, init=est, config=refine_config("cnn", n, **refine_kw), seed=0)
+            out[name][str(n)] = summary(res.chi2.double().numpy())
         rnd = [refine(m, config=refine_config("random", n), seed=s).chi2.double().numpy() for s in range(repeats)]
         out["random"][str(n)] = summary(np.concatenate(rnd))
-        print(f"  after {n}: cnn {out['cnn'][str(n)]}, random {out['random'][str(n)]}", flush=True)
+        print(f"  after {n}: " + ", ".join(f"{k} {v[str(n)]}" for k, v in out.items()), flush=True)
     return out
 
 
@@ -139,6 +152,9 @@ def aps(net, frames: list[int]) -> dict:
     out = {"frames": frames}
     for n in (50, 600):
         out[f"cnn_{n}"] = summary(refine(m, init=est, config=refine_config("cnn", n), seed=0).chi2.double().numpy())
+        for name, refine_kw in CNN_BEFORE.items():
+            res = refine(m, init=est, config=refine_config("cnn", n, **refine_kw), seed=0)
+            out[f"{name}_{n}"] = summary(res.chi2.double().numpy())
         out[f"random_{n}"] = summary(refine(m, config=refine_config("random", n), seed=0).chi2.double().numpy())
         print(f"  APS after {n}: cnn {out[f'cnn_{n}']}, random {out[f'random_{n}']}", flush=True)
     return out

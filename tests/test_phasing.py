@@ -315,3 +315,15 @@ def test_keep_best_returns_the_lowest_chi2_of_the_history(backend):
     torch.testing.assert_close(best.chi2[inside], every[inside, n[inside]], rtol=1e-3, atol=1e-7)
     assert torch.equal(best.support, support)
     assert (best.object[~support] == 0).all()
+
+
+def test_start_figures_are_drawn(tmp_path):
+    # Fig. 5f and Fig. 6 of benchmarks/starts.py: curves with bands, images per start and count
+    from cdi_beamline.plotting import plot_start_curves, plot_start_images
+
+    g = np.random.default_rng(0)
+    curves = {"CNN": 10 ** -g.uniform(3, 5, (8, 31)), "random": 10 ** -g.uniform(1, 4, (16, 31))}
+    out = plot_start_curves(curves, tmp_path / "curves.png", title="t")
+    obj = np.exp(1j * g.uniform(-3, 3, (32, 32))) * (g.uniform(0, 1, (32, 32)) > 0.5)
+    images = plot_start_images({"CNN": [obj, obj], "random": [obj * 0, obj]}, (0, 20), tmp_path / "images.png")
+    assert out.stat().st_size > 10_000 and images.stat().st_size > 10_000
