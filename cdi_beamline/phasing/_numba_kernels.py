@@ -4,9 +4,10 @@ In eager torch the modulus projection with its chi² sums is ~8 passes over memo
 (|F|², sqrt, ratio, two products for the sums, the complex cast, the multiply) and the
 update ``x <- a x + b y`` two more; on a busy 2-core CPU they cost as much as the two
 FFTs. Here the projection (:func:`project_modulus`, :func:`project_modulus_to`) and the
-Fourier-space step of ``_numba._run_box_pruned`` (update, then the next projection:
-:func:`advance_project`) are one vectorised pass each over the interleaved (re, im) float32
-view of the complex64 tensors. Same arithmetic as the torch backend (:mod:`._torch`) up to
+Fourier-space step of ``_numba._run_box_pruned`` (update, then the next projection, with the
+chi² sums of the object's spectrum: :func:`advance_project`) are one vectorised pass each
+over the interleaved (re, im) float32 view of the complex64 tensors; :class:`BestKeeper`
+keeps each frame's best object in one call per iteration. Same arithmetic as the torch backend (:mod:`._torch`) up to
 float rounding (``fastmath``: reassociated sums, accumulated in float64 per 256 pixels).
 
 Compiled on first use and cached on disk (numba's ``cache=True``).
