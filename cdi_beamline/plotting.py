@@ -31,6 +31,8 @@ __all__ = [
     "plot_reconstruction",
     "LiveResultPlot",
     "plot_scan_overview",
+    "plot_start_curves",
+    "plot_start_images",
 ]
 
 
@@ -411,3 +413,62 @@ class LiveResultPlot:
         else:
             self.fig.canvas.draw_idle()
             self.fig.canvas.flush_events()
+
+
+# --- starts of refinement (Wu et al. 2021, Figs. 5f and 6) ----------------------------------
+
+
+def plot_start_curves(curves: Mapping[str, np.ndarray], out: str | Path, *, title: str = "") -> Path:
+    """χ² against iteration per start: the median over runs with the 10–90 % band (log scale).
+
+    Parameters
+    ----------
+    curves : {start: (runs, T + 1) χ² of the object after 0 … T iterations}
+    """
+    fig = Figure(figsize=(6.8, 4.4), layout="tight")
+    ax = fig.subplots()
+    for (name, c), colour in zip(curves.items(), ("tab:blue", "tab:green", "tab:orange", "tab:red")):
+        it = np.arange(c.shape[1])
+        c = np.clip(c, 1e-12, None)
+        lo, med, hi = np.quantile(c, [0.1, 0.5, 0.9], axis=0)
+        ax.plot(it, med, color=colour, label=f"{name} ({len(c)} runs)")
+        ax.fill_between(it, lo, hi, color=colour, alpha=0.15, linewidth=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("χ² (median, 10–90 % band)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, out, dpi=110)
+
+
+def plot_start_images(
+    images: Mapping[str, Sequence[np.ndarray]], shots: Sequence[int], out: str | Path, *, title: str = ""
+) -> Path:
+    """Amplitude (top of each pair of rows) and phase of one object per start and iteration count.
+
+    Parameters
+    ----------
+    images : {start: [(H, W) complex object after shots[k] iterations]}, centred
+    shots : the iteration counts, one column each
+    """
+    names = list(images)
+    fig = Figure(figsize=(1.5 * len(shots) + 1.2, 2.9 * len(names)), layout="constrained")
+    axes = fig.subplots(2 * len(names), len(shots), squeeze=False)
+    for r, name in enumerate(names):
+        for c, (obj, n) in enumerate(zip(images[name], shots)):
+            amp = np.abs(obj)
+            h, w = obj.shape
+            crop = (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))
+            a_ax, p_ax = axes[2 * r, c], axes[2 * r + 1, c]
+            a_ax.imshow(amp[crop], cmap="gray")
+            phase = np.where(amp > 0.1 * max(amp.max(), 1e-30), np.angle(obj), np.nan)
+            p_ax.imshow(phase[crop], cmap="twilight", vmin=-np.pi, vmax=np.pi)
+            _no_ticks(a_ax)
+            _no_ticks(p_ax)
+            if r == 0:
+                a_ax.set_title(f"{n} it", fontsize=9)
+            if c == 0:
+                a_ax.set_ylabel(f"{name}\namplitude", fontsize=7)
+                p_ax.set_ylabel("phase", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, out, dpi=100)

@@ -13,7 +13,8 @@ Slow (one frame, float64, no tricks) and meant to be obviously right:
   function exp(-2 pi^2 sigma^2 |f|^2)), thresholded at a fraction of its maximum, inside
   the fixed square Support 2; an empty result keeps the previous support;
 - chi² of eq. 5, ``sum_m (s |F| - M)^2 / sum_m M^2`` with the optimal scale ``s`` over
-  measured pixels m (the closed-form minimiser of that sum).
+  measured pixels m (the closed-form minimiser of that sum), of the object x_n·S after
+  each iteration; the result is the last object or the one of lowest chi².
 
 The start is put on the data's scale with the same optimal ``s``; refine's own per-frame
 normalisation does not change the result (every step is homogeneous of degree one).
@@ -102,19 +103,39 @@ def expand(schedule, default_beta):
 
 
 def run(data, mask, x0, S0, steps, *, positivity=False, shrinkwrap_start=None, shrinkwrap_every=1,
-        sigma=1.0, threshold=0.1, support2_size=0.5):  # fmt: skip
-    """Iterate one frame. Returns (object x_T·S, S, [chi² of x_n for each n], chi² of the object)."""
+        sigma=1.0, threshold=0.1, support2_size=0.5, keep="last", support_given=True):  # fmt: skip
+    """Iterate one frame.
+
+    The object after n iterations is x_n·S (S: the support x_n was made with; S0 for n = 0).
+    It is a candidate for keep "best" if n = T, or if S is S0 given as an estimate
+    (``support_given``) or was shrink-wrapped from the iterate of an ER step (zero outside
+    the support), not from an HIO or RAAR iterate; with positivity, also only if made by
+    an ER step (a real object).
+    Returns (the object after T iterations (keep "last") or the candidate of lowest chi²
+    (keep "best"; ties within 1e-7 go to the later), its support, [chi² of the object after n = 0 … T-1], its chi²,
+    [candidate or not, n = 0 … T]).
+    """
     data = np.asarray(data, float)
     mask = np.ones(data.shape, bool) if mask is None else np.asarray(mask, bool)
     x = np.asarray(x0, complex)
     x = x * optimal_scale(np.abs(fft(x)), data, mask)
     S = np.asarray(S0, bool)
     support2 = square(data.shape, support2_size)
-    history = []
+    objects = [(x * S, S)]
+    candidate = [support_given and not positivity]
+    estimate = support_given
     for n, (alg, beta) in enumerate(steps):
         if shrinkwrap_start is not None and n >= shrinkwrap_start and (n - shrinkwrap_start) % shrinkwrap_every == 0:
             S = shrinkwrap(x, S, sigma, threshold, support2)
-        history.append(chi2(np.abs(fft(x)), data, mask))
+            estimate = support_given if n == 0 else steps[n - 1][0] == "ER"
         x = step(x, S, alg, beta, data, mask, positivity)
-    obj = x * S
-    return obj, S, np.array(history), chi2(np.abs(fft(obj)), data, mask)
+        objects.append((x * S, S))
+        candidate.append(n == len(steps) - 1 or (estimate and (alg == "ER" or not positivity)))
+    chi = np.array([chi2(np.abs(fft(o)), data, mask) for o, _ in objects])
+    n = len(steps)
+    if keep == "best":  # the lowest; a later one within 1e-7 (float32 noise in refine) replaces it
+        lowest = np.inf
+        for k in np.flatnonzero(candidate):
+            if chi[k] <= lowest + 1e-7:
+                n, lowest = k, min(lowest, chi[k])
+    return objects[n][0], objects[n][1], chi[:-1], chi[n], np.array(candidate)

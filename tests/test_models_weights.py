@@ -136,9 +136,9 @@ def test_reconstructor_with_cnn_init(batch):
     rec = Reconstructor(ReconstructorConfig.build(init="cnn", quantity="intensity", iterations=20), device="cpu")
     out = rec.reconstruct(frames, seed=0)
     assert out.status == ["ok", "bad", "ok"] and "NaN" in out.reason[1]
-    # The refinement started from the CNN's object: its first chi² is the seed's.
+    # The refinement started from the CNN's object: its first chi² is the seed's (in its support).
     est = initial_estimate(cdinet("DEFAULT"), batch.modulus[[0, 2]])
-    seed_chi2 = chi2(fourier_modulus(est.object), batch.modulus[[0, 2]])
+    seed_chi2 = chi2(fourier_modulus(est.object * est.support), batch.modulus[[0, 2]])
     np.testing.assert_allclose(out.chi2_history[[0, 2], 0], seed_chi2.numpy(), rtol=1e-3, atol=1e-6)
     assert np.isfinite(out.chi2[[0, 2]]).all() and np.isnan(out.chi2[1])
     assert rec.provenance()["weights"]["sha256"] == CDINetWeights.DEFAULT.sha256

@@ -4,6 +4,7 @@ NNS, schedules, chi², bad inputs."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -272,3 +273,57 @@ def test_raar_and_seeds(blob):
     assert torch.equal(a.object, b.object)  # seeded: reproducible
     assert not torch.equal(a.object[0], a.object[1])  # different random starts per frame
     assert (a.chi2 < 1e-4).all()  # measured 3.3e-5, 1.1e-5
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "numba",
+        "torch",
+        pytest.param(
+            "compiled",
+            marks=pytest.mark.skipif(
+                shutil.which("g++") is None and shutil.which("c++") is None,
+                reason="torch.compile on the CPU needs a C++ compiler",
+            ),
+        ),
+    ],
+)
+def test_keep_best_returns_the_lowest_chi2_of_the_history(backend):
+    # Every object is a candidate here (the support is given, no shrink-wrap): the returned
+    # chi² is the minimum over the history and the last object, frame by frame. HIO after ER
+    # raises chi², so the best is not the last on some frames.
+    from cdi_beamline.physics import simulate_batch
+
+    batch = simulate_batch(6, seed=3, device="cpu")
+    support = torch.ones_like(batch.modulus, dtype=torch.bool) & square_support((N, N), 0.45)
+    init = InitialEstimate(support=support)
+    config = RefineConfig(schedule="ER**20 * HIO**20 * ER**5 * HIO**15", shrinkwrap=False, backend=backend)
+    res = {
+        keep: refine(batch.modulus, init=init, config=config.model_copy(update={"keep": keep}), seed=1)
+        for keep in ("best", "last")
+    }
+    best, last = res["best"], res["last"]
+    assert torch.equal(best.chi2_history, last.chi2_history)
+    every = torch.cat([last.chi2_history, last.chi2[:, None]], 1)
+    torch.testing.assert_close(best.chi2, every.min(1).values, rtol=1e-3, atol=1e-7)
+    assert (best.chi2 <= last.chi2 + 1e-7).all()
+    n = best.best_iteration
+    assert (n < 60).any() and (last.best_iteration == 60).all()
+    # the returned object is the one of that iteration: its chi² is the history's there
+    inside = n < 60
+    torch.testing.assert_close(best.chi2[inside], every[inside, n[inside]], rtol=1e-3, atol=1e-7)
+    assert torch.equal(best.support, support)
+    assert (best.object[~support] == 0).all()
+
+
+def test_start_figures_are_drawn(tmp_path):
+    # Fig. 5f and Fig. 6 of benchmarks/starts.py: curves with bands, images per start and count
+    from cdi_beamline.plotting import plot_start_curves, plot_start_images
+
+    g = np.random.default_rng(0)
+    curves = {"CNN": 10 ** -g.uniform(3, 5, (8, 31)), "random": 10 ** -g.uniform(1, 4, (16, 31))}
+    out = plot_start_curves(curves, tmp_path / "curves.png", title="t")
+    obj = np.exp(1j * g.uniform(-3, 3, (32, 32))) * (g.uniform(0, 1, (32, 32)) > 0.5)
+    images = plot_start_images({"CNN": [obj, obj], "random": [obj * 0, obj]}, (0, 20), tmp_path / "images.png")
+    assert out.stat().st_size > 10_000 and images.stat().st_size > 10_000

@@ -60,7 +60,7 @@ def _iteration_inputs(moduli, masked, alg, beta, support_size):
     S = common.to_fft_order(square_support((H, W), support_size)).expand(B, H, W).to(torch.float32)
     x = torch.randn(B, H, W, dtype=torch.complex64, generator=torch.Generator().manual_seed(4))  # also outside S: a·x
     ca, cb = common.coefficients(alg, beta, S)
-    return x, ca, cb, Mm, Mm * (1.0 / math.sqrt(H * W)), measured, unmeasured_r, Mm.square().sum((-2, -1))
+    return x, ca, cb, S, Mm, Mm * (1.0 / math.sqrt(H * W)), measured, unmeasured_r, Mm.square().sum((-2, -1))
 
 
 @needs_compiler
@@ -71,14 +71,17 @@ def test_compiled_iteration_matches_eager(moduli, masked, positivity):
     before = len(C._cache)
     step = C._compile(cuda_graphs=False)  # ER and HIO/RAAR: two graphs
     for alg, beta, size in [("HIO", 0.9, 0.375), ("ER", 0.9, 0.375), ("HIO", 0.7, 0.5), ("RAAR", 0.8, 0.3)]:
-        x, ca, cb, *data = _iteration_inputs(moduli, masked, alg, beta, size)
+        x, ca, cb, s, *data = _iteration_inputs(moduli, masked, alg, beta, size)
         outside = torch.tensor(common.outside_coefficients(alg, beta)) if positivity else None
         with torch.no_grad():  # as in refine: grad mode is part of a compiled graph's guards
-            eager = T.iteration(x, ca.to(torch.complex64), cb.to(torch.complex64), *data, alg == "ER", outside)
-            compiled = step(x, ca, cb, *data, alg == "ER", outside)
-        # measured: object within ~1e-7 of its maximum, chi² equal to float32 rounding
-        assert (compiled[0] - eager[0]).abs().max() <= 1e-5 * eager[0].abs().max()
-        assert torch.allclose(compiled[1], eager[1], rtol=1e-4, atol=1e-6)
+            c64 = (t.to(torch.complex64) for t in (ca, cb, s))
+            eager = T.iteration(x, *c64, *data, alg == "ER", outside)
+            compiled = step(x, ca, cb, s, *data, alg == "ER", outside)
+        # measured: iterate and object within ~1e-7 of their maximum, chi² equal to float32 rounding
+        for k in (0, 1):
+            assert (compiled[k] - eager[k]).abs().max() <= 1e-5 * eager[k].abs().max()
+        assert torch.equal(eager[1], eager[0] * s)
+        assert torch.allclose(compiled[2], eager[2], rtol=1e-4, atol=1e-6)
     assert len(C._cache) == before  # compiled outside refine: nothing cached
 
 

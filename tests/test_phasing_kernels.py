@@ -78,9 +78,9 @@ def test_kernels_refuse_non_contiguous_tensors():
     Mr = torch.rand(2, 8, 8)
     sums = torch.empty(2, 2, dtype=torch.float64).numpy()
     with pytest.raises(RuntimeError):
-        K.project_modulus(F, Mr, None, None, sums)
+        K.project_modulus(F, Mr, None)
     with pytest.raises(RuntimeError):
-        K.project_modulus_to(F.contiguous(), F, Mr, None, None, sums)
+        K.project_modulus_to(F.contiguous(), F, Mr, None)
     with pytest.raises(RuntimeError):
         K.advance_project(F.contiguous(), F, F.contiguous(), (1.0, 0.5, 1.5), Mr, None, None, sums)
 
@@ -93,13 +93,33 @@ def test_kernel_projection_values():
     Ur = (~measured).float() * 0.25
     out = F.clone()
     sums = torch.empty(3, 2, dtype=torch.float64)
-    K.project_modulus(out, Mr * measured, Ur, measured.float(), sums.numpy())
+    K.project_modulus(out, Mr * measured, Ur)
     amp = F.abs()
     expected = F * ((Mr * measured) / amp + Ur)
     assert torch.allclose(out, expected, rtol=1e-5, atol=1e-6)
+    K.chi2_sums(F, Mr * measured, measured.float(), sums.numpy())
     assert torch.allclose(sums[:, 0].float(), (amp * Mr * measured).sum((-2, -1)), rtol=1e-5)
     assert torch.allclose(sums[:, 1].float(), (amp.square() * measured).sum((-2, -1)), rtol=1e-5)
     assert torch.allclose(K.modulus(F), amp, rtol=1e-6)
+
+
+def test_advance_project_values():
+    # X = a E + b P + c G; E <- X - G; P <- P_M(X); the chi² sums are those of G
+    g = torch.Generator().manual_seed(1)
+    E, P, G = (torch.randn(2, 16, 16, dtype=torch.complex64, generator=g) for _ in range(3))
+    Mr = torch.rand(2, 16, 16, generator=g)
+    measured = torch.rand(2, 16, 16, generator=g) > 0.3
+    Ur = (~measured).float() * 0.25
+    a, b, c = 0.5, -0.7, 1.7
+    X = a * E + b * P + c * G
+    sums = torch.empty(2, 2, dtype=torch.float64)
+    E1, P1 = E.clone(), P.clone()
+    K.advance_project(E1, P1, G, (a, b, c), Mr * measured, Ur, measured.float(), sums.numpy())
+    assert torch.allclose(E1, X - G, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(P1, X * ((Mr * measured) / X.abs() + Ur), rtol=1e-5, atol=1e-5)
+    amp = G.abs()
+    assert torch.allclose(sums[:, 0].float(), (amp * Mr * measured).sum((-2, -1)), rtol=1e-5)
+    assert torch.allclose(sums[:, 1].float(), (amp.square() * measured).sum((-2, -1)), rtol=1e-5)
 
 
 def test_pruned_loop_with_a_support_beyond_support2(moduli):

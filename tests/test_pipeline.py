@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cdi_beamline.config import ConfigError, ReconstructorConfig
+from cdi_beamline.config.refine import DEFAULT_SCHEDULE, SEEDED_SCHEDULE
 from cdi_beamline.fourier import FFT_CONVENTION, to_detector
 from cdi_beamline.phasing import chi2, parse_schedule
 from cdi_beamline.pipeline import Reconstructor
@@ -57,9 +58,14 @@ def test_bad_frames_are_flagged_and_the_rest_reconstructed(pattern):
 def test_iterations_are_resolved_into_the_refine_config_that_runs():
     cfg = ReconstructorConfig.build(iterations=120)
     assert cfg.iterations == 120 and len(parse_schedule(cfg.refine.schedule)) == 120
-    assert cfg.refine.schedule == "(HIO**26 * ER**4)**4"  # the paper's block structure, scaled
+    # a seeded start (cnn, nns) gets its own default, scaled: shrink-wrap from the start
+    assert cfg.refine.schedule == str(parse_schedule(SEEDED_SCHEDULE).resized(120)) and cfg.refine.shrinkwrap_start == 0
+    paper = ReconstructorConfig.build(init="random", iterations=120).refine
+    assert paper.schedule == "(HIO**26 * ER**4)**4"  # the paper's block structure, scaled
     # the paper's shrink-wrap start (100 of 600) scales with the schedule
-    assert cfg.refine.shrinkwrap_start == 20
+    assert paper.shrinkwrap_start == 20
+    # a schedule given wins over the seeded default
+    assert ReconstructorConfig.build(iterations=120, refine={"schedule": DEFAULT_SCHEDULE}).refine == paper
     # idempotent: the recorded dump validates to the same config (no second scaling)
     assert ReconstructorConfig.model_validate(cfg.model_dump()) == cfg
     assert ReconstructorConfig.build(**json.loads(json.dumps(cfg.model_dump(mode="json")))) == cfg
@@ -81,7 +87,7 @@ def test_a_config_assembled_without_validation_is_validated_by_the_reconstructor
     bad = ReconstructorConfig(iterations=0).model_copy(update={"init": "random"})
     with pytest.raises(ConfigError, match="iterations=0"):
         Reconstructor(bad, device="cpu")
-    unscaled = ReconstructorConfig().model_copy(update={"iterations": 60})
+    unscaled = ReconstructorConfig(init="random").model_copy(update={"iterations": 60})
     rec = Reconstructor(unscaled, device="cpu")
     assert len(parse_schedule(rec.config.refine.schedule)) == 60 and rec.config.refine.shrinkwrap_start == 10
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from cdi_beamline.cli import main
+from cdi_beamline.config.refine import SEEDED_SCHEDULE, SEEDED_SHRINKWRAP_START
 from cdi_beamline.fourier import FFT_CONVENTION, to_detector
-from cdi_beamline.phasing import chi2
+from cdi_beamline.phasing import chi2, parse_schedule
 
 N = 64
 
@@ -60,8 +61,10 @@ def test_reconstruct_writes_the_documented_layout(stack, tmp_path, capsys):
         assert f["frame_index"][()].tolist() == [0, 1]
         assert f.attrs["fft_convention"] == FFT_CONVENTION
         config = json.loads(f.attrs["config"])
-        assert config["iterations"] == 100 and config["refine"]["schedule"] == "(HIO**22 * ER**3)**4"
-        assert config["refine"]["shrinkwrap_start"] == 17  # the paper's 100 of 600, scaled: what ran
+        assert config["iterations"] == 100 and config["refine"]["schedule"] == str(
+            parse_schedule(SEEDED_SCHEDULE).resized(100)
+        )
+        assert config["refine"]["shrinkwrap_start"] == SEEDED_SHRINKWRAP_START  # a CNN seed: what ran
         assert json.loads(f.attrs["provenance"])["config"] == config
         assert json.loads(f.attrs["skipped"]) == {"2": "frame contains 1 NaN pixel(s)"}
         obj, c = f["object"][()], f["chi2"][()]
@@ -69,7 +72,9 @@ def test_reconstruct_writes_the_documented_layout(stack, tmp_path, capsys):
     recomputed = to_detector(torch.from_numpy(obj)).abs()
     data = torch.from_numpy(np.sqrt(frames[:2]))
     np.testing.assert_allclose(chi2(recomputed, data).numpy(), c, rtol=1e-3, atol=1e-6)
-    assert (c < 3e-7).all(), c  # measured 9.7e-8 (2-core x86-64 CPU, 2026-12-02)
+    # measured 9.3e-5 with the CNN seed's default, (HIO**7 * ER**2) blocks and shrink-wrap
+    # from the start (9.7e-8 with the paper's schedule scaled; 2-core x86-64 CPU, 2026-12-03)
+    assert (c < 3e-4).all(), c
     assert png.stat().st_size > 10_000
 
 

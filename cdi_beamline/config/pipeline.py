@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from ._base import FrozenModel
-from .refine import RefineConfig
+from .refine import SEEDED_SCHEDULE, SEEDED_SHRINKWRAP_START, RefineConfig
 from .schedule import parse_schedule
 
 __all__ = ["LIVE_ITERATIONS", "ReconstructorConfig"]
@@ -29,7 +29,10 @@ class ReconstructorConfig(FrozenModel):
 
     refine: RefineConfig = Field(default_factory=RefineConfig)
     """Schedule, shrink-wrap and supports of the iterative refinement, exactly as they run:
-    validation scales them to ``iterations``."""
+    validation scales them to ``iterations``. Unless the schedule or the shrink-wrap start
+    is given, a seeded start (``init`` cnn or nns) gets ``SEEDED_SCHEDULE`` with shrink-wrap
+    from ``SEEDED_SHRINKWRAP_START`` (:mod:`cdi_beamline.config.refine`), a random one the
+    paper's."""
 
     iterations: int | None = Field(None, ge=0, le=100_000)
     """Total iterations. Given (>= 1), validation scales ``refine.schedule`` to it
@@ -69,6 +72,7 @@ class ReconstructorConfig(FrozenModel):
         """
         if not isinstance(data, dict):
             return data
+        data = cls._seeded_defaults(data)
         n = data.get("iterations")
         if n is not None:
             try:  # what lax validation of the int field would accept: 120, "120", 120.0
@@ -88,6 +92,18 @@ class ReconstructorConfig(FrozenModel):
         values["schedule"] = str(schedule.resized(n))
         values["shrinkwrap_start"] = round(refine.shrinkwrap_start * n / len(schedule))
         return {**data, "iterations": n, "refine": values}
+
+    @classmethod
+    def _seeded_defaults(cls, data: dict) -> dict:
+        """A seeded start's schedule and shrink-wrap start, where neither is given."""
+        init = data.get("init", cls.model_fields["init"].default)
+        refine = data.get("refine", {})
+        if init not in ("cnn", "nns") or not isinstance(refine, dict):
+            return data
+        if "schedule" in refine or "shrinkwrap_start" in refine:
+            return data
+        seeded = {"schedule": SEEDED_SCHEDULE, "shrinkwrap_start": SEEDED_SHRINKWRAP_START}
+        return {**data, "refine": {**refine, **seeded}}
 
     @model_validator(mode="after")
     def _nns_needs_an_index(self) -> ReconstructorConfig:

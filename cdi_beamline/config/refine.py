@@ -9,10 +9,18 @@ from pydantic import Field, field_validator
 from ._base import FrozenModel
 from .schedule import parse_schedule
 
-__all__ = ["RefineConfig", "DEFAULT_SCHEDULE"]
+__all__ = ["RefineConfig", "DEFAULT_SCHEDULE", "SEEDED_SCHEDULE", "SEEDED_SHRINKWRAP_START"]
 
 #: The paper's ER/HIO switching (Appendix B), 600 iterations, read left to right in time.
 DEFAULT_SCHEDULE = "(HIO**130 * ER**20)**4"
+
+#: The schedule of a start that carries an estimate (the CNN's object and support, a nearest
+#: neighbour): short HIO/ER blocks, so that ER polishes the seed every 50 iterations, and
+#: shrink-wrap from the first iteration (the support is an estimate, not a bound). Chosen
+#: by measurement (docs/phasing.md, "Refinement from a CNN seed"); applied by
+#: :class:`cdi_beamline.config.ReconstructorConfig` when the schedule is not given.
+SEEDED_SCHEDULE = "(HIO**40 * ER**10)**12"
+SEEDED_SHRINKWRAP_START = 0
 
 
 class RefineConfig(FrozenModel):
@@ -52,6 +60,12 @@ class RefineConfig(FrozenModel):
 
     init_support_size: float = Field(0.375, gt=0.0, le=1.0)
     """Side of the rectangular initial support used when no support is given."""
+
+    keep: Literal["best", "last"] = "best"
+    """Which iterate refinement returns, per frame: "best", the object (with its support)
+    of lowest chi² among the last and those whose support estimates the object's (given
+    with the start, or shrink-wrapped from an ER iterate: see
+    :mod:`cdi_beamline.phasing.refine`), or "last", the final one."""
 
     backend: Literal["auto", "numba", "torch", "compiled"] = "auto"
     """The refinement loop: "numba" (CPU only: Fourier-space iterate, pruned DFTs, fused

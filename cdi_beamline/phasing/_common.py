@@ -17,6 +17,10 @@ from ..config import RefineConfig
 
 EPS = 1e-12
 
+#: chi² differences below this are noise (float32 sums, ``1 - c²`` cancels): ``keep="best"``
+#: takes a later object whose chi² is within it of the lowest so far
+CHI2_RESOLUTION = 1e-7
+
 
 def to_fft_order(x: torch.Tensor) -> torch.Tensor:
     """Centred (origin at (H//2, W//2)) -> FFT order (origin at (0, 0)), last two axes."""
@@ -98,6 +102,27 @@ def shrinkwrap(x, blur, threshold, support2, previous, modulus: Callable | None 
     return torch.where(empty[:, None, None], previous, new)
 
 
+def candidates(steps: list, config: RefineConfig, support_given: bool) -> list[bool]:
+    """Which objects ``x_n·S`` (n = 0 … T) ``keep="best"`` may return.
+
+    chi² favours looser supports (more pixels to fit with), so the objects compared are
+    those whose support is an estimate of the object's: the support given with the start
+    (``support_given``) or a shrink-wrap of an ER iterate; not the default rectangle (a
+    bound to shrink from) nor a shrink-wrap of an HIO or RAAR iterate (it also blurs the
+    iterate's exterior, the feedback term: a looser support, often with islands). With
+    positivity, only objects made by an ER step (real and non-negative). The last object
+    (n = T) always counts, so "best" is never worse than "last".
+    """
+    out = [support_given and not config.positivity]
+    ok = support_given
+    for it, (alg, _) in enumerate(steps):
+        if config.shrinkwrap and shrinkwrap_due(it, config):
+            ok = support_given if it == 0 else steps[it - 1][0] == "ER"
+        out.append(ok and (alg == "ER" or not config.positivity))
+    out[-1] = True
+    return out
+
+
 @dataclass
 class Problem:
     """What a backend needs, built by :func:`.refine.refine`; arrays in FFT order.
@@ -111,6 +136,7 @@ class Problem:
     smm : (B,) float32, ``Σ Mm²``
     steps : [(algorithm, beta or None)] per iteration
     blur : :func:`gaussian_transfer` or None (no shrink-wrap)
+    candidates : T + 1 bools, :func:`candidates`
     progress : ``progress(done, total)`` after each schedule step, or None
     """
 
@@ -125,6 +151,7 @@ class Problem:
     steps: list
     config: RefineConfig
     blur: torch.Tensor | None
+    candidates: list[bool]
     progress: Callable[[int, int], None] | None
 
     def report(self, it: int) -> None:

@@ -52,21 +52,21 @@ def _failure(exc: Exception) -> str:
 
 
 def run(p: Problem):
-    """Returns (x_T·S, S, chi² history (T, B), what ran: "compiled" or "torch (compiled unavailable: ...)")."""
+    """:func:`._torch.loop` over the compiled iteration. Returns its tuple and what ran:
+    "compiled" or "torch (compiled unavailable: ...)"."""
     x = p.x
     cuda_graphs = x.device.type == "cuda" and p.config.cuda_graphs
-    history = torch.empty((len(p.steps), x.shape[0]), dtype=torch.float32, device=x.device)
     failures: list[str] = []
 
-    def step(it, x, ca, cb, er, outside):
-        args = (x, ca, cb, p.Mm, p.Mr, p.measured, p.unmeasured_r, p.smm, er, outside)
+    def step(it, x, ca, cb, s, er, outside):
+        args = (x, ca, cb, s, p.Mm, p.Mr, p.measured, p.unmeasured_r, p.smm, er, outside)
         key = (x.device, tuple(x.shape), x.dtype, p.measured is not None, er, outside is not None, cuda_graphs)
         compiled = _cache.get(key)
         if not isinstance(compiled, str):
             try:
                 if compiled is None:
                     compiled = _cache[key] = _compile(cuda_graphs)
-                x_next, c = compiled(*args)
+                out = compiled(*args)
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:  # compiling failed: never fail the reconstruction
@@ -75,13 +75,11 @@ def run(p: Problem):
                 _log.debug("refine: torch.compile failure", exc_info=True)
             else:
                 # A CUDA graph's outputs are overwritten by its next replay, and x is fed back.
-                history[it] = c
-                return x_next.clone() if cuda_graphs else x_next
+                return tuple(t.clone() for t in out) if cuda_graphs else out
         if compiled not in failures:
             failures.append(compiled)
-        x_next, history[it] = _torch.iteration(*args)
-        return x_next
+        return _torch.iteration(*args)
 
-    obj, S = _torch.loop(p, step, complex_maps=False)
+    result = _torch.loop(p, step, complex_maps=False)
     backend = "compiled" if not failures else f"torch (compiled unavailable: {'; '.join(failures)})"
-    return obj, S, history, backend
+    return (*result, backend)

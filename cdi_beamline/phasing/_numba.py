@@ -15,9 +15,18 @@ import torch
 
 from . import _numba_kernels as kernels
 from . import _torch
-from ._common import Problem, chi2_closed_form, from_fft_order, outside_coefficients, step_beta, to_fft_order
+from ._common import (
+    CHI2_RESOLUTION,
+    Problem,
+    chi2_closed_form,
+    from_fft_order,
+    outside_coefficients,
+    step_beta,
+    to_fft_order,
+)
 
-#: (Mr, unmeasured_r, measured) transposed as Fourier space is (see :class:`._common.Problem`)
+#: (Mr, unmeasured_r, measured) transposed as Fourier space is (see :class:`._common.Problem`),
+#: measured as float32
 _Data = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 
@@ -42,26 +51,27 @@ def _history(sums: torch.Tensor, HW: int, smm: torch.Tensor) -> torch.Tensor:
 
 
 def run(p: Problem):
-    """Returns (x_T·S, S, chi² history (T, B) float32), FFT order."""
-    B, H, W = p.x.shape
+    """Returns (object, S, chi² history (T, B) float32, iterations behind the object (B,)
+    int64), FFT order (see :func:`._torch.loop`)."""
     data: _Data = (
         p.Mr.mT.contiguous(),
         None if p.unmeasured_r is None else p.unmeasured_r.mT.contiguous(),
         None if p.measured is None else p.measured.mT.to(torch.float32).contiguous(),
     )
-    sums = torch.empty((len(p.steps) + 1, B, 2), dtype=torch.float64)  # a spare last row for x_T
     if p.config.positivity:
-        obj, S = _run_positivity(p, data, sums)
-    else:
-        obj, S = _run_box_pruned(p, data, sums)
-    return obj, S, _history(sums[: len(p.steps)], H * W, p.smm)
+        return _run_positivity(p, data)
+    return _run_box_pruned(p, data)
 
 
-def _run_positivity(p: Problem, data: _Data, sums: torch.Tensor):
-    def step(it, x, ca, cb, er, outside):
+def _run_positivity(p: Problem, data: _Data):
+    Mr, Ur, _ = data
+
+    def step(it, x, ca, cb, s, er, outside):
         Ft = _fft2_t(x)
-        kernels.project_modulus(Ft, *data, sums[it].numpy())
-        return _torch.update(x, _ifft2_t(Ft), ca, cb, er, outside)
+        kernels.project_modulus(Ft, Mr, Ur)
+        x_next = _torch.update(x, _ifft2_t(Ft), ca, cb, er, outside)
+        obj = x_next * s
+        return x_next, obj, _torch.object_chi2(obj, p.Mm, p.measured, p.smm)
 
     return _torch.loop(p, step, complex_maps=True, modulus=kernels.modulus)
 
@@ -108,7 +118,7 @@ class _BoxDFT:
         return torch.fft.ifft(cols.mT, dim=-1, norm="forward")[:, :, self.c0 : self.c1]
 
 
-def _run_box_pruned(p: Problem, data: _Data, sums: torch.Tensor):
+def _run_box_pruned(p: Problem, data: _Data):
     """The refinement loop with the iterate kept in Fourier space.
 
     Every algorithm sets ``x_{n+1} = y_n`` inside S and ``a·x_n + b·y_n`` outside, with
@@ -123,13 +133,17 @@ def _run_box_pruned(p: Problem, data: _Data, sums: torch.Tensor):
     for shrink-wrap. Real space is in centred order here (a shift only multiplies X by a
     unit phase ramp, which the modulus projection and the linear update carry through).
 
-    data : (Mr, Ur, measured) transposed; sums : (T + 1, B, 2) float64, filled with the chi²
-    sums of each iteration (and of x_T). Returns (x_T·S, S) in FFT order.
+    data : (Mr, Ur, measured) transposed. The chi² sums of the object after n iterations
+    are those of G_{n-1} (of F[S x_0] for n = 0), in the same pass as the step.
     """
     x, S = from_fft_order(p.x), from_fft_order(p.S).contiguous()
     B, H, W = x.shape
+    T = len(p.steps)
     HW = float(H * W)
     support2 = from_fft_order(p.support2)
+    Mr, Ur, measured = data
+    sums = torch.empty((T + 1, B, 2), dtype=torch.float64)  # row n: the object after n iterations
+    best = kernels.BestKeeper((B, H, W), p.smm, H * W, CHI2_RESOLUTION) if p.config.keep == "best" else None
 
     def reset(S, x):  # after a change of S: box, buffers, S as complex on the box, F[S x]
         box = _support_box(S)
@@ -142,7 +156,10 @@ def _run_box_pruned(p: Problem, data: _Data, sums: torch.Tensor):
     X = _fft2_t(x)
     P = torch.empty_like(X)
     dft, S_box, G = reset(S, x)
-    kernels.project_modulus_to(X, P, *data, sums[0].numpy())
+    kernels.project_modulus_to(X, P, Mr, Ur)
+    kernels.chi2_sums(G, Mr, measured, sums[0].numpy())
+    if best is not None and p.candidates[0]:
+        best.consider(0, sums[0].numpy(), dft.rows, S, (dft.r0, dft.r1, dft.c0, dft.c1))
     E = X.sub_(G)
     for it, (alg, beta) in enumerate(p.steps):
         if p.shrinkwrap_due(it):
@@ -151,14 +168,21 @@ def _run_box_pruned(p: Problem, data: _Data, sums: torch.Tensor):
             S = p.new_support(x, S, support2, kernels.modulus)
             dft, S_box, G = reset(S, x)
             E = X.sub_(G)
-        # P = P_M(X_n) is ready (with the chi² sums of iteration it)
-        torch.mul(dft.inverse(P), S_box, out=dft.box())  # S·y_n (P carries the 1/(HW))
+        # P = P_M(X_n) is ready
+        torch.mul(dft.inverse(P), S_box, out=dft.box())  # S·y_n = S·x_{n+1} (P carries the 1/(HW))
         G = dft.forward()
         a, b = outside_coefficients(alg, step_beta(beta, p.config))
-        # X_{n+1} = a E_n + b P_n + c G_n; E_{n+1}, P_M(X_{n+1}) and its sums
+        # X_{n+1} = a E_n + b P_n + c G_n; E_{n+1}, P_M(X_{n+1}); the chi² sums of G_n
         kernels.advance_project(E, P, G, (a, b * HW, 1.0 - b), *data, sums[it + 1].numpy())
+        if best is not None and p.candidates[it + 1]:
+            best.consider(it + 1, sums[it + 1].numpy(), dft.rows, S, (dft.r0, dft.r1, dft.c0, dft.c1))
         p.report(it)
 
-    obj = torch.zeros((B, H, W), dtype=torch.complex64)
-    obj[:, dft.r0 : dft.r1, dft.c0 : dft.c1] = dft.box()  # inside S, x_T = y_{T-1}
-    return to_fft_order(obj), to_fft_order(S)
+    history = _history(sums[:T], H * W, p.smm)
+    if best is not None:
+        obj, S, iterations = best.result()
+    else:
+        obj = torch.zeros((B, H, W), dtype=torch.complex64)
+        obj[:, dft.r0 : dft.r1, dft.c0 : dft.c1] = dft.box()  # inside S, x_T = y_{T-1}
+        iterations = torch.full((B,), T, dtype=torch.int64)
+    return to_fft_order(obj), to_fft_order(S), history, iterations

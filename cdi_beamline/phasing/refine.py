@@ -34,12 +34,22 @@ imports, "torch" elsewhere:
 
 The maths all backends share (coefficients, shrink-wrap, chi²) is in :mod:`._common`.
 
+Every iteration n yields an object, ``x_n·S`` (the iterate restricted to the support in
+force), and its chi²; n = 0 is the start restricted to its support. ``RefineConfig.keep``
+chooses what is returned, per frame: the object of lowest chi² with its support ("best",
+the default: HIO's excursions and a good start's head start are not lost) or the last one.
+chi² favours looser supports, so "best" compares the objects whose support estimates the
+object's (:func:`._common.candidates`): the support given with the start, or one
+shrink-wrapped from an ER iterate; and always the last object.
+
 chi² (eq. 5 of Wu et al. 2021) is scale invariant: before comparing, the model modulus
 is multiplied by the scale ``s`` that minimises the error in closed form,
 ``s = Σ m|F|M / Σ m|F|²``, which gives ``chi² = 1 - (Σ m|F|M)² / (Σ m|F|² Σ m M²)``
-over measured pixels ``m``. The history costs two reductions per iteration on the
-``|F|`` that the modulus projection computes anyway; it is the chi² of the iterate
-entering each iteration, and ``RefineResult.chi2`` is that of the returned object.
+over measured pixels ``m``. The history holds the chi² of the object after n = 0 … T-1
+iterations, and ``RefineResult.chi2`` is that of the returned object (after T iterations
+with ``keep="last"``; the lowest of the history and of the object after T with "best").
+The numba backend gets each from the spectrum of ``S·x`` that its step computes anyway
+(two reductions in the same pass); the torch backends pay one more FFT per iteration.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ from ..config import RefineConfig
 from ..config.schedule import parse_schedule
 from ..errors import CDIRuntimeError, CDIValueError
 from . import _compiled, _torch
-from ._common import EPS, Problem, abs2, chi2_closed_form, from_fft_order, gaussian_transfer, to_fft_order
+from ._common import EPS, Problem, abs2, candidates, chi2_closed_form, from_fft_order, gaussian_transfer, to_fft_order
 
 __all__ = [
     "InitialEstimate",
@@ -85,7 +95,10 @@ class RefineResult:
     object : (B, H, W) complex64, zero outside the support, on the data's scale
     support : (B, H, W) bool
     chi2 : (B,) float32, chi² (eq. 5) of ``|to_detector(object)|`` against the data
-    chi2_history : (B, T) float32, chi² of the iterate entering each of the T iterations
+    chi2_history : (B, T) float32, chi² of the object after n = 0 … T-1 iterations
+        (n = 0: the start restricted to its support)
+    best_iteration : (B,) int64, the iterations behind the returned object (0 … T; T with
+        ``keep="last"``)
     schedule : the schedule run, as a string
     backend : what ran: "numba", "torch", "compiled", or "torch (compiled unavailable: <why>)"
     """
@@ -94,6 +107,7 @@ class RefineResult:
     support: torch.Tensor
     chi2: torch.Tensor
     chi2_history: torch.Tensor
+    best_iteration: torch.Tensor
     schedule: str
     backend: str
 
@@ -277,15 +291,17 @@ def refine(
         steps=list(schedule),
         config=config,
         blur=gaussian_transfer((H, W), config.shrinkwrap_sigma, device) if config.shrinkwrap else None,
+        candidates=candidates(list(schedule), config, init is not None and init.support is not None),
         progress=progress,
     )
-    obj, S, history, *ran = backend.run(problem)
+    obj, S, history, iterations, *ran = backend.run(problem)
     final = chi2(abs2(torch.fft.fft2(obj, norm="ortho")).sqrt_(), Mm, measured)
     return RefineResult(
         object=from_fft_order(obj * scale[:, None, None]),
         support=from_fft_order(S),
         chi2=final,
         chi2_history=history.T.clamp_min(0.0).contiguous(),
+        best_iteration=iterations.to(device),
         schedule=str(schedule),
         backend=ran[0] if ran else backend.__name__.rsplit("._", 1)[1],
     )
