@@ -199,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
     frames = read_patterns(args.input)
     n, H, W = frames.shape
+    input_quantity = config.quantity  # the engine's becomes "modulus" when preprocessing gives it the modulus
     flagged = [""] * n
     roi: tuple[int, int, int, int] | None = (0, 0, H, W)
     binning = 1
@@ -261,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         f.attrs["provenance"] = json.dumps(provenance)
         f.attrs["fft_convention"] = provenance["fft_convention"]
         f.attrs["input"] = str(args.input)
-        f.attrs["quantity"] = config.quantity
+        f.attrs["quantity"] = input_quantity
         f.attrs["init"] = json.dumps(sorted({out.init[i] for i in kept}))
         f.attrs["skipped"] = json.dumps({str(k): v for k, v in skipped.items()})
     os.replace(partial, out_path)
