@@ -24,7 +24,7 @@ from .errors import CDIValueError
 from .frames import MAX_SIZE, MIN_SIZE
 from .io import file_sha256, mask_polarity, read_array, read_mask
 
-__all__ = ["Preprocessed", "Preprocessor", "median3x3"]
+__all__ = ["Preprocessed", "Preprocessor", "block_min"]
 
 
 @dataclass
@@ -42,12 +42,12 @@ class Preprocessed:
     reason: list[str]
 
 
-def median3x3(image: np.ndarray) -> np.ndarray:
-    """3x3 median of an (H, W) image (zeros outside): removes isolated hot pixels, keeps a
-    Bragg peak that spans a few pixels."""
-    padded = np.pad(np.asarray(image, np.float32), 1)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3)).reshape(*image.shape, 9)
-    return np.partition(windows, 4, axis=-1)[..., 4]
+def block_min(image: np.ndarray) -> np.ndarray:
+    """The dimmest pixel of every 2x2 block: (..., H, W) -> (..., H-1, W-1). An isolated hot
+    pixel (or a pair, or a one-pixel line) cannot be a block's minimum; a Bragg peak, a few
+    pixels wide, is."""
+    a = np.asarray(image)
+    return np.minimum(np.minimum(a[..., :-1, :-1], a[..., 1:, :-1]), np.minimum(a[..., :-1, 1:], a[..., 1:, 1:]))
 
 
 class Preprocessor:
@@ -128,8 +128,9 @@ class Preprocessor:
     def choose_roi(self, frames: np.ndarray) -> tuple[int, int, int, int]:
         """The run's ROI ``(y0, x0, h, w)``: fixed, the whole frame, or — ``roi="auto"`` —
         chosen on the first call with a peak and kept: the ``roi_size`` square centred on
-        the brightest pixel of the 3x3-median of the frames' corrected sum (masked pixels
-        read 0, isolated hot pixels cannot win), moved inside the frame if needed.
+        the brightest pixel of the brightest 2x2 block (:func:`block_min`) of the frames'
+        corrected sum (masked pixels read 0, isolated hot pixels cannot win), moved inside
+        the frame if needed.
 
         Raises
         ------
@@ -149,10 +150,12 @@ class Preprocessor:
         else:
             h, w = self._roi_size()
             summed = np.nan_to_num(self._corrected(stack, (0, 0, H, W)).sum(axis=0), nan=0.0, posinf=0.0)
-            smooth = median3x3(summed)
-            if not smooth.max() > 0:
+            blocks = block_min(summed)
+            if not blocks.max() > 0:
                 raise CDIValueError(f"no peak to centre the ROI on in these {len(stack)} frame(s): all counts isolated")
-            cy, cx = (int(v) for v in np.unravel_index(int(np.argmax(smooth)), smooth.shape))
+            by, bx = np.unravel_index(int(np.argmax(blocks)), blocks.shape)
+            dy, dx = np.unravel_index(int(np.argmax(summed[by : by + 2, bx : bx + 2])), (2, 2))
+            cy, cx = int(by + dy), int(bx + dx)  # the brightest pixel of the brightest block
             y0 = int(np.clip(cy - h // 2, 0, H - h))
             x0 = int(np.clip(cx - w // 2, 0, W - w))
             self._check_roi_measured((y0, x0, h, w))
@@ -165,7 +168,7 @@ class Preprocessor:
         Per frame, in order: dark subtracted and clipped at 0, divided by the normalised
         flat, masked pixels 0, counts below ``threshold`` 0, ROI crop, ``binning`` sums,
         square root. Flagged (row of zeros, reason given): NaN/inf in a measured pixel; no
-        peak (brightest 3x3-median ROI pixel < ``min_peak`` counts); every frame of a call
+        peak (the ROI's brightest 2x2 block, :func:`block_min`, < ``min_peak`` counts); every frame of a call
         that could not choose the automatic ROI.
 
         Raises
@@ -191,14 +194,14 @@ class Preprocessor:
             bad &= measured
         n_bad = bad.sum(axis=(1, 2))
         counts[bad] = 0
+        peaks = block_min(counts).max(axis=(1, 2))
         for i in range(B):
             if n_bad[i]:
                 reason[i] = f"raw frame has {int(n_bad[i])} NaN/inf pixel(s) in the ROI where measured"
-                continue
-            peak = float(median3x3(counts[i]).max())
-            if not peak >= self.config.min_peak:
+            elif not peaks[i] >= self.config.min_peak:
                 reason[i] = (
-                    f"no peak: the ROI's brightest pixel (3x3 median) holds {peak:.3g} counts < {self.config.min_peak:g}"
+                    f"no peak: the ROI's brightest 2x2 block holds {peaks[i]:.3g} counts per pixel "
+                    f"< min_peak {self.config.min_peak:g}"
                 )
         if b > 1:
             counts = counts.reshape(B, h // b, b, w // b, b).sum(axis=(2, 4))

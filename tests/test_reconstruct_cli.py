@@ -193,7 +193,7 @@ def test_reconstruct_preprocesses_raw_counts_and_writes_roi_binning_and_modulus(
     files = ["--dark", str(folder / "dark.npy"), "--flat", str(folder / "flat.npy")]
     args = ["reconstruct", str(folder / "raw.npy"), "--out", str(out), *files, "--roi", "auto", "--device", "cpu"]
     assert main([*args, "--iterations", "100"]) == 0
-    assert "frame 0: skipped: no peak: the ROI's brightest pixel" in capsys.readouterr().err
+    assert "frame 0: skipped: no peak: the ROI's brightest 2x2 block" in capsys.readouterr().err
     pre = Preprocessor(PreprocessConfig(roi="auto"), dark=src.dark, flat=src.whitefield)
     expected = pre.apply(src.frames[[98, 99]])
     with h5py.File(out) as f:

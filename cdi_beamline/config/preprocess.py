@@ -51,8 +51,8 @@ class PreprocessConfig(FrozenModel):
     is measured only if all its pixels are. The phased grid is ROI / binning."""
 
     min_peak: float = Field(5.0, ge=0)
-    """A frame whose brightest ROI pixel after a 3x3 median (isolated hot pixels removed)
-    holds fewer counts than this is flagged ``no peak``, not phased."""
+    """A frame is flagged ``no peak``, not phased, when no 2x2 block of its ROI has every
+    pixel at this many counts or more (so isolated hot pixels do not count as a peak)."""
 
     @field_validator("roi")
     @classmethod
