@@ -270,3 +270,15 @@ def test_a_512_frame_off_centre_with_a_gap_and_hot_pixels_finds_the_peak_and_pha
     assert res.status == ["ok"]
     # measured 0.00227 vs the crop's 0.00184 (2-core x86-64 CPU, 2026-12-03)
     assert res.chi2[0] <= 1.5 * ref.chi2[0], (res.chi2[0], ref.chi2[0])
+
+
+def test_an_edf_mask_from_fabio_is_read_as_nonzero_measured(tmp_path):
+    import fabio
+
+    mask = np.ones((64, 64), np.int8)
+    mask[:, 30:33] = 0  # a gap
+    fabio.edfimage.EdfImage(data=mask).write(str(tmp_path / "mask.edf"))
+    measured = read_mask(tmp_path / "mask.edf")
+    assert measured.dtype == bool and measured.sum() == 64 * 61 and not measured[:, 31].any()
+    out = Preprocessor(PreprocessConfig(mask=str(tmp_path / "mask.edf"))).apply(blob((64, 64), (32, 20)))
+    assert not out.mask[:, 30:33].any() and not out.modulus[0, :, 30:33].any()

@@ -73,8 +73,3 @@ class PreprocessConfig(FrozenModel):
         if self.mask_nonzero is not None and self.mask is None:
             raise ValueError("mask_nonzero is given but there is no mask file")
         return self
-
-    @property
-    def active(self) -> bool:
-        """Whether any step changes the frames (else the modulus is ``sqrt(frames)``)."""
-        return any((self.dark, self.flat, self.mask, self.threshold > 0, self.roi is not None, self.binning > 1))
