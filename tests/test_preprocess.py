@@ -211,6 +211,7 @@ def test_mask_polarity_by_format_and_the_record(tmp_path):
     assert record["dark"] == {"file": str(dark), "sha256": hashlib.sha256(dark.read_bytes()).hexdigest()}
     assert record["mask"]["nonzero"] == "bad" and record["flat"] is None
     assert record["config"]["roi"] == "auto" and record["frame_shape"] == [64, 64]
+    assert PreprocessConfig.build(**record["config"]) == pre.config  # the record rebuilds the config
 
 
 # --- the measured APS scan, raw --------------------------------------------------------
