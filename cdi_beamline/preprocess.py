@@ -129,8 +129,8 @@ class Preprocessor:
         """The run's ROI ``(y0, x0, h, w)``: fixed, the whole frame, or — ``roi="auto"`` —
         chosen on the first call with a peak and kept: the ``roi_size`` square centred on
         the brightest pixel of the brightest 2x2 block (:func:`block_min`) of the frames'
-        corrected sum (masked pixels read 0, isolated hot pixels cannot win), moved inside
-        the frame if needed.
+        sum, corrected as one frame (masked pixels read 0, isolated hot pixels cannot win),
+        moved inside the frame if needed.
 
         Raises
         ------
@@ -149,7 +149,7 @@ class Preprocessor:
             self.roi = self.config.roi
         else:
             h, w = self._roi_size()
-            summed = np.nan_to_num(self._corrected(stack, (0, 0, H, W)).sum(axis=0), nan=0.0, posinf=0.0)
+            summed = self._corrected_sum(stack)
             blocks = block_min(summed)
             if not blocks.max() > 0:
                 raise CDIValueError(f"no peak to centre the ROI on in these {len(stack)} frame(s): all counts isolated")
@@ -315,6 +315,19 @@ class Preprocessor:
         elif stack.shape[1:] != self.shape:
             raise CDIValueError(f"frames of shape {stack.shape[1:]} do not match the run's {self.shape}")
         return stack
+
+    def _corrected_sum(self, stack: np.ndarray) -> np.ndarray:
+        """The frames' sum (H, W) float64, corrected as one frame of ``B`` x the dark (no
+        threshold), NaN/inf read 0: one (H, W) accumulator, not a corrected copy of a stack
+        of large frames."""
+        summed = stack.sum(axis=0, dtype=np.float64)
+        if self.dark is not None:
+            summed = np.maximum(summed - len(stack) * self.dark.astype(np.float64), 0)
+        if self.gain is not None:
+            summed *= self.gain
+        if self.measured is not None:
+            summed[~self.measured] = 0
+        return np.nan_to_num(summed, nan=0.0, posinf=0.0)
 
     def _corrected(self, stack: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:
         """Dark, flat, mask and threshold on the ROI's pixels: (B, h, w) float32 counts."""
