@@ -56,8 +56,9 @@ class Preprocessor:
     Parameters
     ----------
     config : PreprocessConfig (default: nothing but the square root)
-    dark, flat, mask : (H, W) arrays instead of the config's files (not both for one
-        item); ``mask`` True/nonzero = measured
+    dark, flat : (H, W) arrays instead of the config's files (not both for one item)
+    mask : (H, W) True/nonzero = measured, e.g. from the detector's configuration; with
+        the config's mask file too, a pixel is measured only if both say so
     shape : (H, W) of the raw frames, if known before the first frame (it is checked
         then); else taken from the arrays, or from the first frames applied
 
@@ -228,26 +229,32 @@ class Preprocessor:
 
     # ----------------------------------------------------------------- helpers
     def _load(self, name: str, spec: str | None, given: np.ndarray | None, read) -> np.ndarray | None:
-        """Read ``spec`` or take ``given``; record where it came from in ``_sources``."""
-        source: dict[str, Any] | None
-        if spec is not None and given is not None:
+        """Read ``spec`` and/or take ``given`` (both: only for the mask, which is then their
+        AND); record where it came from in ``_sources``."""
+        if spec is not None and given is not None and name != "mask":
             raise CDIValueError(f"the {name} is given twice: as the file {spec} and as an array; give one")
+        parts: list[np.ndarray] = []
+        source: dict[str, Any] = {}
         if spec is not None:
-            arr = np.asarray(read(spec))
-            source = {"file": spec, "sha256": file_sha256(spec)}
+            parts.append(np.asarray(read(spec)))
+            source.update(file=spec, sha256=file_sha256(spec))
             if name == "mask":
                 source["nonzero"] = self.config.mask_nonzero or mask_polarity(spec)
-        elif given is not None:
-            arr = np.asarray(given)
-            digest = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
-            source = {"array": {"shape": list(arr.shape), "dtype": str(arr.dtype)}, "sha256": digest}
-        else:
-            self._sources[name] = None
-            return None
-        if arr.ndim != 2:
-            raise CDIValueError(f"the {name} must be one (H, W) image, got shape {arr.shape}")
-        self._sources[name] = source
-        return arr
+        if given is not None:
+            parts.append(np.asarray(given))
+            digest = hashlib.sha256(np.ascontiguousarray(parts[-1]).tobytes()).hexdigest()
+            source["array"] = {"shape": list(parts[-1].shape), "dtype": str(parts[-1].dtype), "sha256": digest}
+        for arr in parts:
+            if arr.ndim != 2:
+                raise CDIValueError(f"the {name} must be one (H, W) image, got shape {arr.shape}")
+        if len(parts) == 2 and parts[0].shape != parts[1].shape:
+            raise CDIValueError(
+                f"the mask file {spec} has shape {parts[0].shape}, the mask given {parts[1].shape}: they must agree"
+            )
+        self._sources[name] = source or None
+        if len(parts) == 2:
+            return (parts[0] != 0) & (parts[1] != 0)
+        return parts[0] if parts else None
 
     def _bind_shape(self, shape: tuple[int, ...], what: str) -> None:
         if self.shape is None:

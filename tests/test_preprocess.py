@@ -182,6 +182,21 @@ def test_frames_of_another_shape_and_a_file_given_twice_are_refused(tmp_path):
     np.save(tmp_path / "d.npy", np.zeros((64, 64)))
     with pytest.raises(CDIValueError, match="the dark is given twice"):
         Preprocessor(PreprocessConfig(dark=str(tmp_path / "d.npy")), dark=np.zeros((64, 64)))
+    with pytest.raises(CDIValueError, match=r"the mask file .* has shape \(64, 64\), the mask given \(32, 32\)"):
+        Preprocessor(PreprocessConfig(mask=str(tmp_path / "d.npy")), mask=np.ones((32, 32)))
+
+
+def test_a_mask_file_and_the_detectors_mask_combine(tmp_path):
+    file_mask = np.ones((64, 64), bool)
+    file_mask[:, 10] = False  # a gap, from the file
+    detector = np.ones((64, 64), bool)
+    detector[5, 5] = False  # a hot pixel, from the detector's configuration
+    np.save(tmp_path / "m.npy", file_mask)
+    pre = Preprocessor(PreprocessConfig(mask=str(tmp_path / "m.npy")), mask=detector)
+    assert pre.measured is not None and pre.measured.sum() == 64 * 63 - 1 and not pre.measured[5, 5]
+    source = pre.record()["mask"]
+    assert source["file"] == str(tmp_path / "m.npy") and source["nonzero"] == "measured"
+    assert source["array"]["sha256"] == hashlib.sha256(detector.tobytes()).hexdigest()
 
 
 # --- files and the record --------------------------------------------------------------
