@@ -12,11 +12,12 @@ from ..errors import CDIValueError
 
 
 def add_parser(subparsers) -> None:
-    from ..config import ReconstructorConfig, RefineConfig
+    from ..config import PreprocessConfig, ReconstructorConfig, RefineConfig
 
     # Option defaults are the config models' (None here = not given = the model's default).
     default = {name: f.default for name, f in ReconstructorConfig.model_fields.items()}
     schedule = RefineConfig.model_fields["schedule"].default
+    pre_default = {name: f.default for name, f in PreprocessConfig.model_fields.items()}
     p = subparsers.add_parser(
         "reconstruct",
         help="reconstruct amplitude + phase from diffraction pattern(s) in a file",
@@ -97,10 +98,17 @@ def add_parser(subparsers) -> None:
         metavar="auto|Y0,X0,H,W",
         help="region of interest: auto (a --roi-size square on the Bragg peak) or y0,x0,h,w in pixels",
     )
-    pre.add_argument("--roi-size", type=int, metavar="PX", help="side of --roi auto (default 64)")
-    pre.add_argument("--bin", type=int, metavar="N", help="sum NxN pixels after the ROI crop (default 1)")
     pre.add_argument(
-        "--min-peak", type=float, metavar="COUNTS", help="frames whose peak is below are skipped (default 5)"
+        "--roi-size", type=int, metavar="PX", help=f"side of --roi auto (default {pre_default['roi_size']})"
+    )
+    pre.add_argument(
+        "--bin", type=int, metavar="N", help=f"sum NxN pixels after the ROI crop (default {pre_default['binning']})"
+    )
+    pre.add_argument(
+        "--min-peak",
+        type=float,
+        metavar="COUNTS",
+        help=f"frames with no 2x2 block of at least COUNTS per pixel in the ROI are skipped as no peak (default {pre_default['min_peak']:g})",
     )
     p.add_argument("--config", metavar="FILE", help="ReconstructorConfig as JSON/YAML (options above override it)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (default auto)")
