@@ -129,9 +129,9 @@ class Preprocessor:
     def choose_roi(self, frames: np.ndarray) -> tuple[int, int, int, int]:
         """The run's ROI ``(y0, x0, h, w)``: fixed, the whole frame, or — ``roi="auto"`` —
         chosen on the first call with a peak and kept: the ``roi_size`` square centred on
-        the brightest pixel of the brightest 2x2 block (:func:`block_min`) of the frames'
-        sum, corrected as one frame (masked pixels read 0, isolated hot pixels cannot win),
-        moved inside the frame if needed.
+        the brightest pixel of the brightest 2x2 block (:func:`block_min`) of the corrected
+        sum of the frames that show a peak (masked pixels read 0, isolated hot pixels cannot
+        win), moved inside the frame if needed.
 
         Raises
         ------
@@ -150,10 +150,17 @@ class Preprocessor:
             self.roi = self.config.roi
         else:
             h, w = self._roi_size()
-            summed = self._corrected_sum(stack)
+            summed = np.zeros((H, W), np.float64)
+            for frame in stack:  # one corrected frame at a time: large detectors stay cheap
+                corrected = np.nan_to_num(self._corrected(frame[None], (0, 0, H, W))[0], nan=0.0, posinf=0.0)
+                if block_min(corrected).max() >= self.config.min_peak:
+                    summed += corrected
             blocks = block_min(summed)
             if not blocks.max() > 0:
-                raise CDIValueError(f"no peak to centre the ROI on in these {len(stack)} frame(s): all counts isolated")
+                raise CDIValueError(
+                    f"no peak to centre the ROI on: none of these {len(stack)} frame(s) has a 2x2 block of "
+                    f"min_peak {self.config.min_peak:g} counts per pixel"
+                )
             by, bx = np.unravel_index(int(np.argmax(blocks)), blocks.shape)
             dy, dx = np.unravel_index(int(np.argmax(summed[by : by + 2, bx : bx + 2])), (2, 2))
             cy, cx = int(by + dy), int(bx + dx)  # the brightest pixel of the brightest block
@@ -169,8 +176,8 @@ class Preprocessor:
         Per frame, in order: dark subtracted and clipped at 0, divided by the normalised
         flat, masked pixels 0, counts below ``threshold`` 0, ROI crop, ``binning`` sums,
         square root. Flagged (row of zeros, reason given): NaN/inf in a measured pixel; no
-        peak (the ROI's brightest 2x2 block, :func:`block_min`, < ``min_peak`` counts); every frame of a call
-        that could not choose the automatic ROI.
+        peak (the ROI's brightest 2x2 block, :func:`block_min`, < ``min_peak`` counts);
+        every frame of a call that could not choose the automatic ROI.
 
         Raises
         ------
@@ -206,8 +213,8 @@ class Preprocessor:
                 )
         if b > 1:
             counts = counts.reshape(B, h // b, b, w // b, b).sum(axis=(2, 4))
-        grid_mask = np.ones((h // b, w // b), bool) if measured is None else measured
-        if b > 1 and measured is not None:
+        grid_mask = np.ones((h // b, w // b), bool)
+        if measured is not None:  # a binned pixel is measured if all its pixels are
             grid_mask = np.asarray(measured.reshape(h // b, b, w // b, b).all(axis=(1, 3)))
         good = [i for i in range(B) if not reason[i]]
         modulus[good] = np.sqrt(counts[good])
@@ -322,19 +329,6 @@ class Preprocessor:
         elif stack.shape[1:] != self.shape:
             raise CDIValueError(f"frames of shape {stack.shape[1:]} do not match the run's {self.shape}")
         return stack
-
-    def _corrected_sum(self, stack: np.ndarray) -> np.ndarray:
-        """The frames' sum (H, W) float64, corrected as one frame of ``B`` x the dark (no
-        threshold), NaN/inf read 0: one (H, W) accumulator, not a corrected copy of a stack
-        of large frames."""
-        summed = stack.sum(axis=0, dtype=np.float64)
-        if self.dark is not None:
-            summed = np.maximum(summed - len(stack) * self.dark.astype(np.float64), 0)
-        if self.gain is not None:
-            summed *= self.gain
-        if self.measured is not None:
-            summed[~self.measured] = 0
-        return np.nan_to_num(summed, nan=0.0, posinf=0.0)
 
     def _corrected(self, stack: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:
         """Dark, flat, mask and threshold on the ROI's pixels: (B, h, w) float32 counts."""
