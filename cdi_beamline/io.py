@@ -5,20 +5,29 @@ dataset inside the file (HDF5 dataset path, or NPZ key). Formats by extension:
 ``.npy``, ``.npz`` (the only array, or ``data``, or ``file.npz:key``), ``.h5``/``.hdf5``/
 ``.nxs`` (dataset required unless the file holds exactly one dataset), ``.tif``/``.tiff``,
 ``.edf`` and whatever else fabio reads (multi-frame files become a stack).
+
+``read_mask`` reads a detector mask as bool, True = measured, turning CXI's polarity
+(nonzero = bad) around.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import zipfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from .errors import CDIValueError
 
-__all__ = ["read_array", "read_patterns", "split_dataset_path"]
+__all__ = ["CXI_MASK", "file_sha256", "mask_polarity", "read_array", "read_mask", "read_patterns", "split_dataset_path"]
 
 _HDF5 = (".h5", ".hdf5", ".hdf", ".nxs", ".cxi")
+#: Where a CXI file keeps its detector's pixel mask (nonzero bits = bad pixel).
+CXI_MASK = "entry_1/instrument_1/detector_1/mask"
+_CXI_MASK_PATH = re.compile(r"^/?entry_\d+/instrument_\d+/detector_\d+/mask$")
 
 
 def split_dataset_path(spec: str | Path) -> tuple[Path, str | None]:
@@ -115,3 +124,46 @@ def read_patterns(spec: str | Path) -> np.ndarray:
     if arr.ndim != 3:
         raise CDIValueError(f"{spec}: expected one pattern (H, W) or a stack (N, H, W), got shape {arr.shape}")
     return arr.astype(np.float32, copy=False)
+
+
+def read_mask(spec: str | Path, nonzero: Literal["measured", "bad"] | None = None) -> np.ndarray:
+    """A detector mask as bool, True = measured pixel.
+
+    ``nonzero`` says what the file's nonzero pixels mean; None decides by format: a CXI
+    mask (a ``.cxi`` file, whose mask is read from :data:`CXI_MASK` unless a dataset is
+    named, or any dataset ``entry_N/instrument_N/detector_N/mask``) marks bad pixels,
+    anything else measured ones.
+
+    Raises
+    ------
+    CDIValueError
+        what :func:`read_array` raises, or the mask is not real numbers / booleans.
+    """
+    path, dataset = _mask_dataset(spec)
+    nonzero = nonzero or mask_polarity(spec)
+    arr = np.asarray(read_array(path if dataset is None else f"{path}:{dataset}"))
+    if np.iscomplexobj(arr) or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise CDIValueError(f"{spec}: a mask must hold numbers or booleans, got dtype {arr.dtype}")
+    return (arr == 0) if nonzero == "bad" else (arr != 0)
+
+
+def mask_polarity(spec: str | Path) -> Literal["measured", "bad"]:
+    """What a nonzero pixel of the mask ``spec`` means by its format: ``bad`` for CXI, else ``measured``."""
+    dataset = _mask_dataset(spec)[1]
+    return "bad" if dataset is not None and _CXI_MASK_PATH.match(dataset) else "measured"
+
+
+def _mask_dataset(spec: str | Path) -> tuple[Path, str | None]:
+    path, dataset = split_dataset_path(spec)
+    if dataset is None and path.suffix.lower() == ".cxi":
+        dataset = CXI_MASK
+    return path, dataset
+
+
+def file_sha256(spec: str | Path) -> str:
+    """sha256 (hex) of the file that ``spec`` names (the whole file, not only its dataset)."""
+    digest = hashlib.sha256()
+    with open(split_dataset_path(spec)[0], "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -169,3 +169,76 @@ def test_all_bad_input_is_an_error(tmp_path, capsys):
     assert main(["reconstruct", str(tmp_path / "z.npy"), "--out", str(tmp_path / "x.h5"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "frame 1: skipped: frame is all zero" in err and "no frame" in err
+
+
+# --- preprocessing of raw counts -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def aps_raw_files(tmp_path_factory):
+    from cdi_beamline.devices import ApsRockingSource
+
+    src = ApsRockingSource(corrected=False, crop=128)
+    folder = tmp_path_factory.mktemp("aps_raw")
+    frames = src.frames[[0, 98, 99]].copy()
+    frames[0] = 0  # no peak at all
+    frames[0, 10, 10] = 1e6  # but a hot pixel
+    np.save(folder / "raw.npy", frames)
+    np.save(folder / "dark.npy", src.dark)
+    np.save(folder / "flat.npy", src.whitefield)
+    return folder, src
+
+
+def test_reconstruct_preprocesses_raw_counts_and_writes_roi_binning_and_modulus(aps_raw_files, tmp_path, capsys):
+    from cdi_beamline.config import PreprocessConfig
+    from cdi_beamline.preprocess import Preprocessor
+
+    folder, src = aps_raw_files
+    out = tmp_path / "out.h5"
+    files = ["--dark", str(folder / "dark.npy"), "--flat", str(folder / "flat.npy")]
+    args = ["reconstruct", str(folder / "raw.npy"), "--out", str(out), *files, "--roi", "auto", "--device", "cpu"]
+    assert main([*args, "--iterations", "100"]) == 0
+    assert "frame 0: skipped: no peak: the ROI's brightest 2x2 block" in capsys.readouterr().err
+    pre = Preprocessor(PreprocessConfig(roi="auto"), dark=src.dark, flat=src.whitefield)
+    expected = pre.apply(src.frames[[98, 99]])
+    with h5py.File(out) as f:
+        assert f["frame_index"][()].tolist() == [1, 2]
+        assert f["roi"][()].tolist() == list(pre.roi) and f["binning"][()] == 1
+        assert f["modulus"].shape == f["object"].shape == (2, 64, 64)
+        np.testing.assert_array_equal(f["modulus"][()], expected.modulus)
+        record = json.loads(f.attrs["preprocess"])
+        assert record["roi"] == list(pre.roi) and record["dark"]["file"] == str(folder / "dark.npy")
+        assert len(record["flat"]["sha256"]) == 64 and record["config"]["roi"] == "auto"
+        assert json.loads(f.attrs["config"])["quantity"] == "modulus" and f.attrs["quantity"] == "intensity"
+        # chi² is of the object against the stored modulus, on one grid
+        recomputed = chi2(to_detector(torch.from_numpy(f["object"][()])).abs(), torch.from_numpy(f["modulus"][()]))
+        np.testing.assert_allclose(recomputed.numpy(), f["chi2"][()], rtol=0.05, atol=1e-5)
+        assert "cnn" in f.attrs["init"]
+
+    # a fixed ROI of 128x128 binned 2 onto the CNN's 64x64 grid
+    assert main([*args[:-4], "--roi", "0,0,128,128", "--bin", "2", "--iterations", "20", "--device", "cpu"]) == 0
+    with h5py.File(out) as f:
+        assert f["roi"][()].tolist() == [0, 0, 128, 128] and f["binning"][()] == 2
+        assert f["modulus"].shape == (2, 64, 64) and "cnn" in f.attrs["init"]
+        binned = np.clip(src.frames[99].astype(np.float64) - src.dark, 0, None)
+        binned *= src.whitefield.mean() / src.whitefield
+        np.testing.assert_allclose(f["modulus"][1], np.sqrt(binned.reshape(64, 2, 64, 2).sum((1, 3))), rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--roi", "0,0,64"], "--roi must be auto or Y0,X0,H,W (four integers)"),
+        (["--roi", "100,0,64,64"], "reaches rows 100..163, cols 0..63: outside the 128x128 frame"),
+        (["--roi", "auto", "--bin", "3"], "binning 3 does not divide the ROI's 64x64 pixels"),
+        (["--dark", "SMALL"], "the dark has shape (8, 8), the frames (128, 128)"),
+        (["--roi", "auto", "--quantity", "modulus"], "preprocessing (--dark, --flat, --roi, ...) works on counts"),
+    ],
+)
+def test_preprocessing_errors_are_specific(aps_raw_files, tmp_path, capsys, extra, message):
+    folder, _ = aps_raw_files
+    np.save(tmp_path / "small.npy", np.zeros((8, 8)))
+    extra = [str(tmp_path / "small.npy") if e == "SMALL" else e for e in extra]
+    rc = main(["reconstruct", str(folder / "raw.npy"), "--out", str(tmp_path / "x.h5"), *extra])
+    assert rc == 2
+    assert message in capsys.readouterr().err

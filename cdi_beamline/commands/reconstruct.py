@@ -12,20 +12,23 @@ from ..errors import CDIValueError
 
 
 def add_parser(subparsers) -> None:
-    from ..config import ReconstructorConfig, RefineConfig
+    from ..config import PreprocessConfig, ReconstructorConfig, RefineConfig
 
     # Option defaults are the config models' (None here = not given = the model's default).
     default = {name: f.default for name, f in ReconstructorConfig.model_fields.items()}
     schedule = RefineConfig.model_fields["schedule"].default
+    pre_default = {name: f.default for name, f in PreprocessConfig.model_fields.items()}
     p = subparsers.add_parser(
         "reconstruct",
         help="reconstruct amplitude + phase from diffraction pattern(s) in a file",
         description="Phase retrieval (init + ER/HIO with shrink-wrap) of one pattern (H, W) or a stack "
         "(N, H, W) read from .npy, .npz, .h5 (FILE.h5:/dataset), .tif or .edf. Writes OUT.h5 with "
         "object (complex64, centred, on the pattern's own grid and scale), amplitude, phase (radians), "
-        "support, chi2 (N,), chi2_history (N, T), frame_index (N,) and the provenance (the validated "
-        "configuration that ran, software, FFT convention) as attributes. Bad frames are reported on "
-        "stderr and skipped.",
+        "support, chi2 (N,), chi2_history (N, T), frame_index (N,), modulus (N, h, w: the measured modulus "
+        "that was phased, on the grid of object), roi (y0, x0, h, w), binning, and the provenance (the "
+        "validated configuration that ran, software, FFT convention, the preprocessing record) as attributes. "
+        "Raw counts can be preprocessed first (--dark, --flat, --mask, --threshold, --roi, --bin). Bad frames "
+        "are reported on stderr and skipped.",
     )
     p.add_argument("input", metavar="INPUT", help="pattern file; FILE.h5:/path or FILE.npz:key selects a dataset")
     p.add_argument("--out", required=True, metavar="OUT.h5", help="output HDF5 (overwritten; its folder must exist)")
@@ -69,8 +72,44 @@ def add_parser(subparsers) -> None:
         "schedule's own); 0 = the CNN (or NNS) estimate alone",
     )
     p.add_argument("--schedule", metavar="S", help=f"left to right in time (default {schedule!r})")
-    p.add_argument("--mask", metavar="FILE", help="detector mask (H, W) or (N, H, W), nonzero = measured")
+    p.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="detector mask (H, W) (or (N, H, W) without preprocessing), nonzero = measured; a CXI mask "
+        "(.cxi, entry_1/instrument_1/detector_1/mask) marks bad pixels nonzero and is read so",
+    )
     p.add_argument("--mask-zeros", action="store_true", help="also treat zero-valued pixels as unmeasured")
+    pre = p.add_argument_group(
+        "preprocessing of raw counts (any of these turns it on; the order is dark, flat, mask, threshold, "
+        "ROI, binning, square root)"
+    )
+    pre.add_argument("--dark", metavar="FILE", help="dark image (H, W), subtracted (clipped at 0)")
+    pre.add_argument(
+        "--flat", metavar="FILE", help="flat field / whitefield (H, W), divided out (normalised to mean 1)"
+    )
+    pre.add_argument(
+        "--mask-nonzero",
+        choices=["measured", "bad"],
+        help="what a nonzero --mask pixel means (default: bad for CXI masks, measured otherwise)",
+    )
+    pre.add_argument("--threshold", type=float, metavar="COUNTS", help="counts below this become 0")
+    pre.add_argument(
+        "--roi",
+        metavar="auto|Y0,X0,H,W",
+        help="region of interest: auto (a --roi-size square on the Bragg peak) or y0,x0,h,w in pixels",
+    )
+    pre.add_argument(
+        "--roi-size", type=int, metavar="PX", help=f"side of --roi auto (default {pre_default['roi_size']})"
+    )
+    pre.add_argument(
+        "--bin", type=int, metavar="N", help=f"sum NxN pixels after the ROI crop (default {pre_default['binning']})"
+    )
+    pre.add_argument(
+        "--min-peak",
+        type=float,
+        metavar="COUNTS",
+        help=f"frames with no 2x2 block of at least COUNTS per pixel in the ROI are skipped as no peak (default {pre_default['min_peak']:g})",
+    )
     p.add_argument("--config", metavar="FILE", help="ReconstructorConfig as JSON/YAML (options above override it)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (default auto)")
     p.add_argument(
@@ -111,13 +150,41 @@ def build_config(args: argparse.Namespace):
     return ReconstructorConfig.build(**values)
 
 
+def build_preprocess_config(args: argparse.Namespace):
+    """The PreprocessConfig of the preprocessing options, or None when none is given."""
+    from ..config import PreprocessConfig
+
+    roi: str | list[int] | None = args.roi
+    if args.roi is not None and args.roi != "auto":
+        parts = args.roi.split(",")
+        if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise CDIValueError(f"--roi must be auto or Y0,X0,H,W (four integers), got {args.roi!r}")
+        roi = [int(p) for p in parts]
+    options = {
+        "dark": args.dark,
+        "flat": args.flat,
+        "mask_nonzero": args.mask_nonzero,
+        "threshold": args.threshold,
+        "roi": roi,
+        "roi_size": args.roi_size,
+        "binning": args.bin,
+        "min_peak": args.min_peak,
+    }
+    given = {k: v for k, v in options.items() if v is not None}
+    if not given:
+        return None
+    return PreprocessConfig.build(mask=args.mask, **given)
+
+
 def run(args: argparse.Namespace) -> int:
     import h5py
     import numpy as np
     import torch
 
-    from ..io import read_array, read_patterns, split_dataset_path
+    from ..config import ReconstructorConfig
+    from ..io import read_array, read_mask, read_patterns, split_dataset_path
     from ..pipeline import Reconstructor
+    from ..preprocess import Preprocessor
 
     if args.threads is not None:
         if args.threads < 1:
@@ -126,24 +193,42 @@ def run(args: argparse.Namespace) -> int:
     out_path = Path(args.out).resolve()
     if not out_path.parent.is_dir():
         raise CDIValueError(f"--out {args.out}: the folder {out_path.parent} does not exist")
-    inputs = [args.input, args.mask, args.support]
+    inputs = [args.input, args.mask, args.support, args.dark, args.flat]
     if any(spec and split_dataset_path(spec)[0].resolve() == out_path for spec in inputs):
         raise CDIValueError(f"--out {args.out} is one of the inputs: it would be overwritten; choose another file")
     config = build_config(args)
     if config.init == "support" and not args.support:
         raise CDIValueError("--init support needs --support FILE")
+    pre_config = build_preprocess_config(args)
+    if pre_config is not None and config.quantity != "intensity":
+        raise CDIValueError(
+            "preprocessing (--dark, --flat, --roi, ...) works on counts: INPUT must be --quantity intensity"
+        )
 
     frames = read_patterns(args.input)
     n, H, W = frames.shape
-    mask = None
-    if args.mask:
-        mask = np.asarray(read_array(args.mask)) != 0
-        if mask.shape not in ((H, W), (n, H, W)):
-            raise CDIValueError(
-                f"--mask shape {mask.shape} does not match the patterns: expected {(H, W)} or {(n, H, W)}"
-            )
+    input_quantity = config.quantity  # the engine's becomes "modulus" when preprocessing gives it the modulus
+    flagged = [""] * n
+    roi: tuple[int, int, int, int] | None = (0, 0, H, W)
+    binning = 1
+    if pre_config is None:
+        mask = None
+        if args.mask:
+            mask = read_mask(args.mask)
+            if mask.shape not in ((H, W), (n, H, W)):
+                raise CDIValueError(
+                    f"--mask shape {mask.shape} does not match the patterns: expected {(H, W)} or {(n, H, W)}"
+                )
+        phased = frames
+    else:
+        preprocessor = Preprocessor(pre_config, shape=(H, W))
+        pre = preprocessor.apply(frames)
+        roi, binning = preprocessor.roi, pre_config.binning  # roi None: every frame flagged, nothing written
+        phased, mask, flagged = pre.modulus, pre.mask, pre.reason
+        config = ReconstructorConfig.build(**{**config.model_dump(), "quantity": "modulus"})
+        H, W = phased.shape[1:]
     if args.mask_zeros:
-        measured = frames != 0
+        measured = phased != 0
         mask = measured if mask is None else mask & measured
     support = None
     if args.support:
@@ -161,9 +246,9 @@ def run(args: argparse.Namespace) -> int:
             )
 
     rec = Reconstructor(config, device=args.device)
-    out = rec.reconstruct(frames, mask=mask, support=support, seed=args.seed)  # batched by config.batch_size
-    kept = [i for i, st in enumerate(out.status) if st == "ok"]
-    skipped = {i: r for i, (st, r) in enumerate(zip(out.status, out.reason)) if st != "ok"}
+    out = rec.reconstruct(phased, mask=mask, support=support, seed=args.seed)  # batched by config.batch_size
+    kept = [i for i, st in enumerate(out.status) if st == "ok" and not flagged[i]]
+    skipped = {i: flagged[i] or r for i, (st, r) in enumerate(zip(out.status, out.reason)) if i not in kept}
     for i, reason in skipped.items():
         print(f"frame {i}: skipped: {reason}", file=sys.stderr)
     if not kept:
@@ -174,12 +259,18 @@ def run(args: argparse.Namespace) -> int:
         for name in ("object", "amplitude", "phase", "support", "chi2", "chi2_history"):
             f.create_dataset(name, data=getattr(out, name)[kept], compression="gzip" if name != "chi2" else None)
         f["frame_index"] = np.asarray(kept, dtype=np.int64)
+        modulus = phased[kept] if config.quantity == "modulus" else np.sqrt(phased[kept])
+        f.create_dataset("modulus", data=modulus.astype(np.float32), compression="gzip")
+        f["roi"] = np.asarray(roi, dtype=np.int64)
+        f["binning"] = np.int64(binning)
+        if pre_config is not None:
+            f.attrs["preprocess"] = json.dumps(preprocessor.record())
         provenance = rec.provenance()
         f.attrs["config"] = json.dumps(provenance["config"])
         f.attrs["provenance"] = json.dumps(provenance)
         f.attrs["fft_convention"] = provenance["fft_convention"]
         f.attrs["input"] = str(args.input)
-        f.attrs["quantity"] = config.quantity
+        f.attrs["quantity"] = input_quantity
         f.attrs["init"] = json.dumps(sorted({out.init[i] for i in kept}))
         f.attrs["skipped"] = json.dumps({str(k): v for k, v in skipped.items()})
     os.replace(partial, out_path)
@@ -194,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         from ..plotting import plot_reconstruction
 
         j = kept[0]
-        pattern = frames[j]
+        pattern = phased[j]
         plot_reconstruction(
             args.plot,
             pattern if config.quantity == "intensity" else pattern**2,

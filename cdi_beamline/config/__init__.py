@@ -14,6 +14,8 @@ from .model import *  # noqa: F401,F403
 from .model import __all__ as _model
 from .pipeline import *  # noqa: F401,F403
 from .pipeline import __all__ as _pipeline
+from .preprocess import *  # noqa: F401,F403
+from .preprocess import __all__ as _preprocess
 from .refine import *  # noqa: F401,F403
 from .refine import __all__ as _refine
 from .simulation import *  # noqa: F401,F403
@@ -28,5 +30,6 @@ __all__ = [
     *_refine,
     *_model,
     *_pipeline,
+    *_preprocess,
     *_live,
 ]

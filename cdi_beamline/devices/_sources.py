@@ -339,6 +339,12 @@ class ApsRockingSource(FrameSource):
     ----------
     angles : (201,) float64
         Rocking angle θ (degrees) of each frame, linspace(-0.28, 0.72, 201).
+    dark : (crop, crop) float32
+        The scan's dark image (counts), same cut as the frames.
+    whitefield : (crop, crop) float32
+        The scan's flat field, same cut: with ``corrected=False`` the raw frames, dark and
+        whitefield go through :class:`cdi_beamline.preprocess.Preprocessor` as a
+        beamline's would.
     """
 
     angles: np.ndarray  # always known for the measured scan
@@ -352,8 +358,10 @@ class ApsRockingSource(FrameSource):
             lo = (128 - crop) // 2
             cut = np.s_[lo : lo + crop, lo : lo + crop]
             raw = z["data"][(slice(None), *cut)]
-            bad = z["dark"][cut] > 1
-            whitefield = z["whitefield"][cut].astype(np.float64)
+            self.dark = z["dark"][cut].astype(np.float32)
+            self.whitefield = z["whitefield"][cut].astype(np.float32)
+            bad = self.dark > 1
+            whitefield = self.whitefield.astype(np.float64)
             self.angles = np.linspace(float(z["theta_start"]), float(z["theta_stop"]), int(z["npoints"]))
             self.rows = z["rows"][lo : lo + crop]
             self.cols = z["cols"][lo : lo + crop]
