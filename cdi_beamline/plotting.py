@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from matplotlib.figure import Figure
 
-from .results import RAW_SEQ_NUM, ResultRows
+from .results import RAW_SEQ_NUM, ResultRows, format_counts, status_counts
 
 __all__ = [
     "GalleryColumn",
@@ -293,8 +293,8 @@ def plot_scan_overview(
     n: int = 8,
     unwrap: Callable[..., np.ndarray] | None = None,
 ) -> bool:
-    """Amplitude (top) and phase in the support (bottom) of ``n`` good frames spread evenly
-    over a derived run (a rocking scan then shows its weak tails and its peak).
+    """Amplitude (top) and phase in the support (bottom) of ``n`` ``ok`` frames spread evenly
+    over a derived run, titled with the run's frame count per status.
 
     Parameters
     ----------
@@ -343,7 +343,11 @@ def plot_scan_overview(
             ax.set_yticks([])
     axes[0, 0].set_ylabel("amplitude")
     axes[1, 0].set_ylabel(f"phase (rad{', unwrapped' if unwrap else ''})\nwhere amplitude > 10 %")
-    fig.suptitle(f"live reconstructions across the scan ({len(res['status'])} frames)", fontsize=10)
+    fig.suptitle(
+        f"live reconstructions across the scan: {len(res['status'])} frames, "
+        f"{format_counts(status_counts(res['status']))}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io import read_array, read_patterns, split_dataset_path
     from ..pipeline import Reconstructor
+    from ..results import RECONSTRUCTED
 
     if args.threads is not None:
         if args.threads < 1:
@@ -162,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
 
     rec = Reconstructor(config, device=args.device)
     out = rec.reconstruct(frames, mask=mask, support=support, seed=args.seed)  # batched by config.batch_size
-    kept = [i for i, st in enumerate(out.status) if st == "ok"]
-    skipped = {i: r for i, (st, r) in enumerate(zip(out.status, out.reason)) if st != "ok"}
+    kept = [i for i, st in enumerate(out.status) if st in RECONSTRUCTED]  # flagged frames are written too
+    skipped = {i: r for i, (st, r) in enumerate(zip(out.status, out.reason)) if st not in RECONSTRUCTED}
     for i, reason in skipped.items():
         print(f"frame {i}: skipped: {reason}", file=sys.stderr)
     if not kept:
@@ -174,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
         for name in ("object", "amplitude", "phase", "support", "chi2", "chi2_history"):
             f.create_dataset(name, data=getattr(out, name)[kept], compression="gzip" if name != "chi2" else None)
         f["frame_index"] = np.asarray(kept, dtype=np.int64)
+        f["status"] = np.asarray([out.status[i] for i in kept], dtype=object).astype("S")
+        f["reason"] = np.asarray([out.reason[i] for i in kept], dtype=object).astype("S")
         provenance = rec.provenance()
         f.attrs["config"] = json.dumps(provenance["config"])
         f.attrs["provenance"] = json.dumps(provenance)
