@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
         "--frames",
         type=int,
         metavar="N",
-        help="frames to scan (default 200 synthetic; the 189 frames of the rocking scan for aps34idc)",
+        help="frames to scan (default 200 synthetic; the 201 frames of the rocking scan for aps34idc)",
     )
     p.add_argument(
         "--source",
