@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from matplotlib.figure import Figure
 
-from .results import RAW_SEQ_NUM, ResultRows, format_counts, status_counts
+from .results import RAW_SEQ_NUM, RECONSTRUCTED, ResultRows, format_counts, status_counts
 
 __all__ = [
     "GalleryColumn",
@@ -293,8 +293,9 @@ def plot_scan_overview(
     n: int = 8,
     unwrap: Callable[..., np.ndarray] | None = None,
 ) -> bool:
-    """Amplitude (top) and phase in the support (bottom) of ``n`` ``ok`` frames spread evenly
-    over a derived run, titled with the run's frame count per status.
+    """Amplitude (top) and phase in the support (bottom) of ``n`` reconstructed frames spread
+    evenly over a derived run (a rocking scan then shows its weak tails and its peak), each
+    titled with its status, the figure with the run's frame count per status.
 
     Parameters
     ----------
@@ -310,14 +311,14 @@ def plot_scan_overview(
     Returns
     -------
     bool
-        False (and nothing written) when no frame was reconstructed ``ok``.
+        False (and nothing written) when no frame holds a reconstruction.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    good = np.flatnonzero(np.asarray(res["status"]) == "ok")
+    good = np.flatnonzero(np.isin(np.asarray(res["status"]), RECONSTRUCTED))
     if good.size == 0:
         return False
     good = good[np.unique(np.linspace(0, good.size - 1, min(n, good.size)).round().astype(int))]
@@ -335,7 +336,7 @@ def plot_scan_overview(
             phase = unwrap(phase, mask=sup if sup.any() else None)
         phase = np.where(sup, phase, np.nan)
         axes[0, col].imshow(amp[r0:r1, c0:c1], cmap="gray")
-        axes[0, col].set_title(f"seq {res[RAW_SEQ_NUM][i]}\nchi² {res['chi2'][i]:.3g}", fontsize=8)
+        axes[0, col].set_title(f"seq {res[RAW_SEQ_NUM][i]}: {res['status'][i]}\nchi² {res['chi2'][i]:.3g}", fontsize=8)
         im = axes[1, col].imshow(phase[r0:r1, c0:c1], cmap="twilight_shifted")
         fig.colorbar(im, ax=axes[1, col], fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
         for ax in axes[:, col]:
