@@ -356,10 +356,11 @@ def plot_scan_overview(
 
 
 class LiveResultPlot:
-    """Amplitude and phase of the newest reconstructed frame, with its chi².
+    """Amplitude and phase of the newest reconstructed frame, with its status and chi².
 
     :meth:`update` is a rows listener (``LiveReconstruction.add_listener``): it runs in the
-    worker's thread and only keeps the newest ``ok`` row. :meth:`redraw` draws it in the
+    worker's thread and only keeps the newest row that holds a reconstruction (any status of
+    :data:`~cdi_beamline.results.RECONSTRUCTED`: flagged frames are shown, and say so). :meth:`redraw` draws it in the
     caller's thread (subscribe it to the RunEngine's ``event`` and ``stop``, like bluesky's
     own plots), at most every ``min_interval_s``; with ``png`` the figure is saved there
     instead of shown (no display).
@@ -383,8 +384,8 @@ class LiveResultPlot:
         self.fig.colorbar(self.im_phase, ax=self.ax_phase, shrink=0.8)
 
     def update(self, raw_uid: str, rows: ResultRows) -> None:
-        """Keep the newest ``ok`` row of a batch of results (worker thread)."""
-        ok = np.flatnonzero(rows.status == "ok")
+        """Keep the newest reconstructed row of a batch of results (worker thread)."""
+        ok = np.flatnonzero(np.isin(rows.status, RECONSTRUCTED))
         if ok.size == 0:
             return
         i = int(ok[-1])
@@ -393,6 +394,7 @@ class LiveResultPlot:
             "amplitude": rows.amplitude[i],
             "phase": rows.phase[i],
             "chi2": float(rows.chi2[i]),
+            "status": str(rows.status[i]),
         }
         with self._lock:
             self._latest = latest
@@ -410,7 +412,7 @@ class LiveResultPlot:
         self.im_amp.set_data(latest["amplitude"])
         self.im_amp.set_clim(0, max(float(np.nanmax(latest["amplitude"])), 1e-12))
         self.im_phase.set_data(np.where(latest["amplitude"] > 0, latest["phase"], np.nan))
-        self.fig.suptitle(f"frame seq {latest['seq']}: chi² {latest['chi2']:.4g}")
+        self.fig.suptitle(f"frame seq {latest['seq']} ({latest['status']}): chi² {latest['chi2']:.4g}")
         if self.png:
             self.fig.savefig(self.png, dpi=80)
         else:

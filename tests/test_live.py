@@ -758,7 +758,12 @@ def test_live_result_plot_shows_the_newest_good_row(tmp_path):
     plot.update("raw", ResultRows.failed([6], (16, 16), "bad", "frame is all zero"))  # not shown
     plot.redraw(force=True)
     assert png.stat().st_size > 1000
-    assert "seq 5" in plot.fig.get_suptitle() and plot.im_amp.get_array().max() == 2.0
+    assert "seq 5 (ok)" in plot.fig.get_suptitle() and plot.im_amp.get_array().max() == 2.0
+    flagged = ResultRows.failed([7], (16, 16), "error", "?").to_dict() | {"status": ["not_converged"]}
+    flagged.update(amplitude=amp[:1] * 3, support=amp[:1] > 0, reason=["chi² 0.2 > 0.1"])
+    plot.update("raw", ResultRows(**flagged))  # flagged rows hold a reconstruction: shown, with their status
+    plot.redraw(force=True)
+    assert "seq 7 (not_converged)" in plot.fig.get_suptitle() and plot.im_amp.get_array().max() == 3.0
 
 
 def test_derived_run_rebuilds_its_engine_from_its_start_document_alone(tiled_server, client, run_engine):
