@@ -382,3 +382,21 @@ def test_the_initial_estimate_and_the_scale_are_returned(aps):
     np.testing.assert_allclose(fit, 1.0, rtol=1e-3)
     rnd = Reconstructor(ReconstructorConfig.build(init="random", iterations=5), device="cpu").reconstruct(frames)
     assert np.isnan(rnd.start_amplitude).all() and np.isfinite(rnd.scale).all()
+
+
+def test_the_reconstruct_command_writes_flagged_frames_with_their_status(tmp_path, aps):
+    """A low-signal frame holds a reconstruction: OUT.h5 keeps it, with status and reason."""
+    import h5py
+
+    from cdi_beamline.cli import main
+
+    np.save(tmp_path / "p.npy", aps.frames[[0, 99]])
+    out = tmp_path / "o.h5"
+    assert (
+        main(["reconstruct", str(tmp_path / "p.npy"), "--out", str(out), "--iterations", "30", "--device", "cpu"]) == 0
+    )
+    with h5py.File(out) as f:
+        assert f["frame_index"][()].tolist() == [0, 1] and f["amplitude"].shape == (2, 64, 64)
+        assert f["status"].asstr()[()].tolist() == ["low_signal", "ok"]
+        reason = f["reason"].asstr()[()]
+        assert "too few photons" in reason[0] and "chi²" in reason[0] and reason[1] == ""

@@ -175,8 +175,8 @@ def run(args: argparse.Namespace) -> int:
         for name in ("object", "amplitude", "phase", "support", "chi2", "chi2_history"):
             f.create_dataset(name, data=getattr(out, name)[kept], compression="gzip" if name != "chi2" else None)
         f["frame_index"] = np.asarray(kept, dtype=np.int64)
-        f["status"] = np.asarray([out.status[i] for i in kept], dtype=object).astype("S")
-        f["reason"] = np.asarray([out.reason[i] for i in kept], dtype=object).astype("S")
+        for name in ("status", "reason"):  # UTF-8 (a reason may say chi²)
+            f.create_dataset(name, data=[getattr(out, name)[i] for i in kept], dtype=h5py.string_dtype())
         provenance = rec.provenance()
         f.attrs["config"] = json.dumps(provenance["config"])
         f.attrs["provenance"] = json.dumps(provenance)
