@@ -5,7 +5,8 @@
 (CNN, random, given support or nearest neighbour), refines them in batches on the
 device and returns a numpy :class:`ReconstructionBatch` with one row per input frame,
 bad frames included (status ``"bad"`` and a specific reason) — it never raises for a
-bad frame, so a live scan keeps running.
+bad frame, so a live scan keeps running. Each reconstructed frame is then judged by
+``config.quality`` (:func:`assess`): ``ok``, ``not_converged`` or ``low_signal``, with a reason.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from .device import resolve_device
 from .errors import CDIRuntimeError, CDIValueError
 from .fourier import FFT_CONVENTION, embed_centre, fix_global_phase, fourier_modulus
 from .frames import MAX_SIZE, MIN_SIZE, validate_frame
-from .phasing import InitialEstimate, NearestNeighbourIndex, chi2, refine
+from .phasing import InitialEstimate, NearestNeighbourIndex, chi2, refine, square_support
 
-__all__ = ["MIN_SIZE", "MAX_SIZE", "Reconstructor", "ReconstructionBatch", "validate_frame"]
+__all__ = ["MIN_SIZE", "MAX_SIZE", "Reconstructor", "ReconstructionBatch", "assess", "validate_frame"]
 
 
 @dataclass
@@ -36,9 +37,15 @@ class ReconstructionBatch:
         fixed by :func:`cdi_beamline.fourier.fix_global_phase` (amplitude-weighted mean phase 0)
     amplitude, phase : (B, H, W) float32, ``|object|`` and its angle (radians, wrapped)
     support : (B, H, W) bool
+    start_amplitude, start_phase : (B, H, W) float32, the initial estimate (the CNN's or the
+        nearest neighbour's) before refinement, on the data's scale, global phase fixed like
+        the object's; NaN for random and given-support starts
     chi2 : (B,) float64, eq. 5 (scale invariant) of ``|to_detector(object)|`` vs the data
-    chi2_history : (B, T) float32, per iteration
-    status : "ok" | "bad" per frame;  reason : "" or why the frame was refused
+    chi2_history : (B, T) float32, per iteration (the chi² of the iterate entering it)
+    scale : (B,) float64, the object's normalisation: sqrt(Σ measured intensity); refinement
+        runs on ``modulus / scale`` and multiplies the object by it on return
+    status : one of :data:`cdi_beamline.results.STATUSES` per frame (``ok``, ``low_signal``,
+        ``not_converged``, ``bad``);  reason : "" or why the frame is not ``ok``
     init : how each good frame was started (e.g. ``"random (cnn needs 64x64 ...)"``)
     """
 
@@ -46,8 +53,11 @@ class ReconstructionBatch:
     amplitude: np.ndarray
     phase: np.ndarray
     support: np.ndarray
+    start_amplitude: np.ndarray
+    start_phase: np.ndarray
     chi2: np.ndarray
     chi2_history: np.ndarray
+    scale: np.ndarray
     status: list[str] = field(default_factory=list)
     reason: list[str] = field(default_factory=list)
     init: list[str] = field(default_factory=list)
@@ -126,8 +136,11 @@ class Reconstructor:
             amplitude=np.zeros((B, H, W), np.float32),
             phase=np.zeros((B, H, W), np.float32),
             support=np.zeros((B, H, W), bool),
+            start_amplitude=np.full((B, H, W), np.nan, np.float32),
+            start_phase=np.full((B, H, W), np.nan, np.float32),
             chi2=np.full(B, np.nan),
             chi2_history=np.full((B, T), np.nan, np.float32),
+            scale=np.full(B, np.nan),
             status=["ok" if r is None else "bad" for r in reasons],
             reason=[r or "" for r in reasons],
             init=["" for _ in range(B)],
@@ -141,6 +154,13 @@ class Reconstructor:
             m = None if mask_t is None else mask_t[idx].to(self.device)
             s = None if support_t is None else support_t[idx].to(self.device)
             init, how = self._initial_estimate(modulus, s)
+            measured = modulus if m is None else modulus * m
+            out.scale[idx] = measured.double().square().sum((-2, -1)).sqrt().cpu().numpy()
+            if init is not None and init.object is not None:  # the object refinement starts from
+                inside = init.object if init.support is None else init.object * init.support
+                estimate = fix_global_phase(_on_data_scale(inside, modulus, m))
+                out.start_amplitude[idx] = estimate.abs().cpu().numpy()
+                out.start_phase[idx] = estimate.angle().cpu().numpy()
             if T == 0:
                 if init is None or init.object is None:  # e.g. cnn on a frame that is not 64x64
                     for i in idx:
@@ -168,6 +188,9 @@ class Reconstructor:
             out.chi2_history[idx] = history_k.cpu().numpy()
             for i in idx:
                 out.init[i] = how
+            peak = measured.square().flatten(1).amax(1).cpu().numpy()  # intensity of the brightest measured pixel
+            for j, i in enumerate(idx):
+                out.status[i], out.reason[i] = assess(self.config, float(out.chi2[i]), out.support[i], float(peak[j]))
         return out
 
     def provenance(self) -> dict[str, Any]:
@@ -244,6 +267,46 @@ class Reconstructor:
         if self._nns is None:
             self._nns = NearestNeighbourIndex.from_h5(self.config.nns_index, device=self.device)
         return self._nns
+
+
+def assess(config: ReconstructorConfig, chi2: float, support: np.ndarray, peak: float) -> tuple[str, str]:
+    """Status and reason of one reconstructed frame under ``config.quality``.
+
+    Parameters
+    ----------
+    config : the configuration that reconstructed it
+    chi2 : its chi² (NaN fails the chi² check)
+    support : (H, W) bool, its final support
+    peak : intensity (counts) of its brightest measured pixel
+
+    Returns
+    -------
+    ("ok", "") or ("not_converged" | "low_signal", the measured values against their thresholds)
+    """
+    q = config.quality
+    why = []
+    if q.max_chi2 is not None and not chi2 <= q.max_chi2:
+        why.append(f"chi² {chi2:.3g} > {q.max_chi2:g} (quality.max_chi2)")
+    if q.max_support_fill is not None and config.refine.shrinkwrap and config.iterations:
+        bound = square_support(support.shape, config.refine.support2_size).numpy()
+        fill = float((support & bound).sum() / bound.sum())
+        if fill >= q.max_support_fill:
+            why.append(f"support fills {fill:.1%} of Support 2 (>= {q.max_support_fill:.1%}, quality.max_support_fill)")
+    if not why:
+        return "ok", ""
+    if q.min_peak_counts is not None and peak < q.min_peak_counts:
+        why.insert(0, f"peak {peak:.3g} counts < {q.min_peak_counts:g} (quality.min_peak_counts): too few photons")
+        return "low_signal", "; ".join(why)
+    return "not_converged", "; ".join(why)
+
+
+def _on_data_scale(obj: torch.Tensor, modulus: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, H, W) objects times the factor that best fits their Fourier modulus to ``modulus``
+    over measured pixels (what refinement does to a given start)."""
+    a = fourier_modulus(obj).double()
+    w = 1.0 if mask is None else mask.double()
+    s = (a * modulus.double() * w).sum((-2, -1)) / (a.square() * w).sum((-2, -1)).clamp_min(1e-300)
+    return obj * s.to(torch.float32)[:, None, None]
 
 
 def _as_stack(frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray | Sequence[np.ndarray]:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from matplotlib.figure import Figure
 
-from .results import RAW_SEQ_NUM, ResultRows
+from .results import RAW_SEQ_NUM, RECONSTRUCTED, ResultRows, format_counts, status_counts
 
 __all__ = [
     "GalleryColumn",
@@ -295,8 +295,9 @@ def plot_scan_overview(
     n: int = 8,
     unwrap: Callable[..., np.ndarray] | None = None,
 ) -> bool:
-    """Amplitude (top) and phase in the support (bottom) of ``n`` good frames spread evenly
-    over a derived run (a rocking scan then shows its weak tails and its peak).
+    """Amplitude (top) and phase in the support (bottom) of ``n`` reconstructed frames spread
+    evenly over a derived run (a rocking scan then shows its weak tails and its peak), each
+    titled with its status, the figure with the run's frame count per status.
 
     Parameters
     ----------
@@ -312,14 +313,14 @@ def plot_scan_overview(
     Returns
     -------
     bool
-        False (and nothing written) when no frame was reconstructed ``ok``.
+        False (and nothing written) when no frame holds a reconstruction.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    good = np.flatnonzero(np.asarray(res["status"]) == "ok")
+    good = np.flatnonzero(np.isin(np.asarray(res["status"]), RECONSTRUCTED))
     if good.size == 0:
         return False
     good = good[np.unique(np.linspace(0, good.size - 1, min(n, good.size)).round().astype(int))]
@@ -337,7 +338,7 @@ def plot_scan_overview(
             phase = unwrap(phase, mask=sup if sup.any() else None)
         phase = np.where(sup, phase, np.nan)
         axes[0, col].imshow(amp[r0:r1, c0:c1], cmap="gray")
-        axes[0, col].set_title(f"seq {res[RAW_SEQ_NUM][i]}\nchi² {res['chi2'][i]:.3g}", fontsize=8)
+        axes[0, col].set_title(f"seq {res[RAW_SEQ_NUM][i]}: {res['status'][i]}\nchi² {res['chi2'][i]:.3g}", fontsize=8)
         im = axes[1, col].imshow(phase[r0:r1, c0:c1], cmap="twilight_shifted")
         fig.colorbar(im, ax=axes[1, col], fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
         for ax in axes[:, col]:
@@ -345,7 +346,11 @@ def plot_scan_overview(
             ax.set_yticks([])
     axes[0, 0].set_ylabel("amplitude")
     axes[1, 0].set_ylabel(f"phase (rad{', unwrapped' if unwrap else ''})\nwhere amplitude > 10 %")
-    fig.suptitle(f"live reconstructions across the scan ({len(res['status'])} frames)", fontsize=10)
+    fig.suptitle(
+        f"live reconstructions across the scan: {len(res['status'])} frames, "
+        f"{format_counts(status_counts(res['status']))}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -353,10 +358,11 @@ def plot_scan_overview(
 
 
 class LiveResultPlot:
-    """Amplitude and phase of the newest reconstructed frame, with its chi².
+    """Amplitude and phase of the newest reconstructed frame, with its status and chi².
 
     :meth:`update` is a rows listener (``LiveReconstruction.add_listener``): it runs in the
-    worker's thread and only keeps the newest ``ok`` row. :meth:`redraw` draws it in the
+    worker's thread and only keeps the newest row that holds a reconstruction (any status of
+    :data:`~cdi_beamline.results.RECONSTRUCTED`: flagged frames are shown, and say so). :meth:`redraw` draws it in the
     caller's thread (subscribe it to the RunEngine's ``event`` and ``stop``, like bluesky's
     own plots), at most every ``min_interval_s``; with ``png`` the figure is saved there
     instead of shown (no display).
@@ -380,8 +386,8 @@ class LiveResultPlot:
         self.fig.colorbar(self.im_phase, ax=self.ax_phase, shrink=0.8)
 
     def update(self, raw_uid: str, rows: ResultRows) -> None:
-        """Keep the newest ``ok`` row of a batch of results (worker thread)."""
-        ok = np.flatnonzero(rows.status == "ok")
+        """Keep the newest reconstructed row of a batch of results (worker thread)."""
+        ok = np.flatnonzero(np.isin(rows.status, RECONSTRUCTED))
         if ok.size == 0:
             return
         i = int(ok[-1])
@@ -390,6 +396,7 @@ class LiveResultPlot:
             "amplitude": rows.amplitude[i],
             "phase": rows.phase[i],
             "chi2": float(rows.chi2[i]),
+            "status": str(rows.status[i]),
         }
         with self._lock:
             self._latest = latest
@@ -407,7 +414,7 @@ class LiveResultPlot:
         self.im_amp.set_data(latest["amplitude"])
         self.im_amp.set_clim(0, max(float(np.nanmax(latest["amplitude"])), 1e-12))
         self.im_phase.set_data(np.where(latest["amplitude"] > 0, latest["phase"], np.nan))
-        self.fig.suptitle(f"frame seq {latest['seq']}: chi² {latest['chi2']:.4g}")
+        self.fig.suptitle(f"frame seq {latest['seq']} ({latest['status']}): chi² {latest['chi2']:.4g}")
         if self.png:
             self.fig.savefig(self.png, dpi=80)
         else:

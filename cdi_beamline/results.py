@@ -10,8 +10,9 @@ A derived run (one per raw run) is
 - a start document with ``cdi_kind`` = :data:`DERIVED_KIND`, ``parent_uid`` = the raw run's
   uid, the engine's description, the live configuration, the raw image key;
 - one descriptor of the stream :data:`STREAM` whose data keys are :func:`data_keys`: the
-  images :data:`ARRAY_DTYPES` live in an HDF5 file (StreamResource/StreamDatum), the
-  scalars :data:`SCALAR_DTYPES` in EventPages, one row per raw frame;
+  arrays :data:`ARRAY_DTYPES` (images, and the decimated chi² history) live in an HDF5 file
+  (StreamResource/StreamDatum), the scalars :data:`SCALAR_DTYPES` in EventPages, one row
+  per raw frame;
 - a stop document with the counts (:data:`COUNTS`) and the chi² summary.
 """
 
@@ -28,6 +29,7 @@ import numpy as np
 __all__ = [
     "ARRAY_DTYPES",
     "BatchLike",
+    "CHI2_HISTORY_LENGTH",
     "CHI2_SUMMARY",
     "COUNTS",
     "DERIVED_KIND",
@@ -41,6 +43,7 @@ __all__ = [
     "RAW_STREAM",
     "RECONSTRUCTOR",
     "RAW_SEQ_NUM",
+    "RECONSTRUCTED",
     "REPROCESSED",
     "RESULT_KEYS",
     "ResultRows",
@@ -51,16 +54,34 @@ __all__ = [
     "Status",
     "counts",
     "data_keys",
+    "decimate_history",
+    "history_iterations",
+    "row_shapes",
     "find_image_key",
+    "format_counts",
     "image_shape",
+    "status_counts",
     "uri_to_path",
 ]
 
-Status = Literal["ok", "bad", "error", "dropped"]
-"""Per-frame outcome: ``ok`` reconstructed; ``bad`` the frame was refused (invalid input);
-``error`` the reconstruction failed; ``dropped`` never reconstructed (queue full)."""
+Status = Literal["ok", "low_signal", "not_converged", "bad", "error", "dropped"]
+"""Per-frame outcome, with a reason string for all but ``ok``:
+
+- ``ok``: reconstructed, and the reconstruction passed the quality checks;
+- ``low_signal``: reconstructed, not converged, and the brightest pixel holds too few counts
+  (``ReconstructorConfig.quality.min_peak_counts``): the frame holds little but noise;
+- ``not_converged``: reconstructed, but chi² is above ``quality.max_chi2`` or the support
+  grew to its bound (``quality.max_support_fill`` of Support 2);
+- ``bad``: the frame was refused (invalid input); ``error``: the reconstruction failed;
+  ``dropped``: never reconstructed (queue full).
+
+Flagged frames are stored like the others; only ``bad``, ``error`` and ``dropped`` rows have
+NaN images."""
 
 STATUSES: tuple[Status, ...] = get_args(Status)
+
+RECONSTRUCTED: tuple[Status, ...] = ("ok", "low_signal", "not_converged")
+"""Statuses of the rows that hold a reconstruction."""
 
 # --- start / stop metadata -----------------------------------------------------------------
 
@@ -111,7 +132,9 @@ SUPERSEDES = "supersedes"
 """Start key of a reprocessed run: uids of the derived runs of the same raw run before it."""
 
 COUNTS = "cdi_counts"
-"""Stop key: ``{"received", "reconstructed", "bad", "error", "dropped", "flagged"}`` frame counts."""
+"""Stop key: frame counts ``{"received", "reconstructed", "flagged", <each status>}``;
+``reconstructed`` counts the rows of :data:`RECONSTRUCTED` statuses, ``flagged`` the rows
+neither ``ok`` nor ``dropped``."""
 
 CHI2_SUMMARY = "cdi_chi2"
 """Stop key: ``{"mean", "max"}`` chi² of the frames reconstructed ``ok``."""
@@ -121,14 +144,31 @@ CHI2_SUMMARY = "cdi_chi2"
 STREAM = "primary"
 """Name of the derived run's one stream."""
 
-ARRAY_DTYPES: dict[str, str] = {"amplitude": "<f4", "phase": "<f4", "support": "|u1"}
-"""Per-frame images (H, W), stored in the result HDF5 file: key -> numpy dtype in the file."""
+ARRAY_DTYPES: dict[str, str] = {
+    "amplitude": "<f4",
+    "phase": "<f4",
+    "support": "|u1",
+    "start_amplitude": "<f4",
+    "start_phase": "<f4",
+    "chi2_history": "<f4",
+}
+"""Per-frame arrays, stored in the result HDF5 file: key -> numpy dtype in the file; their
+per-row shapes are :func:`row_shapes`. ``amplitude``, ``phase``, ``support``: the result (H, W);
+``start_amplitude``, ``start_phase``: the initial estimate before refinement (the CNN's, or the
+nearest neighbour's, inside its support: the object refinement starts from; NaN for random and
+given-support starts), on the data's scale like the result; ``chi2_history``: (:data:`CHI2_HISTORY_LENGTH`,) chi² at the iterations
+:func:`history_iterations` of the run's iteration count (first: the start's chi²)."""
+
+CHI2_HISTORY_LENGTH = 64
+"""Points of the stored chi² history (decimated from the iterations that ran)."""
 
 RAW_SEQ_NUM = "raw_seq_num"
 """Per-frame key: the raw event's ``seq_num`` that the row reconstructs."""
 
-SCALAR_DTYPES: dict[str, str] = {"chi2": "<f8", RAW_SEQ_NUM: "<i8", "status": "<U", "reason": "<U"}
-"""Per-frame scalars, stored in EventPages: key -> numpy dtype (``<U``: a string)."""
+SCALAR_DTYPES: dict[str, str] = {"chi2": "<f8", "scale": "<f8", RAW_SEQ_NUM: "<i8", "status": "<U", "reason": "<U"}
+"""Per-frame scalars, stored in EventPages: key -> numpy dtype (``<U``: a string). ``scale``
+is the object's normalisation: refinement runs on ``modulus / scale`` (``scale`` =
+sqrt(Σ measured intensity)) and the object is multiplied by it on return."""
 
 RESULT_KEYS: tuple[str, ...] = (*ARRAY_DTYPES, *SCALAR_DTYPES)
 """Every per-frame column of a derived run; :func:`cdi_beamline.tiled.load_results` returns
@@ -137,12 +177,33 @@ these (plus ``start`` and ``stop``)."""
 _EVENT_DTYPE = {"<f8": "number", "<i8": "integer", "<U": "string"}
 
 
+def row_shapes(shape: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """Per-row shape of each :data:`ARRAY_DTYPES` key for ``shape`` (H, W) images."""
+    return {key: (CHI2_HISTORY_LENGTH,) if key == "chi2_history" else tuple(shape) for key in ARRAY_DTYPES}
+
+
+def history_iterations(iterations: int) -> np.ndarray:
+    """(:data:`CHI2_HISTORY_LENGTH`,) int: the iterations (0-based) whose chi² the stored
+    history holds, evenly spread from the first to the last (repeated when fewer ran)."""
+    if iterations < 1:
+        return np.zeros(CHI2_HISTORY_LENGTH, np.int64)
+    return np.round(np.linspace(0, iterations - 1, CHI2_HISTORY_LENGTH)).astype(np.int64)
+
+
+def decimate_history(history: np.ndarray) -> np.ndarray:
+    """(B, T) chi² per iteration -> (B, :data:`CHI2_HISTORY_LENGTH`) float32 at
+    :func:`history_iterations` ``(T)``; NaN rows when T is 0."""
+    history = np.asarray(history, np.float32)
+    if history.shape[1] == 0:
+        return np.full((len(history), CHI2_HISTORY_LENGTH), np.nan, np.float32)
+    return history[:, history_iterations(history.shape[1])]
+
+
 def data_keys(shape: tuple[int, int], source: str = "cdi_beamline") -> dict[str, dict]:
     """The descriptor's data keys of a derived run of ``shape`` (H, W) images."""
-    h, w = shape
     keys = {
-        key: {"source": source, "dtype": "array", "dtype_numpy": dt, "shape": [h, w], "external": "STREAM:"}
-        for key, dt in ARRAY_DTYPES.items()
+        key: {"source": source, "dtype": "array", "dtype_numpy": dt, "shape": list(s), "external": "STREAM:"}
+        for (key, dt), s in zip(ARRAY_DTYPES.items(), row_shapes(shape).values())
     }
     for key, dt in SCALAR_DTYPES.items():
         keys[key] = {"source": source, "dtype": _EVENT_DTYPE[dt], "shape": []}
@@ -156,9 +217,27 @@ HINTS = {"cdi": {"fields": ["amplitude", "phase", "chi2"]}}
 
 
 def counts(stop: Mapping[str, Any]) -> dict[str, int]:
-    """The frame counts of a derived stop document (zeros where missing)."""
+    """The frame counts (:data:`COUNTS`) of a derived stop document, zeros where missing."""
     c = dict(stop.get(COUNTS) or {})
-    return {k: int(c.get(k, 0)) for k in ("received", "reconstructed", "bad", "error", "dropped", "flagged")}
+    return {k: int(c.get(k, 0)) for k in ("received", "reconstructed", "flagged", *STATUSES)}
+
+
+def status_counts(status: Iterable[str]) -> dict[str, int]:
+    """Rows per status, every status of :data:`STATUSES` (in that order), and the totals of
+    :data:`COUNTS`: ``reconstructed`` and ``flagged``."""
+    tally: dict[str, int] = dict.fromkeys(STATUSES, 0)
+    for s in status:
+        tally[str(s)] += 1
+    return {
+        **tally,
+        "reconstructed": sum(tally[s] for s in RECONSTRUCTED),
+        "flagged": sum(n for s, n in tally.items() if s not in ("ok", "dropped")),
+    }
+
+
+def format_counts(c: Mapping[str, int]) -> str:
+    """``ok 71, low_signal 82, not_converged 48`` (statuses with rows only; "no frames" if none)."""
+    return ", ".join(f"{s} {int(c.get(s, 0))}" for s in STATUSES if c.get(s)) or "no frames"
 
 
 # --- rows --------------------------------------------------------------------------------------
@@ -170,9 +249,29 @@ class BatchLike(Protocol):
     amplitude: np.ndarray
     phase: np.ndarray
     support: np.ndarray
+    start_amplitude: np.ndarray
+    start_phase: np.ndarray
     chi2: np.ndarray
+    chi2_history: np.ndarray
+    scale: np.ndarray
     status: list[str]
     reason: list[str]
+
+
+_COERCE = {
+    "raw_seq_num": lambda x: np.asarray(x, np.int64).reshape(-1),
+    "amplitude": lambda x: np.asarray(x, np.float32),
+    "phase": lambda x: np.asarray(x, np.float32),
+    "support": lambda x: np.asarray(x, bool),
+    "start_amplitude": lambda x: np.asarray(x, np.float32),
+    "start_phase": lambda x: np.asarray(x, np.float32),
+    "chi2_history": lambda x: np.asarray(x, np.float32).reshape(-1, CHI2_HISTORY_LENGTH),
+    "chi2": lambda x: np.asarray(x, np.float64).reshape(-1),
+    "scale": lambda x: np.asarray(x, np.float64).reshape(-1),
+    "status": lambda x: np.asarray(x, str).reshape(-1),
+    "reason": lambda x: np.asarray(x, str).reshape(-1),
+}
+_IMAGES = ("amplitude", "phase", "support", "start_amplitude", "start_phase")
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,7 +283,10 @@ class ResultRows:
     raw_seq_num : (B,) int64
     amplitude, phase : (B, H, W) float32
     support : (B, H, W) bool
+    start_amplitude, start_phase : (B, H, W) float32, the initial estimate (NaN without one)
+    chi2_history : (B, :data:`CHI2_HISTORY_LENGTH`) float32, decimated (:func:`decimate_history`)
     chi2 : (B,) float64, NaN where no reconstruction
+    scale : (B,) float64, the object's normalisation (NaN where no reconstruction)
     status : (B,) str, one of :data:`STATUSES`
     reason : (B,) str, "" or why the frame is not ``ok``
     """
@@ -193,27 +295,23 @@ class ResultRows:
     amplitude: np.ndarray
     phase: np.ndarray
     support: np.ndarray
+    start_amplitude: np.ndarray
+    start_phase: np.ndarray
+    chi2_history: np.ndarray
     chi2: np.ndarray
+    scale: np.ndarray
     status: np.ndarray
     reason: np.ndarray
 
     def __post_init__(self) -> None:
-        coerce = {
-            "raw_seq_num": lambda x: np.asarray(x, np.int64).reshape(-1),
-            "amplitude": lambda x: np.asarray(x, np.float32),
-            "phase": lambda x: np.asarray(x, np.float32),
-            "support": lambda x: np.asarray(x, bool),
-            "chi2": lambda x: np.asarray(x, np.float64).reshape(-1),
-            "status": lambda x: np.asarray(x, str).reshape(-1),
-            "reason": lambda x: np.asarray(x, str).reshape(-1),
-        }
-        for key, fn in coerce.items():
+        for key, fn in _COERCE.items():
             object.__setattr__(self, key, fn(getattr(self, key)))
         n = len(self.raw_seq_num)
-        if any(len(getattr(self, key)) != n for key in coerce):
+        if any(len(getattr(self, key)) != n for key in _COERCE):
             raise ValueError("ResultRows: every column needs one row per frame")
-        if self.amplitude.ndim != 3 or not (self.amplitude.shape == self.phase.shape == self.support.shape):
-            raise ValueError(f"ResultRows: images must be (B, H, W) alike, got {self.amplitude.shape}")
+        shapes = {getattr(self, key).shape for key in _IMAGES}
+        if self.amplitude.ndim != 3 or len(shapes) != 1:
+            raise ValueError(f"ResultRows: images must be (B, H, W) alike, got {sorted(shapes)}")
         unknown = set(self.status.tolist()) - set(STATUSES)
         if unknown:
             raise ValueError(f"ResultRows: unknown status {sorted(unknown)}; expected one of {STATUSES}")
@@ -228,15 +326,20 @@ class ResultRows:
 
     @classmethod
     def from_batch(cls, raw_seq_num: Sequence[int] | np.ndarray, batch: BatchLike) -> ResultRows:
-        """Rows of a reconstruction batch whose frames had these raw ``seq_num``."""
+        """Rows of a reconstruction batch whose frames had these raw ``seq_num`` (its chi²
+        history decimated)."""
         return cls(
-            np.asarray(raw_seq_num),
-            np.asarray(batch.amplitude),
-            np.asarray(batch.phase),
-            np.asarray(batch.support),
-            np.asarray(batch.chi2),
-            np.asarray(batch.status, str),
-            np.asarray(batch.reason, str),
+            raw_seq_num=np.asarray(raw_seq_num),
+            amplitude=batch.amplitude,
+            phase=batch.phase,
+            support=batch.support,
+            start_amplitude=batch.start_amplitude,
+            start_phase=batch.start_phase,
+            chi2_history=decimate_history(batch.chi2_history),
+            chi2=batch.chi2,
+            scale=batch.scale,
+            status=np.asarray(batch.status, str),
+            reason=np.asarray(batch.reason, str),
         )
 
     @classmethod
@@ -247,18 +350,22 @@ class ResultRows:
         status: Status,
         reason: str | Sequence[str],
     ) -> ResultRows:
-        """Rows of frames without a reconstruction: NaN images, empty support, NaN chi²."""
+        """Rows of frames without a reconstruction: NaN images and numbers, empty support."""
         b = len(raw_seq_num)
         nan = np.full((b, *shape), np.nan, np.float32)
         reasons = [reason] * b if isinstance(reason, str) else list(reason)
         return cls(
-            np.asarray(raw_seq_num),
-            nan,
-            nan,
-            np.zeros((b, *shape), bool),
-            np.full(b, np.nan),
-            np.asarray([status] * b, str),
-            np.asarray(reasons, str),
+            raw_seq_num=np.asarray(raw_seq_num),
+            amplitude=nan,
+            phase=nan,
+            support=np.zeros((b, *shape), bool),
+            start_amplitude=nan,
+            start_phase=nan,
+            chi2_history=np.full((b, CHI2_HISTORY_LENGTH), np.nan, np.float32),
+            chi2=np.full(b, np.nan),
+            scale=np.full(b, np.nan),
+            status=np.asarray([status] * b, str),
+            reason=np.asarray(reasons, str),
         )
 
     @classmethod
@@ -281,7 +388,7 @@ class ResultRows:
         return self.take(np.argsort(self.raw_seq_num, kind="stable"))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The images, key -> (B, H, W) array in the file's dtype (:data:`ARRAY_DTYPES`)."""
+        """The arrays, key -> (B, ...) in the file's dtype (:data:`ARRAY_DTYPES`)."""
         return {key: getattr(self, key).astype(dt, copy=False) for key, dt in ARRAY_DTYPES.items()}
 
     def event_data(self) -> dict[str, list]:
@@ -290,8 +397,11 @@ class ResultRows:
 
     @classmethod
     def from_columns(cls, columns: Mapping[str, Any]) -> ResultRows:
-        """Rows from a mapping of the :data:`RESULT_KEYS` columns (a table read from Tiled)."""
-        return cls(**{key: np.asarray(columns[key]) for key in RESULT_KEYS})
+        """Rows from a mapping of the :data:`RESULT_KEYS` columns (a table read from Tiled);
+        columns that a run written before them lacks are NaN."""
+        n, shape = len(columns[RAW_SEQ_NUM]), np.shape(columns["amplitude"])[1:]
+        blank = cls.failed(np.zeros(n), (int(shape[0]), int(shape[1])), "ok", "").to_dict()
+        return cls(**{key: np.asarray(columns[key]) if key in columns else blank[key] for key in RESULT_KEYS})
 
     def to_dict(self) -> dict[str, np.ndarray]:
         """``{key: column}`` for every key of :data:`RESULT_KEYS`."""

@@ -26,9 +26,11 @@ from cdi_beamline.callbacks import (
     RunStop,
 )
 from cdi_beamline.config import ConfigError, LiveConfig, ReconstructorConfig
+from cdi_beamline.config.refine import SEEDED_SHRINKWRAP_START
 from cdi_beamline.devices import FrameSource, ReplayDetector, SyntheticSource
 from cdi_beamline.errors import CDIValueError
 from cdi_beamline.pipeline import Reconstructor
+from cdi_beamline.results import ARRAY_DTYPES, RESULT_KEYS, ResultRows
 from cdi_beamline.tiled import (
     connect,
     derived_of,
@@ -147,7 +149,15 @@ def test_documents_validate_against_event_model(source, run_engine, tmp_path):
     assert cb.flush(timeout=120)
     cb.close()
     names = Counter(name for name, _ in cb.documents)
-    assert names == {"start": 1, "descriptor": 1, "stream_resource": 3, "event_page": 2, "stream_datum": 6, "stop": 1}
+    arrays = len(ARRAY_DTYPES)  # one stream resource per array key, one datum per key and page
+    assert names == {
+        "start": 1,
+        "descriptor": 1,
+        "stream_resource": arrays,
+        "event_page": 2,
+        "stream_datum": 2 * arrays,
+        "stop": 1,
+    }
     for name, doc in cb.documents:
         schema_validators[DocumentNames[name]].validate(doc)
     pages = [d for n, d in cb.documents if n == "event_page"]
@@ -337,7 +347,8 @@ def test_tiled_outage_mid_scan_loses_nothing(rec, source, tiled_server, run_engi
     cb.close()
     # every document of both runs was resent, in one piece, after the outage
     assert raw_writer.stats["resent"] == raw_writer.stats["documents"] == len(raw_docs)
-    assert writer.stats["resent"] == writer.stats["documents"] == 1 + 1 + 3 + 4 * (1 + 3) + 1
+    arrays = len(ARRAY_DTYPES)  # start, descriptor, resources, 4 batches of a page and datums, stop
+    assert writer.stats["resent"] == writer.stats["documents"] == 1 + 1 + arrays + 4 * (1 + arrays) + 1
     client = tiled_server.client()
     raw = client[raw_uid]
     assert raw.metadata["stop"]["exit_status"] == "success"
@@ -522,7 +533,8 @@ def test_demo_then_results_find_it_again(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "5 reconstructed, 0 flagged, 0 dropped" in out and (data / "demo_recent.png").stat().st_size > 1000
+    assert "5 received, 5 reconstructed" in out and "\nstatus       " in out
+    assert (data / "demo_recent.png").stat().st_size > 1000
     assert main(["results", "--data-dir", str(data), "--json"]) == 0
     (run,) = json.loads(capsys.readouterr().out)
     assert run["counts"]["reconstructed"] == 5 and len(run["chi2"]) == 5 and run["uid"] in out
@@ -735,7 +747,6 @@ def test_callback_never_raises_into_the_run_engine(source, run_engine, tmp_path)
 
 def test_live_result_plot_shows_the_newest_good_row(tmp_path):
     from cdi_beamline.plotting import LiveResultPlot
-    from cdi_beamline.results import ResultRows
 
     png = tmp_path / "live.png"
     plot = LiveResultPlot(png=png)
@@ -748,7 +759,11 @@ def test_live_result_plot_shows_the_newest_good_row(tmp_path):
             amplitude=amp * [[[1.0]], [[2.0]]],
             phase=np.zeros_like(amp),
             support=amp > 0,
+            start_amplitude=amp,
+            start_phase=np.zeros_like(amp),
             chi2=np.array([0.1, 0.2]),
+            chi2_history=np.full((2, 10), 0.3),
+            scale=np.ones(2),
             status=["ok", "ok"],
             reason=["", ""],
         ),
@@ -757,4 +772,84 @@ def test_live_result_plot_shows_the_newest_good_row(tmp_path):
     plot.update("raw", ResultRows.failed([6], (16, 16), "bad", "frame is all zero"))  # not shown
     plot.redraw(force=True)
     assert png.stat().st_size > 1000
-    assert "seq 5" in plot.fig.get_suptitle() and plot.im_amp.get_array().max() == 2.0
+    assert "seq 5 (ok)" in plot.fig.get_suptitle() and plot.im_amp.get_array().max() == 2.0
+    flagged = ResultRows.failed([7], (16, 16), "error", "?").to_dict() | {"status": ["not_converged"]}
+    flagged.update(amplitude=amp[:1] * 3, support=amp[:1] > 0, reason=["chi² 0.2 > 0.1"])
+    plot.update("raw", ResultRows(**flagged))  # flagged rows hold a reconstruction: shown, with their status
+    plot.redraw(force=True)
+    assert "seq 7 (not_converged)" in plot.fig.get_suptitle() and plot.im_amp.get_array().max() == 3.0
+
+
+def test_derived_run_rebuilds_its_engine_from_its_start_document_alone(tiled_server, client, run_engine):
+    """The derived start holds what ran (engine config with its quality thresholds, seed, raw
+    run, image key): an engine rebuilt from it alone reproduces every stored column on the
+    CPU. The run also holds the chi² history, the CNN's estimate and the scale."""
+    from cdi_beamline.devices import make_source
+
+    aps = make_source("aps34idc")
+    picked = [0, 99, 34, 95, 200, 90]  # tails (peak < 100 counts) and the top of the rocking curve
+    config = ReconstructorConfig.build(iterations=30, batch_size=4)
+    live_rec = Reconstructor(config, device="cpu")
+    raw_writer = make_writer(client, tiled_server.spool_dir)
+    cb, _ = _live(live_rec, tiled_server, client, max_wait_s=60, seed=7)
+    run_engine.subscribe(raw_writer)
+    run_engine.subscribe(cb)
+    source = ListSource([aps.frame(i) for i in picked])
+    (raw_uid,) = run_engine(count([ReplayDetector(source, name="det")], len(picked))).run_start_uids
+    assert cb.flush(timeout=120)
+    cb.close()
+
+    (derived,) = derived_runs(client, raw_uid)
+    res = load_results(client, derived.metadata["start"]["uid"])
+    start = res["start"]
+    # from here on, only what the derived run recorded
+    recorded = start["reconstructor"]["config"]
+    # what ran: the CNN seed's schedule, shrink-wrap from the first iteration, 30 iterations
+    assert recorded["iterations"] == 30 and recorded["refine"]["shrinkwrap_start"] == SEEDED_SHRINKWRAP_START
+    assert recorded["refine"]["schedule"] == live_rec.config.refine.schedule
+    rebuilt = Reconstructor(ReconstructorConfig.build(**recorded), device="cpu")
+    assert rebuilt.config == live_rec.config
+    frames, seq, _ = load_raw_frames(client, start["parent_uid"], start["raw_image_key"], start["raw_stream"])
+    b, seed = rebuilt.config.batch_size, start["live"]["seed"]
+    again = ResultRows.concat(
+        ResultRows.from_batch(seq[i : i + b], rebuilt.reconstruct(frames[i : i + b], seed=seed))
+        for i in range(0, len(frames), b)
+    )
+    for key in RESULT_KEYS:
+        np.testing.assert_array_equal(res[key], getattr(again, key), err_msg=key)
+
+    assert list(res["status"]) == ["low_signal", "ok", "low_signal", "ok", "low_signal", "ok"]
+    assert all("too few photons" in r for r in res["reason"][[0, 2, 4]])
+    stop_counts = derived.metadata["stop"]["cdi_counts"]
+    assert stop_counts["ok"] == 3 and stop_counts["low_signal"] == 3 and stop_counts["flagged"] == 3
+    assert stop_counts["reconstructed"] == stop_counts["received"] == 6
+    # the new columns: decimated chi² history (first point: the CNN start's), the CNN's estimate, the scale
+    assert res["chi2_history"].shape == (6, 64) and np.isfinite(res["chi2_history"]).all()
+    assert np.isfinite(res["start_amplitude"]).all() and res["start_amplitude"].shape == (6, 64, 64)
+    np.testing.assert_allclose(res["scale"], np.sqrt(frames.astype(np.float64).sum((1, 2))), rtol=1e-6)
+
+
+def test_demo_on_the_aps_rocking_scan_flags_the_tails(tmp_path, capsys):
+    """``cdi-beamline demo --source aps34idc`` on all 201 frames: frames whose peak holds
+    fewer than 100 counts are not ok, the top of the rocking curve is ok, and the summary
+    prints the frame count of each status."""
+    import json
+
+    from cdi_beamline.cli import main
+    from cdi_beamline.devices import make_source
+    from cdi_beamline.results import format_counts
+
+    data = tmp_path / "demo"
+    assert main(["demo", "--source", "aps34idc", "--data-dir", str(data), "--device", "cpu", "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert main(["results", "--data-dir", str(data), "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)
+    frames = make_source("aps34idc").frames
+    peak = frames.reshape(len(frames), -1).max(1)
+    status = dict(zip(run["raw_seq_num"], run["status"]))
+    assert len(status) == 201 and run["counts"]["received"] == 201
+    weak = [i for i in range(201) if peak[i] < 100]
+    assert len(weak) > 60 and all(status[i + 1] != "ok" for i in weak), [(i, status[i + 1]) for i in weak]
+    assert all(status[i + 1] == "ok" for i in range(85, 116)), [(i, status[i + 1]) for i in range(85, 116)]
+    assert f"status       {format_counts(run['counts'])}" in out
+    assert "low_signal" in out and "ok" in out

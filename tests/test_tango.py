@@ -262,7 +262,7 @@ def test_bluesky_count_over_tango_detector_into_tiled(tango_ctx, aps, tiled_serv
     np.testing.assert_array_equal(frames, np.stack([aps.frame(i) for i in range(10)]))
     (derived,) = derived_runs(client, raw_uid)
     res = load_results(client, derived.metadata["start"]["uid"])
-    assert list(res["status"]) == ["ok"] * 10
+    assert list(res["status"]) == ["low_signal"] * 10  # the rocking scan's first frames: peaks < 100 counts
     offline = rec.reconstruct(frames, seed=0)
     np.testing.assert_allclose(res["chi2"], offline.chi2, rtol=1e-5)
 

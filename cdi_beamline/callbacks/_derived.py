@@ -4,7 +4,6 @@ appended to one HDF5 file in batches and referenced by StreamResource/StreamDatu
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,11 @@ from ..results import (
     INHERITED_START_KEYS,
     KIND,
     PARENT_UID,
-    STATUSES,
     STREAM,
     ResultRows,
     data_keys,
+    row_shapes,
+    status_counts,
 )
 
 __all__ = ["DerivedRun", "Emit"]
@@ -72,7 +72,7 @@ class DerivedRun:
         self.start = self._bundle.start_doc
         self.uid = self.start["uid"]
         self.path = Path(results_dir).resolve() / f"{self.uid}.h5"
-        self.counts: Counter = Counter()
+        self.status: list[str] = []
         self.chi2: list[float] = []
         self.shape: tuple[int, int] | None = None
         self._desc: Any = None
@@ -81,23 +81,24 @@ class DerivedRun:
         self.emit("start", self.start)
 
     def _open(self, shape: tuple[int, int]) -> None:
-        h, w = shape
         self._desc = self._bundle.compose_descriptor(name=STREAM, data_keys=data_keys(shape), hints=HINTS)
         self.emit("descriptor", self._desc.descriptor_doc)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        shapes = row_shapes(shape)
         with h5py.File(self.path, "w", libver="latest", locking=False) as f:
             for key, dt in ARRAY_DTYPES.items():
-                f.create_dataset(key, shape=(0, h, w), maxshape=(None, h, w), dtype=dt, chunks=(1, h, w))
+                s = shapes[key]
+                f.create_dataset(key, shape=(0, *s), maxshape=(None, *s), dtype=dt, chunks=(1, *s))
         for key in ARRAY_DTYPES:
             bundle = self._bundle.compose_stream_resource(
                 mimetype="application/x-hdf5",
                 uri=self.path.as_uri(),
                 data_key=key,
-                parameters={"dataset": key, "chunk_shape": [1, h, w], "swmr": False},
+                parameters={"dataset": key, "chunk_shape": [1, *shapes[key]], "swmr": False},
             )
             self.emit("stream_resource", bundle.stream_resource_doc)
             self._datum[key] = bundle.compose_stream_datum
-        self.shape = (h, w)
+        self.shape = (int(shape[0]), int(shape[1]))
 
     def append(self, rows: ResultRows) -> None:
         """Write rows (images of the run's shape; the first rows fix it)."""
@@ -127,15 +128,12 @@ class DerivedRun:
                 ),
             )
         self._n += b
-        for s, c in zip(rows.status.tolist(), rows.chi2.tolist()):
-            self.counts["reconstructed" if s == "ok" else s] += 1
-            if s == "ok":
-                self.chi2.append(c)
+        self.status += rows.status.tolist()
+        self.chi2 += rows.chi2[rows.status == "ok"].tolist()
 
     def close(self, exit_status: str = "success", reason: str = "", counts: dict | None = None) -> dict:
         """Emit the stop document; ``counts`` (received...) are recorded in it beside the rows'."""
-        all_counts = {"reconstructed": 0, **{s: 0 for s in STATUSES if s != "ok"}, **self.counts, **(counts or {})}
-        all_counts["flagged"] = all_counts["bad"] + all_counts["error"]
+        all_counts = {**status_counts(self.status), **(counts or {})}
         status = exit_status if exit_status in ("success", "abort", "fail") else "fail"
         stop: dict[str, Any] = dict(self._bundle.compose_stop(exit_status=status, reason=reason, validate=False))
         stop[COUNTS] = {k: int(v) for k, v in all_counts.items()}

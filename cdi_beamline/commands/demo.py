@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
         "--frames",
         type=int,
         metavar="N",
-        help="frames to scan (default 200 synthetic; the 189 frames of the rocking scan for aps34idc)",
+        help="frames to scan (default 200 synthetic; the 201 frames of the rocking scan for aps34idc)",
     )
     p.add_argument(
         "--source",
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..phasing import unwrap
     from ..plotting import plot_scan_overview
     from ..results import counts as count_frames
+    from ..results import format_counts
     from ..tiled import load_results
 
     quiet_logs()
@@ -119,11 +120,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"raw run      {raw_uid}  ({n} frames, scan {t_scanned - t_scan:.1f} s)")
     print(f"derived run  {derived_uid}")
     print(
-        f"frames       {counts['reconstructed']} reconstructed, {counts['flagged']} flagged, "
-        f"{counts['dropped']} dropped"
+        f"frames       {counts['received']} received, {counts['reconstructed']} reconstructed, {counts['flagged']} flagged"
     )
+    print(f"status       {format_counts(counts)}")
     if chi2.size:
-        print(f"chi2         mean {np.mean(chi2):.4g}, worst {np.max(chi2):.4g}")
+        print(f"chi2 (ok)    mean {np.mean(chi2):.4g}, worst {np.max(chi2):.4g}")
     print(
         f"rate         {n / (t_done - t_scan):.1f} frames/s end to end (scan start -> results in Tiled); "
         f"total {time.perf_counter() - t0:.1f} s"

@@ -185,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_array, read_mask, read_patterns, split_dataset_path
     from ..pipeline import Reconstructor
     from ..preprocess import Preprocessor
+    from ..results import RECONSTRUCTED
 
     if args.threads is not None:
         if args.threads < 1:
@@ -247,7 +248,8 @@ def run(args: argparse.Namespace) -> int:
 
     rec = Reconstructor(config, device=args.device)
     out = rec.reconstruct(phased, mask=mask, support=support, seed=args.seed)  # batched by config.batch_size
-    kept = [i for i, st in enumerate(out.status) if st == "ok" and not flagged[i]]
+    # frames with a reconstruction are written, flagged ones (low_signal, not_converged) too
+    kept = [i for i, st in enumerate(out.status) if st in RECONSTRUCTED and not flagged[i]]
     skipped = {i: flagged[i] or r for i, (st, r) in enumerate(zip(out.status, out.reason)) if i not in kept}
     for i, reason in skipped.items():
         print(f"frame {i}: skipped: {reason}", file=sys.stderr)
@@ -265,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
         f["binning"] = np.int64(binning)
         if pre_config is not None:
             f.attrs["preprocess"] = json.dumps(preprocessor.record())
+        for name in ("status", "reason"):  # UTF-8 (a reason may say chi²)
+            f.create_dataset(name, data=[getattr(out, name)[i] for i in kept], dtype=h5py.string_dtype())
         provenance = rec.provenance()
         f.attrs["config"] = json.dumps(provenance["config"])
         f.attrs["provenance"] = json.dumps(provenance)

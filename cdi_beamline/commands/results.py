@@ -159,7 +159,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..results import counts
+    from ..results import counts, format_counts
     from ..tiled import derived_runs, load_results
 
     quiet_logs()
@@ -208,11 +208,12 @@ def run(args: argparse.Namespace) -> int:
             f"{'  (reprocessed)' if item[REPROCESSED] else ''}"
         )
         print(
-            f"  frames {len(item['chi2'])}: {c.get('reconstructed', 0)} reconstructed, {c.get('flagged', 0)} flagged,"
-            f" {c.get('dropped', 0)} dropped; chi2 mean {mean}, worst {worst}; exit {item['exit_status']}"
+            f"  frames {len(item['chi2'])}: {c.get('reconstructed', 0)} reconstructed, {c.get('flagged', 0)} flagged;"
+            f" chi2 (ok) mean {mean}, worst {worst}; exit {item['exit_status']}"
         )
-        print("  seq_num        chi2  status  reason")
+        print(f"  status {format_counts(c)}")
+        print("  seq_num        chi2  status         reason")
         for s, x, st, why in zip(item[RAW_SEQ_NUM], item["chi2"], item["status"], item["reason"]):
             chi = "nan" if x is None else f"{x:.5f}"
-            print(f"  {s:7d} {chi:>11}  {st:6}  {why}")
+            print(f"  {s:7d} {chi:>11}  {st:13}  {why}")
     return 0

@@ -101,9 +101,11 @@ def load_results(client, derived_uid: str) -> dict[str, Any]:
     Returns
     -------
     dict
-        The columns of :data:`cdi_beamline.results.RESULT_KEYS` (``amplitude``, ``phase``
-        (N, H, W) float32; ``support`` (N, H, W) bool; ``chi2`` (N,) float64; ``raw_seq_num``
-        (N,) int64; ``status``, ``reason`` (N,) str) and ``start``, ``stop``: the run's documents.
+        The columns of :data:`cdi_beamline.results.RESULT_KEYS` (``amplitude``, ``phase``,
+        ``start_amplitude``, ``start_phase`` (N, H, W) float32; ``support`` (N, H, W) bool;
+        ``chi2_history`` (N, 64) float32; ``chi2``, ``scale`` (N,) float64; ``raw_seq_num``
+        (N,) int64; ``status``, ``reason`` (N,) str; columns a run written before them lacks
+        are NaN) and ``start``, ``stop``: the run's documents.
 
     Raises
     ------

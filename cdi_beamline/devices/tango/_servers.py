@@ -20,6 +20,7 @@ from tango.server import Device, attribute, command, device_property
 
 from ...config import LIVE_ITERATIONS, ModelConfig, ReconstructorConfig
 from ...pipeline import Reconstructor, validate_frame
+from ...results import RECONSTRUCTED
 from .. import DEFAULT_SOURCE, FrameCursor, FrameSource, make_source
 
 __all__ = ["CDIReplayDetector", "CDIReconstructor", "MAX_SIDE"]
@@ -340,7 +341,7 @@ class CDIReconstructor(Device):
             except Exception as exc:  # the device must report, not die
                 self._fault(f"reconstruction failed: {type(exc).__name__}: {exc}")
                 return
-            if out.status[0] != "ok":
+            if out.status[0] not in RECONSTRUCTED:
                 self._fault(f"bad pattern: {out.reason[0]}; write a new pattern")
                 return
             self._amplitude = out.amplitude[0]
@@ -354,4 +355,5 @@ class CDIReconstructor(Device):
             self.set_status(
                 f"reconstructed: chi2 {self._chi2:.4g}, {iterations} iterations, start "
                 f"{out.init[0]}, {time.perf_counter() - t0:.2f} s"
+                + ("" if out.status[0] == "ok" else f"; {out.status[0]}: {out.reason[0]}")
             )
