@@ -59,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
     writer = make_writer(client, dirs.spool, batch_size=1000)
     stop = reprocess(client, raw_uid, rec, writer, config)
     if not writer.flush(timeout=60):
-        print(f"warning: Tiled unreachable; the derived run is spooled in {writer.spool_dir}")
+        print(
+            f"warning: Tiled unreachable; the derived run waits in {writer.journal_dir} (delivered by the next writer)"
+        )
+    for uid, reason in writer.quarantine:
+        print(f"warning: Tiled refused derived run {uid} ({reason}); kept in {writer.spool_dir}/quarantine")
     writer.close()
     c = counts(stop)
     print(

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             if not enough:
                 raise
         print("finishing queued frames ...", flush=True)
-        session.finish()
+        print(f"finished: {session.finish()}", flush=True)
         for raw_uid in stops:
             print(f"raw {raw_uid} -> derived {session.callback.derived_uid(raw_uid)}", flush=True)
     return 0

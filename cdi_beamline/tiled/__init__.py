@@ -2,7 +2,9 @@
 result queries.
 
 - :mod:`._server`: :class:`EmbeddedTiled` (+ its API key), :func:`connect`, :func:`serving`;
-- :mod:`._spool`: :class:`SpoolingWriter`, :func:`make_writer`;
+- :mod:`._spool`: :class:`SpoolingWriter` (a local journal, delivered by a thread of its own),
+  :func:`make_writer`, :func:`quarantined`;
+- :mod:`._shapes`: :class:`ShapeGuard` (a frame of another shape does not make a raw run unstorable);
 - :mod:`._codec`: JSON for documents with numpy arrays (the spool's lines, the 0MQ wire);
 - :mod:`._queries`: :func:`derived_runs`, :func:`load_results`, :func:`load_raw_frames`.
 """
@@ -10,12 +12,16 @@ result queries.
 from ._codec import decode_document, decode_line, encode_document, encode_line
 from ._queries import derived_runs, load_raw_frames, load_results
 from ._server import CATALOG_KEY, DataDir, EmbeddedTiled, close_at_exit, connect, reachable, serving
-from ._spool import SpoolingWriter, make_writer
+from ._shapes import ODD_SEQ_NUM, ShapeGuard, odd_stream
+from ._spool import QUARANTINE, SpoolingWriter, make_writer, quarantined, temporary, undelivered
 
 __all__ = [
     "CATALOG_KEY",
+    "ODD_SEQ_NUM",
+    "QUARANTINE",
     "DataDir",
     "EmbeddedTiled",
+    "ShapeGuard",
     "SpoolingWriter",
     "close_at_exit",
     "connect",
@@ -27,6 +33,10 @@ __all__ = [
     "load_raw_frames",
     "load_results",
     "make_writer",
+    "odd_stream",
+    "quarantined",
     "reachable",
     "serving",
+    "temporary",
+    "undelivered",
 ]

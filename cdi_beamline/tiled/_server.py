@@ -4,7 +4,7 @@ Layout of a data directory (``StoreConfig.data_dir``)::
 
     DIR/tiled/      catalog (SQLite), internal data, logs, ``api_key``, ``server.json``
     DIR/results/    result HDF5 files of derived runs (readable by the server)
-    DIR/spool/      JSON Lines of runs whose documents could not be written yet
+    DIR/spool/      journals of runs not yet delivered to Tiled, and quarantine/ (see ._spool)
 """
 
 from __future__ import annotations
