@@ -171,6 +171,18 @@ def test_journals_of_a_dead_writer_are_adopted_by_one_live_writer_only(tmp_path)
     assert not list(tmp_path.glob("journal-*"))
 
 
+def test_a_run_spooled_by_an_earlier_version_is_delivered(tmp_path):
+    from cdi_beamline.tiled import encode_line
+
+    server = Server()
+    uid, docs = _run(2)
+    (tmp_path / f"{uid}.jsonl").write_text("".join(encode_line(n, d) for n, d in docs))  # spool/<uid>.jsonl
+    writer = _writer(server, tmp_path)
+    assert writer.flush(10) and server.runs[uid] == [n for n, _ in docs]
+    assert not list(tmp_path.glob("*.jsonl"))
+    writer.close()
+
+
 def test_documents_of_unknown_runs_are_counted_orphans(tmp_path):
     server = Server()
     writer = _writer(server, tmp_path)

@@ -216,7 +216,8 @@ class SpoolingWriter:
 
     # -- adoption ---------------------------------------------------------------------------------
     def _adopt(self) -> None:
-        """Move the journals of dead writers' folders (lock free) into this writer's folder."""
+        """Move the journals of dead writers' folders (lock free), and runs spooled by earlier
+        versions, into this writer's folder."""
         for folder in sorted(self.spool_dir.glob(_JOURNAL_GLOB)):
             if folder == self.journal_dir or not folder.is_dir():
                 continue
@@ -237,6 +238,14 @@ class SpoolingWriter:
                 folder.rmdir()
             except OSError as exc:  # another writer adopted it first, or it is not empty
                 logger.debug("journal folder %s not adopted: %s", folder, exc)
+        for path in sorted(self.spool_dir.glob("*.jsonl"), key=lambda p: p.stat().st_mtime):
+            # a run spooled by an earlier version (spool/<uid>.jsonl): no lock, the rename decides
+            target = self.journal_dir / f"{path.stat().st_mtime_ns:020d}-{path.stem}.jsonl"
+            try:
+                path.rename(target)
+            except OSError:
+                continue
+            self._journals.append(_Journal(path.stem, target, size=target.stat().st_size, closed=True, adopted=True))
         self._journals.sort(key=lambda j: j.path.name)
         if self._journals:
             logger.info("adopted %d undelivered run(s) from earlier writers", len(self._journals))
