@@ -41,8 +41,6 @@ from cdi_beamline.tiled import (
     quarantined,
 )
 
-pytestmark = pytest.mark.system
-
 N = 4  # frames per scan
 RETRY = {"TILED_RETRY_ATTEMPTS": "2", "TILED_RETRY_TIMEOUT": "2"}  # Tiled's client: give up after ~2 s
 OUTAGE_S = 3.0  # each outage outlasts TILED_RETRY_TIMEOUT and the writers' retry_max_s (1 s)
@@ -218,7 +216,7 @@ def test_session_scans_complete_through_outages_and_every_event_arrives(tiled_pr
     RE.loop.call_soon_threadsafe(RE.loop.stop)
 
 
-def test_refused_run_is_quarantined_and_the_runs_behind_it_arrive(tiled_process, short_retries):
+def test_refused_run_is_quarantined_and_the_runs_behind_it_arrive(tiled_process, short_retries, capsys):
     """A raw run TiledWriter cannot write (a 32x48 frame among 64x64 ones, no ShapeGuard in
     front) is quarantined with its reason; the healthy runs journaled behind it arrive."""
     client = tiled_process.client()
@@ -241,7 +239,12 @@ def test_refused_run_is_quarantined_and_the_runs_behind_it_arrive(tiled_process,
     writer.close()
     from cdi_beamline.cli import main
 
-    assert main(["results", "--data-dir", str(tiled_process.data_dir)]) == 0  # reports it
+    capsys.readouterr()
+    assert main(["results", "--data-dir", str(tiled_process.data_dir)]) == 0
+    assert (
+        f"quarantined run {bad}: Tiled refused it: ValueError: operands could not be broadcast"
+        in capsys.readouterr().out
+    )
     RE.loop.call_soon_threadsafe(RE.loop.stop)
 
 
