@@ -235,6 +235,7 @@ def test_resend_replaces_a_partial_run_in_a_real_tiled(tiled_server, tmp_path):
 
         def write(name, doc):
             if fail_after[0] == 0:
+                up[0] = False  # what the probe says from now on: no retry until the test says so
                 raise httpx.ConnectError("server down")
             fail_after[0] -= 1
             tw(name, doc)
@@ -249,6 +250,7 @@ def test_resend_replaces_a_partial_run_in_a_real_tiled(tiled_server, tmp_path):
     assert not writer.flush(1)
     assert uid in client and writer.pending == 1  # a partial copy in Tiled, the whole run journaled
     fail_after[0] = 10_000
+    up[0] = True
     assert writer.flush(30)
     run = client[uid]
     assert run.metadata["stop"]["exit_status"] == "success"

@@ -238,12 +238,12 @@ class SpoolingWriter:
                 folder.rmdir()
             except OSError as exc:  # another writer adopted it first, or it is not empty
                 logger.debug("journal folder %s not adopted: %s", folder, exc)
-        for path in sorted(self.spool_dir.glob("*.jsonl"), key=lambda p: p.stat().st_mtime):
+        for path in self.spool_dir.glob("*.jsonl"):
             # a run spooled by an earlier version (spool/<uid>.jsonl): no lock, the rename decides
-            target = self.journal_dir / f"{path.stat().st_mtime_ns:020d}-{path.stem}.jsonl"
             try:
+                target = self.journal_dir / f"{path.stat().st_mtime_ns:020d}-{path.stem}.jsonl"
                 path.rename(target)
-            except OSError:
+            except OSError:  # another writer took it
                 continue
             self._journals.append(_Journal(path.stem, target, size=target.stat().st_size, closed=True, adopted=True))
         self._journals.sort(key=lambda j: j.path.name)
