@@ -217,34 +217,38 @@ def test_session_scans_complete_through_outages_and_every_event_arrives(tiled_pr
 
 
 def test_refused_run_is_quarantined_and_the_runs_behind_it_arrive(tiled_process, short_retries, capsys):
-    """A raw run TiledWriter cannot write (a 32x48 frame among 64x64 ones, no ShapeGuard in
-    front) is quarantined with its reason; the healthy runs journaled behind it arrive."""
-    client = tiled_process.client()
-    spool = tiled_process.data_dir / "spool"
-    writer = make_writer(client, spool, retry_s=0.1, retry_max_s=1.0)
-    RE = RunEngine({})
-    RE.subscribe(writer)
-    frames = [SyntheticSource(n=N, seed=7).frame(i) for i in range(N)]
-    frames[2] = np.ones((32, 48))
-    tiled_process.kill()
-    (bad,) = RE(count([ReplayDetector(ListSource(frames), name="det")], N))
-    good = [RE(count([ReplayDetector(SyntheticSource(n=N, seed=8), name="det")], N))[0] for _ in range(2)]
-    tiled_process.start()
-    assert writer.flush(60)
-    ((uid, reason),) = writer.quarantine
-    assert uid == bad and "could not be broadcast" in reason
-    assert (bad, reason) in [(u, r.splitlines()[0]) for u, r in quarantined(spool)]
-    for uid in good:
-        assert client[uid]["primary"]["det_image"].read().shape == (N, 64, 64)
-    writer.close()
+    """A raw run TiledWriter cannot write (a 32x48 frame among 64x64 ones, the raw writer
+    subscribed without its ShapeGuard) is quarantined with its reason and reported by
+    ``finish()`` and ``results``; the runs journaled behind it arrive."""
     from cdi_beamline.cli import main
 
+    frames = [SyntheticSource(n=N, seed=7).frame(i) for i in range(N)]
+    frames[2] = np.ones((32, 48))
+    RE = RunEngine({})
+    with LiveSession(engine(), tiled_process.store(), LiveConfig(max_wait_s=0.2)) as session:
+        assert session.raw_writer is not None
+        RE.subscribe(session.raw_writer)
+        RE.subscribe(session.callback)
+        tiled_process.kill()
+        (bad,) = RE(count([ReplayDetector(ListSource(frames), name="det")], N))
+        good = [RE(count([ReplayDetector(SyntheticSource(n=N, seed=8), name="det")], N))[0] for _ in range(2)]
+        tiled_process.start()
+        finished = session.finish(120)
+        assert not finished and finished.frames_done and finished.pending == 0
+        ((uid, reason),) = finished.quarantined
+        assert uid == bad and "could not be broadcast" in reason
+        assert finished.delivered == 2 + 3  # the healthy raw runs, every derived run
+    spool = tiled_process.data_dir / "spool"
+    assert (bad, reason) in [(u, r.splitlines()[0]) for u, r in quarantined(spool)]
+    client = tiled_process.client()
+    for uid in good:
+        assert client[uid]["primary"]["det_image"].read().shape == (N, 64, 64)
+    (derived,) = derived_runs(client, bad)  # the bad run's results are stored all the same
+    assert list(load_results(client, derived.metadata["start"]["uid"])["status"]) == ["ok", "ok", "bad", "ok"]
     capsys.readouterr()
     assert main(["results", "--data-dir", str(tiled_process.data_dir)]) == 0
-    assert (
-        f"quarantined run {bad}: Tiled refused it: ValueError: operands could not be broadcast"
-        in capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert f"quarantined run {bad}: Tiled refused it: ValueError: operands could not be broadcast" in out
     RE.loop.call_soon_threadsafe(RE.loop.stop)
 
 
