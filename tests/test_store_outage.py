@@ -187,7 +187,9 @@ def test_session_scans_complete_through_outages_and_every_event_arrives(tiled_pr
             uids += RE(count([det], N))
         time.sleep(OUTAGE_S)
         down = costs.take()
-        assert session.finish(5).pending > 0  # nothing reached the dead server
+        assert session.callback.flush(120, delivered=False)  # every frame reconstructed ...
+        while_down = session.finish(1)
+        assert while_down.frames_done and while_down.pending == 2 * 3  # ... and no run reached the dead server
 
         tiled_process.start()
 

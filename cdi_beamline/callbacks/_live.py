@@ -191,15 +191,15 @@ class LiveReconstruction(DocumentRouter):
                 )
 
     # -- control -------------------------------------------------------------------------
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every queued frame is reconstructed and its results are written (in
-        Tiled, when the writer is a ``SpoolingWriter``: its ``flush``); True if done."""
+    def flush(self, timeout: float | None = None, *, delivered: bool = True) -> bool:
+        """Wait until every queued frame is reconstructed and its results are emitted and,
+        with ``delivered``, in Tiled (the writer's ``flush``, when it has one); True if done."""
         deadline = time.monotonic() + (math.inf if timeout is None else timeout)
         item = Sync()
         self.worker.queue.put(item)
         done = item.done.wait(timeout)
         flush_writer = getattr(self._writer, "flush", None)
-        if done and flush_writer is not None:
+        if done and delivered and flush_writer is not None:
             done = bool(flush_writer(max(0.0, deadline - time.monotonic())))
         return done
 

@@ -120,6 +120,7 @@ class LiveSession:
 
     @property
     def writers(self) -> list[SpoolingWriter]:
+        """The raw writer (if any) and the derived writer."""
         return [w for w in (self.raw_writer, self.derived_writer) if w is not None]
 
     def subscribe(self, RE) -> None:
@@ -132,7 +133,7 @@ class LiveSession:
         """Wait, at most ``timeout`` s (default ``store.close_wait_s``) in all, for every queued
         frame and for every run to reach Tiled."""
         deadline = time.monotonic() + (self.store.close_wait_s if timeout is None else timeout)
-        frames_done = self.callback.flush(max(0.0, deadline - time.monotonic()))
+        frames_done = self.callback.flush(max(0.0, deadline - time.monotonic()), delivered=False)
         for w in self.writers:
             w.flush(max(0.0, deadline - time.monotonic()))
         return Finished(
