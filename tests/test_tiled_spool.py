@@ -18,6 +18,7 @@ from event_model import compose_run, pack_event_page
 
 from cdi_beamline.devices import ReplayDetector, SyntheticSource
 from cdi_beamline.tiled import (
+    MAX_REWRITES,
     ODD_SEQ_NUM,
     ShapeGuard,
     SpoolingWriter,
@@ -131,6 +132,47 @@ def test_a_refused_document_quarantines_its_run_and_the_runs_behind_it_arrive(tm
     assert uid == bad and "refused stop" in reason and "the stop document 5" in reason
     kept = tmp_path / "quarantine" / f"{bad}.jsonl"
     assert [decode_line(ln)[0] for ln in kept.read_text().splitlines()] == [n for n, _ in docs1]
+    writer.close()
+
+
+def _conflict_once(server, uid_to_refuse, times):
+    """Make the server answer 409 Conflict to one document ``times`` times."""
+    left = [times]
+    inner = server.factory
+
+    def factory():
+        write = inner()
+
+        def conflicted(name, doc):
+            if doc.get("uid") == uid_to_refuse and left[0] > 0:
+                left[0] -= 1
+                request = httpx.Request("POST", "http://tiled/api/v1/metadata/runs")
+                raise httpx.HTTPStatusError("409", request=request, response=httpx.Response(409, request=request))
+            write(name, doc)
+
+        return conflicted
+
+    return factory
+
+
+def test_a_conflict_rewrites_the_run_whole_and_a_lasting_one_is_quarantined(tmp_path):
+    """409 after a retried request that had reached the server: the run is rewritten whole;
+    a conflict on every try (a run Tiled cannot take) ends in quarantine, not a loop."""
+    server = Server()
+    uid, docs = _run(2)
+    writer = SpoolingWriter(_conflict_once(server, docs[-1][1]["uid"], 1), tmp_path, probe=lambda: True, **FAST)
+    for name, doc in docs:
+        writer(name, doc)
+    assert writer.flush(10) and server.runs[uid] == [n for n, _ in docs]
+    assert writer.stats["rewrites"] == 1 and writer.quarantine == []
+    writer.close()
+    server = Server()
+    uid, docs = _run(2)
+    writer = SpoolingWriter(_conflict_once(server, docs[-1][1]["uid"], 99), tmp_path, probe=lambda: True, **FAST)
+    for name, doc in docs:
+        writer(name, doc)
+    assert writer.flush(10) and [u for u, _ in writer.quarantine] == [uid]
+    assert writer.stats["rewrites"] == MAX_REWRITES and "409" in writer.quarantine[0][1]
     writer.close()
 
 
@@ -256,6 +298,40 @@ def test_resend_replaces_a_partial_run_in_a_real_tiled(tiled_server, tmp_path):
     assert run.metadata["stop"]["exit_status"] == "success"
     assert run["primary"]["det_image"].read().shape == (5, 64, 64)
     assert derived_runs(client, uid) == []
+    writer.close()
+    RE.loop.call_soon_threadsafe(RE.loop.stop)
+
+
+def test_a_run_tiledwriter_may_have_doubled_is_rewritten_whole(tiled_server, tmp_path):
+    """TiledWriter retries an append that timed out and notes it in the run (rows may be
+    there twice): the run is deleted and written again, once."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    from cdi_beamline.tiled import FORCED_RETRY
+
+    client = tiled_server.client()
+    noted = [0]
+
+    def factory():
+        tw = TiledWriter(client)
+
+        def write(name, doc):
+            tw(name, doc)
+            if name == "stop" and not noted[0]:  # the note TiledWriter leaves, on the first try only
+                noted[0] += 1
+                note = f"Appending 2 rows to the internal table of stream 'primary' failed ...; {FORCED_RETRY}."
+                client[doc["run_start"]].update_metadata(metadata={"notes": [note]})
+
+        return write
+
+    writer = SpoolingWriter(factory, tmp_path, client=client, **FAST)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    (uid,) = RE(count([ReplayDetector(SyntheticSource(n=3, seed=2), name="det")], 3))
+    assert writer.flush(30) and noted[0] == 1 and writer.stats["rewrites"] == 1
+    run = client[uid]
+    assert not [n for n in run.metadata.get("notes", []) if FORCED_RETRY in n]
+    assert run["primary"]["det_image"].read().shape == (3, 64, 64)
     writer.close()
     RE.loop.call_soon_threadsafe(RE.loop.stop)
 

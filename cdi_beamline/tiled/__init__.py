@@ -13,10 +13,21 @@ from ._codec import decode_document, decode_line, encode_document, encode_line
 from ._queries import derived_runs, load_raw_frames, load_results
 from ._server import CATALOG_KEY, DataDir, EmbeddedTiled, close_at_exit, connect, reachable, serving
 from ._shapes import ODD_SEQ_NUM, ShapeGuard, odd_stream
-from ._spool import QUARANTINE, SpoolingWriter, make_writer, quarantined, temporary, undelivered
+from ._spool import (
+    FORCED_RETRY,
+    MAX_REWRITES,
+    QUARANTINE,
+    SpoolingWriter,
+    make_writer,
+    quarantined,
+    temporary,
+    undelivered,
+)
 
 __all__ = [
     "CATALOG_KEY",
+    "FORCED_RETRY",
+    "MAX_REWRITES",
     "ODD_SEQ_NUM",
     "QUARANTINE",
     "DataDir",

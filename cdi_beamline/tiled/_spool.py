@@ -8,7 +8,9 @@ and replays the journals, in order, into Tiled. A temporary failure (connection 
 429) is retried with exponential backoff, the run being rewritten whole after the partial
 copy in Tiled is deleted (so a resend never duplicates a row); a permanent failure (a 4xx
 rejection, a document TiledWriter raises on) moves the run's journal to
-``spool/quarantine/`` with a reason file, and delivery goes on with the next run.
+``spool/quarantine/`` with a reason file, and delivery goes on with the next run. A run that
+may not be in Tiled exactly once (409 Conflict after a retried request, or TiledWriter's note
+of a forced retry of an append) is deleted and rewritten whole, at most ``MAX_REWRITES`` times.
 
 Layout under ``spool_dir``::
 
@@ -38,7 +40,16 @@ from ..config import StoreConfig
 from ._codec import decode_line, encode_line
 from ._server import reachable
 
-__all__ = ["QUARANTINE", "SpoolingWriter", "make_writer", "quarantined", "temporary", "undelivered"]
+__all__ = [
+    "FORCED_RETRY",
+    "MAX_REWRITES",
+    "QUARANTINE",
+    "SpoolingWriter",
+    "make_writer",
+    "quarantined",
+    "temporary",
+    "undelivered",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +87,26 @@ def quarantined(spool_dir: str | Path) -> list[tuple[str, str]]:
     return out
 
 
+MAX_REWRITES = 3
+"""A run written but maybe not exactly once (a retried request that had reached the server:
+409 Conflict, or TiledWriter's note of a forced retry) is deleted and rewritten whole at most
+this many times, then quarantined."""
+
+FORCED_RETRY = "forcing a retry"
+"""What TiledWriter writes in a run's ``notes`` when it retried an append that may have reached
+the server (rows possibly duplicated)."""
+
+
+class _Rewrite(Exception):
+    """The run reached Tiled, but maybe not exactly once."""
+
+
+def _conflict(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 409
+
+
 @dataclass
 class _Journal:
     """One run's journal file; ``size`` is written by the caller's thread, the rest by the
@@ -91,6 +122,7 @@ class _Journal:
     lines: int = 0  # documents delivered in the current attempt
     doc: str = ""  # what the delivery was at (for a quarantine reason)
     attempts: int = 0
+    rewrites: int = 0
     adopted: bool = False
 
 
@@ -253,16 +285,17 @@ class SpoolingWriter:
     # -- the delivery thread ----------------------------------------------------------------------
     def _loop(self) -> None:
         delay = self.retry_s
+        failing = False  # the last pass stopped on a failure: back off until next_try
         next_try = 0.0
         while True:
-            self._wake.wait(max(0.0, next_try - time.monotonic()) if self._offline else None)
+            self._wake.wait(max(0.0, next_try - time.monotonic()) if failing else None)
             self._wake.clear()
             if self._closed:
                 return
-            if self._offline and time.monotonic() < next_try:
+            if failing and time.monotonic() < next_try:
                 continue  # backing off: documents keep arriving in the journal meanwhile
-            ok = self._deliver_all()
-            delay = self.retry_s if ok else min(2 * delay, self.retry_max_s)
+            failing = not self._deliver_all()
+            delay = min(2 * delay, self.retry_max_s) if failing else self.retry_s
             next_try = time.monotonic() + delay
             with self._changed:
                 self._changed.notify_all()
@@ -279,7 +312,22 @@ class SpoolingWriter:
                 return True
             try:
                 self._deliver(journal)
+            except _Rewrite as exc:  # written, but maybe not exactly once: again, whole
+                journal.writer = None
+                journal.rewrites += 1
+                if journal.rewrites > MAX_REWRITES:
+                    self._quarantine(journal, exc)
+                    continue
+                logger.warning("run %s is rewritten whole: %s", journal.uid, exc)
+                self.stats["rewrites"] += 1
+                return False
             except Exception as exc:  # noqa: BLE001 - sorted into temporary / permanent
+                if _conflict(exc):
+                    journal.writer = None
+                    journal.rewrites += 1
+                    if journal.rewrites <= MAX_REWRITES:  # our own request that timed out, retried
+                        self.stats["rewrites"] += 1
+                        return False
                 if temporary(exc):
                     if not self._offline:
                         logger.warning("Tiled unreachable (%s): runs kept in %s", exc, self.journal_dir)
@@ -317,12 +365,23 @@ class SpoolingWriter:
                 journal.lines += 1
                 self.stats["delivered"] += 1
         if closed and (journal.offset >= size or journal.adopted):
+            self._check_once(journal.uid)
             journal.path.unlink(missing_ok=True)
             with self._lock:
                 self._journals.remove(journal)
             self.stats["runs_delivered"] += 1
             if journal.attempts > 1 or journal.adopted:
                 logger.info("run %s delivered to Tiled after %d attempt(s)", journal.uid, journal.attempts)
+
+    def _check_once(self, uid: str) -> None:
+        """Raise :class:`_Rewrite` when TiledWriter noted a forced retry of an append in run
+        ``uid`` (its rows may then be in Tiled twice)."""
+        if self._client is None or uid not in self._client:
+            return
+        notes = self._client[uid].metadata.get("notes") or []
+        forced = [n for n in notes if FORCED_RETRY in str(n)]
+        if forced:
+            raise _Rewrite(forced[0])
 
     def _discard(self, uid: str) -> None:
         """Delete the partial copy of run ``uid`` in Tiled (from an earlier attempt)."""
