@@ -19,7 +19,7 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 #: Test modules whose every test talks to a real service.
-SYSTEM_MODULES = frozenset({"test_live", "test_tango", "test_profile"})
+SYSTEM_MODULES = frozenset({"test_live", "test_tango", "test_profile", "test_store_outage"})
 #: Fixtures that start a real service: a test using one (directly or through another
 #: fixture) is a system test wherever it lives.
 SYSTEM_FIXTURES = frozenset({"tiled_server", "run_engine", "RE", "tango_ctx"})

@@ -13,7 +13,7 @@ PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "profile_cdi"
 
 SCRIPT = """
 (raw_uid,) = RE(count([det], 3))
-assert live.flush(120)
+assert session.finish(120)
 live_plot.redraw(force=True)
 (derived,) = derived_runs(client, raw_uid)
 res = load_results(client, derived.metadata["start"]["uid"])

@@ -254,7 +254,7 @@ def test_bluesky_count_over_tango_detector_into_tiled(tango_ctx, aps, tiled_serv
     run_engine.subscribe(raw_writer)
     run_engine.subscribe(cb)
     (raw_uid,) = run_engine(count([tdet], 10)).run_start_uids
-    assert cb.flush(timeout=120)
+    assert cb.flush(timeout=120) and raw_writer.flush(60)
     cb.close()
 
     frames, _, key = load_raw_frames(client, raw_uid)

@@ -11,13 +11,14 @@ from ._derived import DerivedRun
 from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, WorkItem
 from ._live import LiveReconstruction
 from ._reprocess import reprocess
-from ._session import LiveSession
+from ._session import Finished, LiveSession
 from ._worker import ReconstructionWorker, read_external
 
 __all__ = [
     "DerivedRun",
     "Engine",
     "ExternalFrames",
+    "Finished",
     "Frames",
     "ImageSpec",
     "LiveReconstruction",

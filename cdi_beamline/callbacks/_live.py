@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import queue
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -189,11 +191,17 @@ class LiveReconstruction(DocumentRouter):
                 )
 
     # -- control -------------------------------------------------------------------------
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every queued frame is reconstructed and written; True if done."""
+    def flush(self, timeout: float | None = None, *, delivered: bool = True) -> bool:
+        """Wait until every queued frame is reconstructed and its results are emitted and,
+        with ``delivered``, in Tiled (the writer's ``flush``, when it has one); True if done."""
+        deadline = time.monotonic() + (math.inf if timeout is None else timeout)
         item = Sync()
         self.worker.queue.put(item)
-        return item.done.wait(timeout)
+        done = item.done.wait(timeout)
+        flush_writer = getattr(self._writer, "flush", None)
+        if done and delivered and flush_writer is not None:
+            done = bool(flush_writer(max(0.0, deadline - time.monotonic())))
+        return done
 
     def close(self, timeout: float | None = None) -> None:
         """Finish the queued work and stop the worker thread."""

@@ -99,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
         t_scan = time.perf_counter()
         (raw_uid,) = RE(plan, purpose="cdi-beamline demo", source=args.source)  # type: ignore[misc]
         t_scanned = time.perf_counter()
-        session.finish()
+        finished = session.finish()
         t_done = time.perf_counter()
+        if not finished:
+            print(f"warning: {finished}", flush=True)
         stop_bar.set()
         watcher.join()
         bar.update(stats["rows"] - bar.n)

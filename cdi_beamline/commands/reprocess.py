@@ -56,10 +56,14 @@ def run(args: argparse.Namespace) -> int:
     dirs = DataDir.of(args.data_dir)
     seed = args.seed if args.seed is not None else live.get("seed", LiveConfig.model_fields["seed"].default)
     config = LiveConfig.build(seed=seed, data_dir=dirs.root, image_key=args.image_key or live.get("image_key"))
-    writer = make_writer(processed(client), dirs.spool, batch_size=1000)
+    writer = make_writer(processed(client), dirs.derived_spool, batch_size=1000)
     stop = reprocess(client, raw_uid, rec, writer, config)
     if not writer.flush(timeout=60):
-        print(f"warning: Tiled unreachable; the derived run is spooled in {writer.spool_dir}")
+        print(
+            f"warning: Tiled unreachable; the derived run waits in {writer.journal_dir} (delivered by the next writer)"
+        )
+    for uid, reason in writer.quarantine:
+        print(f"warning: Tiled refused derived run {uid} ({reason}); kept in {writer.spool_dir}/quarantine")
     writer.close()
     c = counts(stop)
     print(

@@ -156,6 +156,20 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _print_undelivered(data_dir: str | None) -> None:
+    """Runs of ``data_dir``'s spool that are not in Tiled: refused (quarantined) or waiting."""
+    from ..tiled import DataDir, quarantined, undelivered
+
+    if data_dir is None:
+        return
+    for spool in DataDir.of(data_dir).spools:
+        for uid, reason in quarantined(spool):
+            print(f"quarantined run {uid}: Tiled refused it: {reason.splitlines()[0]} (in {spool}/quarantine)")
+        waiting = undelivered(spool)
+        if waiting:
+            print(f"{len(waiting)} run(s) not yet delivered to Tiled wait in {spool} (sent when Tiled answers)")
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -196,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(listing, indent=1))
         return 0
+    _print_undelivered(args.data_dir)
     if not listing:
         print("no derived runs" + (f" for raw run {raw_uid}" if raw_uid else ""))
         return 0

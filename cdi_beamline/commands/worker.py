@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import LIVE_ITERATIONS, LiveConfig
+from ..config import LIVE_ITERATIONS, LiveConfig, StoreConfig
 from .results import (
     add_queue_policy_option,
     add_reconstructor_options,
@@ -34,6 +34,14 @@ def add_parser(subparsers) -> None:
     add_queue_policy_option(p, "0MQ buffers")
     p.add_argument("--write-raw", action="store_true", help="also store the raw runs (if no other writer does)")
     p.add_argument("--max-runs", type=int, metavar="N", help="exit after N runs (default: run until Ctrl-C)")
+    p.add_argument(
+        "--retry-max-s",
+        type=float,
+        metavar="S",
+        default=StoreConfig.model_fields["retry_max_s"].default,
+        help="longest wait between delivery attempts while Tiled is unreachable (default %(default)s; "
+        "documents wait in DIR/spool meanwhile)",
+    )
     p.set_defaults(func=run)
 
 
@@ -43,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     from bluesky.callbacks.zmq import RemoteDispatcher
 
     from ..callbacks import LiveSession
-    from ..config import StoreConfig
     from ..errors import CDIValueError
     from ..tiled import decode_document
 
@@ -53,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_runs is not None and args.max_runs < 1:
         raise CDIValueError(f"--max-runs must be >= 1, got {args.max_runs}")
     rec = build_reconstructor(args)
-    store = StoreConfig.build(data_dir=Path(args.data_dir), uri=args.uri, api_key=args.api_key)
+    store = StoreConfig.build(
+        data_dir=Path(args.data_dir), uri=args.uri, api_key=args.api_key, retry_max_s=args.retry_max_s
+    )
     live = LiveConfig.build(queue_policy=args.queue_policy, image_key=args.image_key)
     # JSON on the wire, never pickle: a pickled message would run code on this (GPU) host
     dispatcher = RemoteDispatcher(args.zmq, prefix=args.prefix.encode(), deserializer=decode_document)
@@ -86,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             if not enough:
                 raise
         print("finishing queued frames ...", flush=True)
-        session.finish()
+        print(f"finished: {session.finish()}", flush=True)
         for raw_uid in stops:
             print(f"raw {raw_uid} -> derived {session.callback.derived_uid(raw_uid)}", flush=True)
     return 0

@@ -57,8 +57,17 @@ class StoreConfig(FrozenModel):
     port: int = Field(0, ge=0, le=65535)
     """Port of the embedded server; 0 picks a free one."""
 
-    retry_s: float = Field(2.0, gt=0)
-    """While Tiled is unreachable, documents are spooled; resending is tried this often."""
+    retry_s: float = Field(0.5, gt=0)
+    """First wait before delivery to Tiled is tried again after a temporary failure (Tiled
+    unreachable, 5xx); the wait doubles on each failure up to ``retry_max_s``. Documents wait
+    in the local journal (``data_dir/spool``) meanwhile."""
+
+    retry_max_s: float = Field(30.0, gt=0)
+    """Longest wait between delivery attempts while Tiled stays unreachable."""
+
+    close_wait_s: float = Field(600.0, ge=0)
+    """How long ``LiveSession.finish()``/``close()`` waits for queued frames and for runs not
+    yet in Tiled; what is left stays in the journal and is delivered by the next session."""
 
     raw_batch_size: int = Field(10000, ge=1)
     """TiledWriter batch for raw runs (rows cached, written in bulk)."""

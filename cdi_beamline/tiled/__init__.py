@@ -2,7 +2,9 @@
 result queries.
 
 - :mod:`._server`: :class:`EmbeddedTiled` (+ its API key), :func:`connect`, :func:`serving`;
-- :mod:`._spool`: :class:`SpoolingWriter`, :func:`make_writer`;
+- :mod:`._spool`: :class:`SpoolingWriter` (a local journal, delivered by a thread of its own),
+  :func:`make_writer`, :func:`quarantined`;
+- :mod:`._shapes`: :class:`ShapeGuard` (a frame of another shape does not make a raw run unstorable);
 - :mod:`._codec`: JSON for documents with numpy arrays (the spool's lines, the 0MQ wire);
 - :mod:`._queries`: :func:`processed` (the derived runs' container), :func:`derived_runs`,
   :func:`derived_of`, :func:`load_results`, :func:`load_raw_frames`.
@@ -11,12 +13,27 @@ result queries.
 from ._codec import decode_document, decode_line, encode_document, encode_line
 from ._queries import derived_of, derived_runs, load_raw_frames, load_results, processed
 from ._server import CATALOG_KEY, DataDir, EmbeddedTiled, close_at_exit, connect, reachable, serving
-from ._spool import SpoolingWriter, make_writer
+from ._shapes import ODD_SEQ_NUM, ShapeGuard, odd_stream
+from ._spool import (
+    FORCED_RETRY,
+    MAX_REWRITES,
+    QUARANTINE,
+    SpoolingWriter,
+    make_writer,
+    quarantined,
+    temporary,
+    undelivered,
+)
 
 __all__ = [
     "CATALOG_KEY",
+    "FORCED_RETRY",
+    "MAX_REWRITES",
+    "ODD_SEQ_NUM",
+    "QUARANTINE",
     "DataDir",
     "EmbeddedTiled",
+    "ShapeGuard",
     "SpoolingWriter",
     "close_at_exit",
     "connect",
@@ -29,7 +46,11 @@ __all__ = [
     "load_raw_frames",
     "load_results",
     "make_writer",
+    "odd_stream",
     "processed",
+    "quarantined",
     "reachable",
     "serving",
+    "temporary",
+    "undelivered",
 ]

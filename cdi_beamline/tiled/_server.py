@@ -4,7 +4,7 @@ Layout of a data directory (``StoreConfig.data_dir``)::
 
     DIR/tiled/      catalog (SQLite), internal data, logs, ``api_key``, ``server.json``
     DIR/results/    result HDF5 files of derived runs (readable by the server)
-    DIR/spool/      JSON Lines of runs whose documents could not be written yet
+    DIR/spool/      journals of runs not yet delivered to Tiled, and quarantine/ (see ._spool)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CDIValueError
+from ..results import PROCESSED
 
 __all__ = ["CATALOG_KEY", "DataDir", "EmbeddedTiled", "close_at_exit", "connect", "reachable", "serving"]
 
@@ -39,6 +40,17 @@ class DataDir:
     def of(cls, data_dir: str | Path) -> DataDir:
         root = Path(data_dir).expanduser().resolve()
         return cls(root, root / "tiled", root / "results", root / "spool")
+
+    @property
+    def derived_spool(self) -> Path:
+        """The journals of derived runs: apart from the raw runs', since they are delivered to
+        another container (a writer adopts only journals bound where it writes)."""
+        return self.spool / PROCESSED
+
+    @property
+    def spools(self) -> tuple[Path, Path]:
+        """Every journal folder: raw runs', derived runs'."""
+        return self.spool, self.derived_spool
 
 
 def close_at_exit(close: Callable[[], object]) -> None:

@@ -16,4 +16,4 @@ if CDI_LIVE_PLOT:
     RE.subscribe(live_plot.redraw, "event")
     RE.subscribe(live_plot.redraw, "stop")
     print("cdi: live plot " + (f"saved to {live_plot.png}" if headless else "shown") + " (`live_plot`)")
-print("cdi: ready -- e.g. RE(count([det], 10)); live.flush(); derived_of(client[-1])")
+print("cdi: ready -- e.g. RE(count([det], 10)); session.finish(); derived_of(client[-1])")
