@@ -222,7 +222,7 @@ def _reconstruct(args: argparse.Namespace, out_path: Path, partial: Path) -> int
         from ..plotting import plot_reconstruction
 
         j = kept[0]
-        pattern = frames[j]
+        pattern = frames[j].astype(np.float32)  # integer counts: no overflow in pattern**2
         plot_reconstruction(
             args.plot,
             pattern if config.quantity == "intensity" else pattern**2,
