@@ -9,19 +9,34 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MAX_SIZE", "MIN_SIZE", "validate_frame"]
+__all__ = ["MAX_SIZE", "MIN_SIZE", "saturation_level", "validate_frame"]
 
 #: Supported frame sides (pixels), inclusive.
 MIN_SIZE, MAX_SIZE = 32, 1024
 
 
+def saturation_level(dtype: np.dtype | type, saturation: float | str | None) -> float | None:
+    """The level at or above which a pixel of a ``dtype`` frame is saturated, or None (no check).
+
+    ``saturation``: a number (the detector's declared limit, in the frame's units), None,
+    or ``"dtype"``: the maximum of an integer dtype — where counting detectors (Eiger, Pilatus,
+    Lambda, Medipix) put saturated and overflowed pixels, and where clipping puts them; a
+    floating-point or boolean frame has no such limit.
+    """
+    if saturation != "dtype":
+        return None if saturation is None else float(saturation)
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else None
+
+
 def validate_frame(
-    frame: np.ndarray, expected_shape: tuple[int, int] | None = None, *, saturation: float | None = None
+    frame: np.ndarray, expected_shape: tuple[int, int] | None = None, *, saturation: float | str | None = None
 ) -> str | None:
     """Why ``frame`` cannot be reconstructed, or None if it can.
 
     Checks, in order: numeric real dtype, rank 2, size within [MIN_SIZE, MAX_SIZE],
-    ``expected_shape``, NaN/inf, negative values, all zero, saturation.
+    ``expected_shape``, NaN/inf, negative values, all zero, saturation (a level, or
+    ``"dtype"``: see :func:`saturation_level`).
     """
     frame = np.asarray(frame)
     if np.iscomplexobj(frame):
@@ -46,8 +61,10 @@ def validate_frame(
         return f"frame contains {n_neg} negative pixel(s) (min {frame.min():.3g}); intensities must be >= 0"
     if not frame.any():
         return "frame is all zero"
-    if saturation is not None:
-        n_sat = int((frame >= saturation).sum())
+    level = saturation_level(frame.dtype, saturation)
+    if level is not None:
+        n_sat = int((frame >= level).sum())
         if n_sat:
-            return f"frame has {n_sat} pixel(s) at or above the saturation level {saturation:g}"
+            why = f" (the {frame.dtype} maximum)" if saturation == "dtype" else ""
+            return f"frame has {n_sat} pixel(s) at or above the saturation level {level:g}{why}"
     return None

@@ -115,7 +115,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def read_patterns(spec: str | Path) -> np.ndarray:
-    """Patterns as float32 (N, H, W) (one pattern becomes N=1); refuses other ranks."""
+    """Patterns (N, H, W) (one pattern becomes N=1); refuses other ranks. Integer counts keep
+    their dtype (its maximum marks saturated pixels: :func:`cdi_beamline.frames.saturation_level`),
+    other reals become float32."""
     arr = np.asarray(read_array(spec))
     if np.iscomplexobj(arr) or not np.issubdtype(arr.dtype, np.number):
         raise CDIValueError(f"{spec}: patterns must be real numbers, got dtype {arr.dtype}")
@@ -123,7 +125,7 @@ def read_patterns(spec: str | Path) -> np.ndarray:
         arr = arr[None]
     if arr.ndim != 3:
         raise CDIValueError(f"{spec}: expected one pattern (H, W) or a stack (N, H, W), got shape {arr.shape}")
-    return arr.astype(np.float32, copy=False)
+    return arr if np.issubdtype(arr.dtype, np.integer) else arr.astype(np.float32, copy=False)
 
 
 def read_mask(spec: str | Path, nonzero: Literal["measured", "bad"] | None = None) -> np.ndarray:

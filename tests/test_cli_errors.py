@@ -36,6 +36,7 @@ def _error_line(capsys) -> str:
         (["--iterations", "-5"], "ReconstructorConfig.iterations: Input should be greater than or equal to 0"),
         (["--schedule", "HIO**10 * XY"], "unknown algorithm 'XY'"),
         (["--schedule", "(HIO**10"], "expected ')' at the end"),
+        (["--schedule", ""], "schedule '': expected an algorithm"),  # refused, not the default
         (["--batch-size", "0"], "ReconstructorConfig.batch_size"),
         (["--threads", "0"], "--threads must be >= 1, got 0"),
         (["--device", "tpu"], "unknown device 'tpu'"),
@@ -80,6 +81,32 @@ def test_bad_config_file_and_output_folder(frames, tmp_path, capsys):
     assert cli.main(["reconstruct", str(frames), "--out", str(nowhere), "--device", "cpu"]) == 2
     line = _error_line(capsys)
     assert f"the folder {nowhere.parent} does not exist" in line, line
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("/proc/cdi-o.h5", "--out /proc/cdi-o.h5: cannot write in /proc: "),  # no one may create files there
+        ("FOLDER", "is a folder; give a file name"),
+        ("NOWHERE/o.h5", "does not exist"),
+    ],
+)
+@pytest.mark.parametrize("option", ["--out", "--plot"])
+def test_unwritable_output_fails_before_the_compute(frames, tmp_path, capsys, monkeypatch, option, where, message):
+    """A bad --out or --plot is one line before any frame is read or reconstructed."""
+    from cdi_beamline import pipeline
+
+    def must_not_run(self, *args, **kwargs):
+        raise AssertionError("the compute ran before the output was checked")
+
+    monkeypatch.setattr(pipeline.Reconstructor, "reconstruct", must_not_run)
+    target = where.replace("FOLDER", str(tmp_path)).replace("NOWHERE", str(tmp_path / "nowhere"))
+    paths = {"--out": str(tmp_path / "o.h5"), "--plot": str(tmp_path / "o.png"), option: target}
+    argv = ["reconstruct", str(frames), "--out", paths["--out"], "--plot", paths["--plot"], "--device", "cpu"]
+    assert cli.main(argv) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"cdi-beamline reconstruct: error: {option} ") and message.replace("--out", option) in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npy"]  # nothing written, no partial file left
 
 
 def test_output_equal_to_an_input_is_refused_and_the_input_kept(frames, tmp_path, capsys):

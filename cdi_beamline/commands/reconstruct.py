@@ -177,26 +177,55 @@ def build_preprocess_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import h5py
-    import numpy as np
     import torch
 
-    from ..config import ReconstructorConfig
-    from ..io import read_array, read_mask, read_patterns, split_dataset_path
-    from ..pipeline import Reconstructor
-    from ..preprocess import Preprocessor
-    from ..results import RECONSTRUCTED
+    from ..io import split_dataset_path
 
     if args.threads is not None:
         if args.threads < 1:
             raise CDIValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)  # this process is ours: a global setting is fine
     out_path = Path(args.out).resolve()
-    if not out_path.parent.is_dir():
-        raise CDIValueError(f"--out {args.out}: the folder {out_path.parent} does not exist")
     inputs = [args.input, args.mask, args.support, args.dark, args.flat]
     if any(spec and split_dataset_path(spec)[0].resolve() == out_path for spec in inputs):
         raise CDIValueError(f"--out {args.out} is one of the inputs: it would be overwritten; choose another file")
+    _check_writable("--out", args.out)
+    if args.plot:
+        _check_writable("--plot", args.plot)
+    partial = out_path.with_name(f".{out_path.name}.partial")  # renamed over --out once complete: no half-written file
+    try:
+        return _reconstruct(args, out_path, partial)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _check_writable(option: str, given: str) -> None:
+    """Fail now, before the compute, if file ``given`` cannot be written: a folder, a missing or
+    read-only folder (a temporary file is created there and removed)."""
+    import tempfile
+
+    path = Path(given).resolve()
+    if path.is_dir():
+        raise CDIValueError(f"{option} {given} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise CDIValueError(f"{option} {given}: the folder {path.parent} does not exist")
+    try:
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as exc:
+        raise CDIValueError(f"{option} {given}: cannot write in {path.parent}: {exc.strerror or exc}") from exc
+
+
+def _reconstruct(args: argparse.Namespace, out_path: Path, partial: Path) -> int:
+    """Read, preprocess, reconstruct, write ``partial`` and rename it to ``out_path`` (checked by :func:`run`)."""
+    import h5py
+    import numpy as np
+
+    from ..config import ReconstructorConfig
+    from ..io import read_array, read_mask, read_patterns
+    from ..pipeline import Reconstructor
+    from ..preprocess import Preprocessor
+    from ..results import RECONSTRUCTED
+
     config = build_config(args)
     if config.init == "support" and not args.support:
         raise CDIValueError("--init support needs --support FILE")
@@ -256,7 +285,6 @@ def run(args: argparse.Namespace) -> int:
     if not kept:
         raise CDIValueError(f"no frame of {args.input} could be reconstructed ({len(skipped)} bad, reasons above)")
 
-    partial = out_path.with_name(f".{out_path.name}.partial")  # renamed over --out once complete: no half-written file
     with h5py.File(partial, "w") as f:
         for name in ("object", "amplitude", "phase", "support", "chi2", "chi2_history"):
             f.create_dataset(name, data=getattr(out, name)[kept], compression="gzip" if name != "chi2" else None)
@@ -289,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
         from ..plotting import plot_reconstruction
 
         j = kept[0]
-        pattern = phased[j]
+        pattern = phased[j].astype(np.float32)  # integer counts: no overflow in pattern**2
         plot_reconstruction(
             args.plot,
             pattern if config.quantity == "intensity" else pattern**2,

@@ -10,7 +10,8 @@ def add_parser(subparsers) -> None:
         "serve",
         help="serve a data directory (raw + derived runs) with a local Tiled server",
         description="Start the embedded Tiled server on DIR (SQLite catalog + files; results HDF5 readable) "
-        "and keep it running until Ctrl-C. Other commands given --data-dir DIR use it while it runs.",
+        "and keep it running until Ctrl-C. Other commands given --data-dir DIR use it while it runs. A DIR "
+        "that another live server already serves is refused.",
     )
     p.add_argument("--data-dir", required=True, metavar="DIR", help="data directory (created if missing)")
     p.add_argument("--port", type=int, default=0, metavar="P", help="port (default: a free one)")
@@ -30,11 +31,11 @@ def run(args: argparse.Namespace) -> int:
     # SIGINT ignored (a background job of a non-interactive shell inherits that).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with EmbeddedTiled(args.data_dir, port=args.port) as server:
+    with EmbeddedTiled(args.data_dir, port=args.port, exclusive=True) as server:
         print(f"serving {server.data_dir}", flush=True)
         print(f"  uri      {server.uri}", flush=True)
         print(f"  api key  {server.api_key}   (also in {server.tiled_dir / 'api_key'})", flush=True)
-        print(f"  browse   {server.uri}/?api_key={server.api_key}", flush=True)
+        print(f"  browse   {server.uri}/?api_key={server.api_key}   (the access log records it redacted)", flush=True)
         print("Ctrl-C to stop", flush=True)
         try:
             # Sleep in short steps: a signal the kernel hands to one of the server's threads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..config import LIVE_ITERATIONS, LiveConfig, StoreConfig
 from .results import (
@@ -28,6 +29,13 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--zmq", required=True, metavar="ADDRESS", help="the 0MQ proxy's output, host:port")
     p.add_argument("--prefix", default="", help="only documents published with this prefix")
+    p.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="CURVE: this worker's secret key file (zmq.auth.create_certificates), for a proxy whose output "
+        "requires keys (bluesky-0MQ-proxy --out-curve-secret ... --out-curve-client-keys ...)",
+    )
+    p.add_argument("--curve-server-public", metavar="FILE", help="CURVE: the proxy's public key file")
     add_store_options(p)
     add_reconstructor_options(p, init_default=None, iterations_default=LIVE_ITERATIONS)
     p.add_argument("--image-key", metavar="KEY", help="detector image field (default: the first 2D field)")
@@ -45,14 +53,27 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def make_dispatcher(args: argparse.Namespace):
+    """The bluesky ``RemoteDispatcher`` of ``--zmq`` (``--prefix``, CURVE keys if given) that
+    decodes JSON: never pickle, which would run a message's code on this (GPU) host."""
+    from bluesky.callbacks.zmq import ClientCurve, RemoteDispatcher
 
-    from bluesky.callbacks.zmq import RemoteDispatcher
-
-    from ..callbacks import LiveSession
     from ..errors import CDIValueError
     from ..tiled import decode_document
+
+    keys = (args.curve_secret, args.curve_server_public)
+    if any(keys) and not all(keys):
+        raise CDIValueError("CURVE needs both --curve-secret and --curve-server-public")
+    for key in filter(None, keys):
+        if not Path(key).is_file():
+            raise CDIValueError(f"no such key file: {key}")
+    curve = ClientCurve(Path(args.curve_secret), Path(args.curve_server_public)) if all(keys) else None
+    return RemoteDispatcher(args.zmq, prefix=args.prefix.encode(), deserializer=decode_document, curve_config=curve)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..callbacks import LiveSession
+    from ..errors import CDIValueError
 
     quiet_logs()
     if args.data_dir is None:
@@ -64,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir), uri=args.uri, api_key=args.api_key, retry_max_s=args.retry_max_s
     )
     live = LiveConfig.build(queue_policy=args.queue_policy, image_key=args.image_key)
-    # JSON on the wire, never pickle: a pickled message would run code on this (GPU) host
-    dispatcher = RemoteDispatcher(args.zmq, prefix=args.prefix.encode(), deserializer=decode_document)
+    dispatcher = make_dispatcher(args)
     starts: set[str] = set()
     stops: list[str] = []
     enough: list[bool] = []  # set when --max-runs is reached

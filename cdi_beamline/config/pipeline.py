@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -91,8 +91,11 @@ class ReconstructorConfig(FrozenModel):
     quantity: Literal["intensity", "modulus"] = "intensity"
     """What the frames hold: counts (the modulus is their square root) or the modulus."""
 
-    saturation: float | None = Field(None, gt=0)
-    """Frames with a pixel at or above this value (in ``quantity`` units) are refused."""
+    saturation: Annotated[float, Field(gt=0)] | Literal["dtype"] | None = "dtype"
+    """Frames with a pixel at or above this level (in ``quantity`` units) are refused. A
+    number: the detector's limit; ``"dtype"`` (the default): the maximum of an integer frame's
+    dtype (65535 for uint16: where counting detectors put saturated pixels), no limit for
+    floating-point frames; None: no check. See :func:`cdi_beamline.frames.saturation_level`."""
 
     quality: QualityConfig = Field(default_factory=QualityConfig)
     """Thresholds of the per-frame status (``ok``, ``low_signal``, ``not_converged``)."""
