@@ -132,3 +132,15 @@ def test_evaluate_without_history_says_so(tiny_run, tmp_path, capsys):
     assert "Fig. 3a skipped" in capsys.readouterr().out
     assert _evaluate(weights, out, "--history", str(tmp_path / "none.jsonl")) == 2
     assert _evaluate(weights, out, "--examples", "0") == 2
+
+
+def test_measured_frame_reports_eq5_as_printed_on_the_data_scale(tiny_run, tmp_path):
+    from cdi_beamline.models.evaluation import measured_frame
+
+    intensity = 1e4 * simulate_batch(1, seed=9, device="cpu").modulus[0].numpy() ** 2  # a photon scale
+    res = measured_frame(cdinet(tiny_run), intensity, 2, tmp_path, "cpu")
+    literal, ours = res["paper_forms"]["cnn_seeded_chi2"], res["cnn_seeded_chi2"]
+    # refined objects carry the data's scale: the printed form is close to the scale-fitted one, never below
+    assert ours - 1e-6 <= literal < 1.5 * ours + 1e-4
+    assert res["paper_forms"]["random_chi2_median"] >= res["random_chi2_median"] - 1e-6
+    assert (tmp_path / "eval_fig7_aps.png").stat().st_size > 10_000
