@@ -414,8 +414,8 @@ def evaluate(
     repeats: int,
     measured: str | Path | np.ndarray | None,
     device: Any,
-    examples: int = 6,
-    history: str | Path | None = None,
+    examples: int,
+    history: str | Path | None,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (a) Figs. 3b–d and 4, (b) CNN vs NNS, (c) Fig. 5f, (d) Fig. 7, and Fig. 3a when a
