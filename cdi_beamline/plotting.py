@@ -33,6 +33,8 @@ __all__ = [
     "plot_scan_overview",
     "plot_start_curves",
     "plot_start_images",
+    "plot_loss_curves",
+    "plot_predictions",
 ]
 
 
@@ -478,4 +480,87 @@ def plot_start_images(
                 a_ax.set_ylabel(f"{name}\namplitude", fontsize=7)
                 p_ax.set_ylabel("phase", fontsize=7)
     fig.suptitle(title, fontsize=9)
+    return _save(fig, out, dpi=100)
+
+
+# --- the paper's Figs. 3a and 4 ------------------------------------------------------------
+
+
+def plot_loss_curves(
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray],
+    out: str | Path,
+    *,
+    title: str = "",
+) -> Path:
+    """Training and validation loss against epoch (the paper's Fig. 3a).
+
+    Parameters
+    ----------
+    train : (epochs (N,), loss (N,)) the training loss as logged (one batch each)
+    validation : (epochs (M,), loss (M,)) the loss on the fixed validation set
+    """
+    fig = Figure(figsize=(6.4, 4.2), layout="tight")
+    ax = fig.subplots()
+    ax.plot(*train, color="tab:blue", lw=1, alpha=0.8, label="training (logged batches)")
+    ax.plot(*validation, "o-", color="tab:red", ms=3, label="validation")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, out, dpi=110)
+
+
+def plot_predictions(
+    intensity: np.ndarray,
+    true_amplitude: np.ndarray,
+    amplitude: np.ndarray,
+    true_phase: np.ndarray,
+    phase: np.ndarray,
+    out: str | Path,
+    *,
+    chi2: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
+    """CNN prediction against the truth for a few patterns (the paper's Fig. 4).
+
+    Rows: (a) the pattern log10 I, (b) true and (c) predicted amplitude, (d) true and
+    (e) predicted phase (radians, shown where the amplitude is above 10 % of its maximum).
+
+    Parameters
+    ----------
+    intensity : (K, H, W) diffraction intensity
+    true_amplitude, amplitude, true_phase, phase : (K, h, w), the prediction aligned onto
+        the truth (translation, twin, global phase)
+    chi2 : (K,) optional per-pattern modulus χ² written above each column
+    """
+    k = len(intensity)
+    fig = Figure(figsize=(1.9 * k + 1.2, 9.6), layout="constrained")
+    axes = np.asarray(fig.subplots(5, k, squeeze=False))
+    rows = ("(a) log10 I", "(b) true amplitude", "(c) CNN amplitude", "(d) true phase", "(e) CNN phase")
+    for j in range(k):
+        shown = [
+            (np.log10(np.clip(intensity[j], 1e-12, None)), "viridis", None),
+            (true_amplitude[j], "gray", (0.0, 1.0)),
+            (amplitude[j], "gray", (0.0, 1.0)),
+            (
+                np.where(true_amplitude[j] > 0.1 * true_amplitude[j].max(), true_phase[j], np.nan),
+                "hsv",
+                (-math.pi, math.pi),
+            ),
+            (np.where(amplitude[j] > 0.1 * amplitude[j].max(), phase[j], np.nan), "hsv", (-math.pi, math.pi)),
+        ]
+        for i, (img, cmap, clim) in enumerate(shown):
+            ax = axes[i, j]
+            lo, hi = clim if clim else (np.nanmin(img), np.nanmax(img))
+            im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi)
+            _no_ticks(ax)
+            if j == 0:
+                ax.set_ylabel(rows[i], fontsize=9)
+            if j == k - 1 and i > 0:
+                fig.colorbar(im, ax=axes[i, :], fraction=0.02, pad=0.01)
+        if chi2 is not None:
+            axes[0, j].set_title(f"χ² modulus {chi2[j]:.3f}", fontsize=9)
+    fig.suptitle(title, fontsize=11)
     return _save(fig, out, dpi=100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import CDIValueError
 
@@ -10,9 +11,11 @@ from ..errors import CDIValueError
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="evaluate the CNN as the paper does (Figs. 3, 5f, 7, NNS comparison): PNGs + metrics.json",
+        help="evaluate the CNN as the paper does (Figs. 3, 4, 5f, 7, NNS comparison): PNGs + metrics.json",
         description="Evaluate the CNN on fresh simulated patterns: (a) chi² histograms of modulus, amplitude and "
-        "phase with Gamma fits (Fig. 3); (b) CNN vs nearest-neighbour search (chi², time per pattern); (c) chi² "
+        "phase with Gamma fits (Fig. 3b-d), beside the paper's literal forms (eq. 5 without a scale, phase on "
+        "(0, 1)); predictions against the truth (Fig. 4); the training and validation loss (Fig. 3a) when the "
+        "weights' training history is at hand; (b) CNN vs nearest-neighbour search (chi², time per pattern); (c) chi² "
         "against iteration for four initialisations of ER/HIO (Fig. 5f); (d) the measured APS 34-ID-C frame, CNN "
         "alone and CNN-seeded refinement (Fig. 7). Writes OUT/eval_*.png and OUT/metrics.json.",
     )
@@ -33,6 +36,13 @@ def add_parser(subparsers) -> None:
         help="measured 64×64 intensity for part (d) (default aps34idc: frame 99 of the APS 34-ID-C "
         "rocking scan shipped in the package, flat-field corrected; a missing file is skipped)",
     )
+    p.add_argument("--examples", type=int, default=6, help="patterns shown in Fig. 4 (default 6, as the paper)")
+    p.add_argument(
+        "--history",
+        metavar="FILE.jsonl",
+        help="training history for Fig. 3a (default: history.jsonl of a --weights training folder; the "
+        "registry's weights were shipped without one, so Fig. 3a is skipped for them)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (default auto)")
     p.set_defaults(func=run)
 
@@ -42,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import cdinet
     from ..models.evaluation import evaluate
 
-    for name in ("n", "nns_size", "refine_patterns", "repeats"):
+    for name in ("n", "nns_size", "refine_patterns", "repeats", "examples"):
         if getattr(args, name) < 1:
             raise CDIValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     measured = args.measured
@@ -50,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
         from ..devices import make_source
 
         measured = make_source("aps34idc").frame(99)
+    history = args.history
+    if history is None and args.weights and (Path(args.weights) / "history.jsonl").is_file():
+        history = Path(args.weights) / "history.jsonl"
+    elif history is not None and not Path(history).is_file():
+        raise CDIValueError(f"--history {history}: no such file")
     dev = resolve_device(args.device)
     net = (cdinet(args.weights) if args.weights else cdinet()).to(dev)
     evaluate(
@@ -63,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         measured=measured,
         device=dev,
+        examples=args.examples,
+        history=history,
         say=lambda s: print(s, flush=True),
     )
     print(f"wrote {args.out}/metrics.json and eval_*.png")

@@ -1,11 +1,13 @@
-"""The paper's evaluation of the CNN (Figs. 3, 5f, 7 and the NNS comparison) on fresh patterns.
+"""The paper's evaluation of the CNN (Figs. 3, 4, 5f, 7 and the NNS comparison) on fresh patterns.
 
 Every part returns a JSON-able dict and writes one PNG; :func:`evaluate` runs them all
 and writes ``metrics.json``. chi² definitions are the phasing engine's: modulus chi² is
 eq. 5 under the optimal scale (:func:`cdi_beamline.phasing.chi2`); amplitude and phase
 chi² are measured after :func:`cdi_beamline.phasing.align` (translation, global phase,
 twin) — amplitude ``Σ(s|o|−|o_g|)²/Σ|o_g|²``, phase ``mean over the true support of
-(Δφ/π)²``.
+(Δφ/π)²``. Beside them, the paper's literal forms (:data:`PAPER_FORMS`): eq. 5 without a
+scale (:func:`chi2_eq5`), the amplitude without a scale, and the phase scaled to (0, 1)
+as the paper's training targets (:func:`chi2_phase_unit`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import numpy as np
 import torch
 
 from ..errors import CDIValueError
-from ..fourier import embed_centre
+from ..fourier import embed_centre, fourier_modulus
 from ..plotting import (
     plot_chi2_histograms,
+    plot_loss_curves,
     plot_measured_frame,
     plot_nns_comparison,
+    plot_predictions,
     plot_refinement_curves,
 )
 from .inference import SUPPORT_THRESHOLD, initial_estimate, predict
@@ -39,7 +43,13 @@ __all__ = [
     "refinement_curves",
     "measured_frame",
     "gamma_summary",
+    "chi2_eq5",
+    "phase_unit",
+    "chi2_phase_unit",
+    "loss_curves",
+    "prediction_examples",
     "PAPER",
+    "PAPER_FORMS",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,6 +65,59 @@ PAPER = {
     "cnn_ms_per_pattern": 0.5,
 }
 """Numbers of Wu et al. (2021) that the evaluation is compared with."""
+
+PAPER_FORMS = {
+    "chi2_modulus": "eq. 5 as printed: Σ(|FFT o_p| − √I)² / Σ I, no scale",
+    "chi2_amplitude": "Σ(|o_p| − |o_g|)² / Σ|o_g|² after alignment (translation, twin, global phase), no scale",
+    "chi2_phase": "Σ(φ'_p − φ'_g)² / Σ φ'_g² with φ' = (φ + π)/2π on the true support, 0 outside "
+    "(the paper's targets 'shifted and scaled to (0, 1)'), after alignment",
+}
+"""The paper's literal chi² forms, as :func:`cnn_accuracy` measures them (``paper_forms``)."""
+
+
+def chi2_eq5(pred_modulus, modulus) -> np.ndarray:
+    """Eq. 5 as printed, ``Σ(√I_p − √I_g)² / Σ I_g`` per frame: no scale fitted.
+
+    Parameters
+    ----------
+    pred_modulus, modulus : (B, H, W) or (H, W) real, numpy or torch (√I_p and √I_g)
+
+    Returns
+    -------
+    (B,) float64 (a 0-d array for 2-D input). Unlike :func:`cdi_beamline.phasing.chi2`
+    it changes with the scale of either argument: the prediction must carry the
+    pattern's own scale (simulated patterns do; a CNN's output on measured photons does not).
+    """
+    p, m = _float64(pred_modulus), _float64(modulus)
+    if p.shape != m.shape:
+        raise CDIValueError(f"chi2_eq5: model modulus shape {p.shape} != data shape {m.shape}")
+    return ((p - m) ** 2).sum((-2, -1)) / np.maximum((m * m).sum((-2, -1)), 1e-300)
+
+
+def phase_unit(phase, support) -> np.ndarray:
+    """The paper's phase targets: ``(φ + π) / 2π`` in [0, 1) on ``support``, 0 outside.
+
+    phase : (..., h, w) radians in (−π, π]; support : (..., h, w) bool
+    """
+    return np.where(_float64(support) > 0, (_float64(phase) + np.pi) / (2 * np.pi), 0.0)
+
+
+def chi2_phase_unit(phase, true_phase, support) -> np.ndarray:
+    """Eq. 5's form on the (0, 1) phase: ``Σ(φ'_p − φ'_g)² / Σ φ'_g²`` per object.
+
+    phase, true_phase : (..., h, w) radians wrapped to (−π, π], the prediction aligned onto
+    the truth; support : (..., h, w) bool, the true support. Returns (...) float64. A
+    phase that wraps (−π ↔ π) counts as a full unit of error, as it would for the paper's
+    (0, 1) targets; :func:`cdi_beamline.phasing.align`'s phase chi² wraps the difference.
+    """
+    p, g = phase_unit(phase, support), phase_unit(true_phase, support)
+    return ((p - g) ** 2).sum((-2, -1)) / np.maximum((g * g).sum((-2, -1)), 1e-300)
+
+
+def _float64(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
 
 
 def gamma_summary(values: np.ndarray) -> dict[str, float]:
@@ -75,15 +138,30 @@ def gamma_summary(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def _aligned_chi2(objects: np.ndarray, truths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Amplitude and phase chi² (B,) after alignment, objects (B, h, w) complex."""
+def _aligned_chi2(objects: np.ndarray, truths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Amplitude and phase chi² (B,) after alignment, and the aligned objects (B, h, w) complex.
+
+    objects, truths : (B, h, w) complex
+    """
     from ..phasing import align
 
     amp, ph = np.empty(len(objects)), np.empty(len(objects))
+    aligned = np.empty(objects.shape, dtype=np.complex64)
     for i, (o, t) in enumerate(zip(objects, truths)):
         pair = align(o, t, support=np.abs(t) > 0)
-        amp[i], ph[i] = pair.chi2_amplitude, pair.chi2_phase
-    return amp, ph
+        amp[i], ph[i], aligned[i] = pair.chi2_amplitude, pair.chi2_phase, pair.recon
+    return amp, ph, aligned
+
+
+def _paper_forms(pred_modulus, modulus, aligned: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """The chi² of :data:`PAPER_FORMS`, (B,) each; ``aligned``, ``truth`` (B, h, w) complex."""
+    true_amp = np.abs(truth).astype(np.float64)
+    amp = ((np.abs(aligned) - true_amp) ** 2).sum((-2, -1)) / np.maximum((true_amp**2).sum((-2, -1)), 1e-300)
+    return {
+        "chi2_modulus": chi2_eq5(pred_modulus, modulus),
+        "chi2_amplitude": amp,
+        "chi2_phase": chi2_phase_unit(np.angle(aligned), np.angle(truth), true_amp > 0),
+    }
 
 
 @torch.no_grad()
@@ -105,20 +183,23 @@ def cnn_accuracy(net: CDINet, data, out: Path) -> dict[str, Any]:
     dev = next(net.parameters()).device
     m = data.modulus.to(dev)
     amp, phase, dt = _run_cnn(net, m)
-    c_mod = chi2(predicted_modulus(amp, phase, m.shape[-2:]), m).cpu().numpy()
+    pred_modulus = predicted_modulus(amp, phase, m.shape[-2:])
+    c_mod = chi2(pred_modulus, m).cpu().numpy()
     pred = torch.polar(amp, phase).cpu().numpy()
     truth = torch.polar(data.amplitude, data.phase).cpu().numpy()
-    c_amp, c_ph = _aligned_chi2(pred, truth)
+    c_amp, c_ph, aligned = _aligned_chi2(pred, truth)
+    literal = _paper_forms(pred_modulus, m, aligned, truth)
     res = {
         "chi2_modulus": gamma_summary(c_mod),
         "chi2_amplitude": gamma_summary(c_amp),
         "chi2_phase": gamma_summary(c_ph),
+        "paper_forms": {name: gamma_summary(v) for name, v in literal.items()},
         "seconds_per_pattern": dt,
         "device": str(dev),
     }
     # test-time augmentation: the best fit of the 8 symmetries of the square (predict(symmetries=8))
     amp8, phase8, dt8 = _run_cnn(net, m, symmetries=8)
-    c_amp8, c_ph8 = _aligned_chi2(torch.polar(amp8, phase8).cpu().numpy(), truth)
+    c_amp8, c_ph8, _ = _aligned_chi2(torch.polar(amp8, phase8).cpu().numpy(), truth)
     res["symmetries8"] = {
         "chi2_modulus": gamma_summary(chi2(predicted_modulus(amp8, phase8, m.shape[-2:]), m).cpu().numpy()),
         "chi2_amplitude": gamma_summary(c_amp8),
@@ -140,8 +221,57 @@ def cnn_accuracy(net: CDINet, data, out: Path) -> dict[str, Any]:
         out / "eval_fig3_chi2.png",
         title="CNN alone on fresh simulated patterns (cf. Wu et al. 2021, Fig. 3b–d)",
     )
-    res["_amp"], res["_phase"], res["_chi2_modulus"] = amp.cpu(), phase.cpu(), c_mod
+    res["_aligned"], res["_chi2_modulus"] = aligned, c_mod
     return res
+
+
+def prediction_examples(data, cnn: dict, k: int, out: Path) -> dict[str, Any]:
+    """Fig. 4: the first ``k`` test patterns, true and predicted amplitude and phase.
+
+    ``cnn`` is :func:`cnn_accuracy`'s result (its aligned predictions and modulus chi²).
+    """
+    aligned, c_mod = cnn["_aligned"][:k], cnn["_chi2_modulus"][:k]
+    plot_predictions(
+        data.modulus[:k].numpy() ** 2,
+        data.amplitude[:k].numpy(),
+        np.abs(aligned),
+        data.phase[:k].numpy(),
+        np.angle(aligned),
+        out / "eval_fig4_predictions.png",
+        chi2=c_mod,
+        title="CNN prediction vs truth on fresh simulated patterns, aligned (cf. Wu et al. 2021, Fig. 4)",
+    )
+    return {"patterns": int(len(aligned)), "chi2_modulus": [float(c) for c in c_mod]}
+
+
+def loss_curves(history: str | Path, out: Path) -> dict[str, Any]:
+    """Fig. 3a: training and validation loss against epoch from a training run's ``history.jsonl``.
+
+    The log lines carry ``step``, ``epoch`` and ``loss``; the validation lines ``step`` and
+    ``val`` (whose ``total`` is the loss), placed at the epoch of their step.
+    """
+    rows = [json.loads(line) for line in Path(history).read_text().splitlines() if line.strip()]
+    logs = [r for r in rows if "loss" in r and "epoch" in r]
+    vals = [r for r in rows if "val" in r]
+    if not logs or not vals:
+        raise CDIValueError(f"{history}: no training loss or no validation lines to draw")
+    epochs_per_step = logs[-1]["epoch"] / logs[-1]["step"]
+    train_x, train_y = np.array([r["epoch"] for r in logs]), np.array([r["loss"] for r in logs])
+    val_x = np.array([r["step"] * epochs_per_step for r in vals])
+    val_y = np.array([r["val"]["total"] for r in vals])
+    plot_loss_curves(
+        (train_x, train_y),
+        (val_x, val_y),
+        out / "eval_fig3a_loss.png",
+        title=f"Training and validation loss (cf. Wu et al. 2021, Fig. 3a): {Path(history).parent.name}",
+    )
+    return {
+        "history": str(history),
+        "epochs": float(train_x[-1]),
+        "final_train_loss": float(train_y[-1]),
+        "best_validation_loss": float(val_y.min()),
+        "final_validation_loss": float(val_y[-1]),
+    }
 
 
 def _nns_index(nns_index: str | Path | None, size: int, seed: int, device):
@@ -164,7 +294,7 @@ def nns_comparison(cnn: dict, data, index, index_name: str, out: Path) -> dict[s
     dt = (time.perf_counter() - t0) / len(q)
     truth = torch.polar(data.amplitude, data.phase).numpy()
     obj = (torch.polar(match.amplitude, match.phase) * match.support).numpy()
-    n_amp, n_ph = _aligned_chi2(obj, truth)
+    n_amp, n_ph, _ = _aligned_chi2(obj, truth)
     nns_mod = match.chi2.numpy()
     res = {
         "index": index_name,
@@ -242,12 +372,16 @@ def measured_frame(net: CDINet, path: Path | np.ndarray, seeds: int, out: Path, 
     est = initial_estimate(net, m)
     seeded = refine(m, init=est, seed=0)  # deterministic: the CNN's object and support
     random = refine(m.repeat(seeds, 1, 1), seed=0)  # random phases + rectangle, ``seeds`` restarts
+    # eq. 5 as printed needs the photon scale: refined objects carry it, the CNN's (max ~1) does not
+    eq5_seeded = chi2_eq5(fourier_modulus(seeded.object), m)
+    eq5_random = chi2_eq5(fourier_modulus(random.object), m.expand(seeds, -1, -1))
     res = {
         "file": source,
         "cnn_chi2_modulus": c_cnn,
         "cnn_seeded_chi2": float(seeded.chi2[0]),
         "random_chi2": random.chi2.double().cpu().tolist(),
         "random_chi2_median": float(random.chi2.double().median()),
+        "paper_forms": {"cnn_seeded_chi2": float(eq5_seeded[0]), "random_chi2_median": float(np.median(eq5_random))},
     }
     obj = seeded.object[0].cpu().numpy()
     sup = seeded.support[0].cpu().numpy()
@@ -280,9 +414,12 @@ def evaluate(
     repeats: int,
     measured: str | Path | np.ndarray | None,
     device: Any,
+    examples: int,
+    history: str | Path | None,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run (a) Fig. 3, (b) CNN vs NNS, (c) Fig. 5f, (d) Fig. 7; write PNGs + ``metrics.json``.
+    """Run (a) Figs. 3b–d and 4, (b) CNN vs NNS, (c) Fig. 5f, (d) Fig. 7, and Fig. 3a when a
+    training history is given; write PNGs + ``metrics.json``.
 
     Parameters
     ----------
@@ -294,6 +431,9 @@ def evaluate(
     refine_patterns, repeats : patterns and random restarts of part (c)
     measured : the APS frame, as (64, 64) intensities or a .npy path; None or a missing
         file -> part (d) skipped
+    examples : patterns shown in Fig. 4
+    history : the weights' training ``history.jsonl`` for Fig. 3a; None -> skipped (the
+        registry's weights were shipped without theirs)
     """
     from ..physics import simulate_batch
 
@@ -303,13 +443,26 @@ def evaluate(
         raise CDIValueError(f"seed {seed} is in the training range (>= 1e9); pick a smaller one")
     say(f"simulating {n} fresh test patterns (seed {seed})")
     data = simulate_batch(n, seed=seed, device="cpu")
-    metrics: dict[str, Any] = {"n": n, "seed": seed, "paper": PAPER}
+    metrics: dict[str, Any] = {"n": n, "seed": seed, "paper": PAPER, "paper_forms": PAPER_FORMS}
     say("(a) CNN alone: chi² of modulus, amplitude, phase")
     cnn = cnn_accuracy(net, data, out)
     say(
         f"    gamma means: modulus {cnn['chi2_modulus']['gamma_mean']:.4f}, amplitude "
         f"{cnn['chi2_amplitude']['gamma_mean']:.4f}, phase {cnn['chi2_phase']['gamma_mean']:.4f}"
     )
+    literal = cnn["paper_forms"]
+    say(
+        f"    the paper's forms (eq. 5 unscaled, phase on (0, 1)): modulus {literal['chi2_modulus']['gamma_mean']:.4f}"
+        f", amplitude {literal['chi2_amplitude']['gamma_mean']:.4f}, phase {literal['chi2_phase']['gamma_mean']:.4f}"
+        f" (paper {PAPER['cnn_chi2_modulus']}, {PAPER['cnn_chi2_amplitude']}, {PAPER['cnn_chi2_phase']})"
+    )
+    metrics["predictions"] = prediction_examples(data, cnn, min(examples, n), out)
+    if history is not None:
+        metrics["loss_curves"] = loss_curves(history, out)
+        say(f"    Fig. 3a from {history}: best validation loss {metrics['loss_curves']['best_validation_loss']:.4f}")
+    else:
+        metrics["loss_curves"] = {"skipped": "no training history given (--history)"}
+        say("    Fig. 3a skipped: no training history for these weights")
     say("(b) CNN vs nearest-neighbour search")
     index, index_name = _nns_index(nns_index, nns_size, seed + 1, "cpu")
     nns = nns_comparison(cnn, data, index, index_name, out)
@@ -319,7 +472,7 @@ def evaluate(
     for k, v in curves.items():
         if isinstance(v, dict):
             say(f"    {k}: final mean {v['final_mean']:.4f}, worst decile {v['final_worst_decile']:.4f}")
-    for k in ("_amp", "_phase", "_chi2_modulus"):
+    for k in ("_aligned", "_chi2_modulus"):
         cnn.pop(k)
     metrics.update(cnn=cnn, nns=nns, refinement=curves)
     if isinstance(measured, np.ndarray) or (measured is not None and Path(measured).is_file()):
@@ -329,7 +482,9 @@ def evaluate(
         say(
             f"    CNN chi² {metrics['measured']['cnn_chi2_modulus']:.3f}; CNN-seeded refinement "
             f"{metrics['measured']['cnn_seeded_chi2']:.4f}; random starts median "
-            f"{metrics['measured']['random_chi2_median']:.4f}"
+            f"{metrics['measured']['random_chi2_median']:.4f}; eq. 5 as printed (no scale): CNN-seeded "
+            f"{metrics['measured']['paper_forms']['cnn_seeded_chi2']:.4f}, random starts median "
+            f"{metrics['measured']['paper_forms']['random_chi2_median']:.4f}"
         )
     else:
         say(f"(d) skipped: measured frame {measured} not found")
