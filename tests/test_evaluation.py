@@ -144,3 +144,21 @@ def test_measured_frame_reports_eq5_as_printed_on_the_data_scale(tiny_run, tmp_p
     assert ours - 1e-6 <= literal < 1.5 * ours + 1e-4
     assert res["paper_forms"]["random_chi2_median"] >= res["random_chi2_median"] - 1e-6
     assert (tmp_path / "eval_fig7_aps.png").stat().st_size > 10_000
+
+
+def test_shipping_keeps_the_training_history_for_fig3a(tiny_run, tmp_path, monkeypatch):
+    """``card.ship`` copies history.jsonl beside the weights, where ``Weights.history`` finds it."""
+    from cdi_beamline.models import card
+    from cdi_beamline.models.weights import HISTORY_SUFFIX, Weights
+
+    package = tmp_path / "models"
+    package.mkdir()
+    monkeypatch.setattr(card, "PACKAGE_DIR", package)
+    shipped = card.ship(tiny_run, "cdinet_tiny_test")
+    weights_dir = package / "weights"
+    history = weights_dir / f"cdinet_tiny_test{HISTORY_SUFFIX}"
+    assert history.read_bytes() == (tiny_run / "history.jsonl").read_bytes()
+    monkeypatch.setattr(Weights, "_resource", lambda self, name: weights_dir / name)
+    found = Weights(file=shipped["file"], card="cdinet_tiny_test.json", sha256=shipped["sha256"]).history()
+    assert found == history
+    assert Weights(file="absent.pt", card="absent.json", sha256="0").history() is None

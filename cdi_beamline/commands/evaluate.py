@@ -49,7 +49,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..device import resolve_device
-    from ..models import cdinet
+    from ..models import CDINetWeights, cdinet
     from ..models.evaluation import evaluate
 
     for name in ("n", "nns_size", "refine_patterns", "repeats", "examples"):
@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     history = args.history
     if history is None and args.weights and (Path(args.weights) / "history.jsonl").is_file():
         history = Path(args.weights) / "history.jsonl"
+    elif history is None and (args.weights or "DEFAULT") in CDINetWeights.__members__:
+        history = CDINetWeights[args.weights or "DEFAULT"].value.history()  # shipped with the weights, if kept
     elif history is not None and not Path(history).is_file():
         raise CDIValueError(f"--history {history}: no such file")
     dev = resolve_device(args.device)

@@ -23,7 +23,7 @@ from ..errors import CDIValueError
 from .evaluation import PAPER
 from .inference import SUPPORT_THRESHOLD
 from .training import file_sha256
-from .weights import CDINetWeights
+from .weights import HISTORY_SUFFIX, CDINetWeights
 
 __all__ = ["ship", "render_card", "CARD_PATH"]
 
@@ -61,12 +61,15 @@ def _test_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def ship(run_dir: str | Path, name: str, metrics: str | Path | None = None, notes: str = "") -> dict[str, Any]:
-    """Copy a training output into ``models/weights/`` with its card; return the card."""
+    """Copy a training output into ``models/weights/`` with its card and its training history
+    (``history.jsonl``, if kept: the loss curves of Fig. 3a); return the card."""
     run_dir = Path(run_dir)
     train_meta = json.loads((run_dir / "meta.json").read_text())
     dest = PACKAGE_DIR / "weights" / f"{name}.pt"
     dest.parent.mkdir(exist_ok=True)
     shutil.copyfile(run_dir / "model.pt", dest)
+    if (run_dir / "history.jsonl").is_file():  # the loss curves (Fig. 3a) travel with the weights
+        shutil.copyfile(run_dir / "history.jsonl", dest.with_suffix(HISTORY_SUFFIX))
     sha = file_sha256(dest)
     if sha != train_meta["sha256"]:
         raise CDIValueError(f"{run_dir}/model.pt does not match the sha256 in its meta.json")

@@ -43,6 +43,10 @@ def load_state_dict(data: bytes, sha256: str, source: str) -> dict[str, torch.Te
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+HISTORY_SUFFIX = ".history.jsonl"
+"""Suffix (in place of ``.pt``) of the training history shipped beside a weights file."""
+
+
 @dataclass(frozen=True)
 class Weights:
     """One shipped set of weights: file names in ``models/weights/`` and the expected sha256."""
@@ -61,6 +65,12 @@ class Weights:
         if not res.is_file():
             raise CDIRuntimeError(f"model card {self.card} is missing from cdi_beamline/models/weights/")
         return json.loads(res.read_text())
+
+    def history(self) -> Path | None:
+        """The training history (``history.jsonl``: the loss curves of Fig. 3a) shipped with these
+        weights, or None when it was not kept."""
+        res = self._resource(Path(self.file).with_suffix(HISTORY_SUFFIX).name)
+        return Path(str(res)) if res.is_file() else None
 
     def model_config(self) -> ModelConfig:
         """The architecture the weights belong to (from the card's recipe)."""
