@@ -14,6 +14,7 @@ import pytest
 from bluesky import plan_stubs as bps
 from bluesky.plans import count
 from event_model import DocumentNames, schema_validators
+from sources import ListSource
 
 from cdi_beamline.callbacks import (
     ExternalFrames,
@@ -27,7 +28,7 @@ from cdi_beamline.callbacks import (
 )
 from cdi_beamline.config import ConfigError, LiveConfig, ReconstructorConfig
 from cdi_beamline.config.refine import SEEDED_SHRINKWRAP_START
-from cdi_beamline.devices import FrameSource, ReplayDetector, SyntheticSource
+from cdi_beamline.devices import ReplayDetector, SyntheticSource
 from cdi_beamline.errors import CDIValueError
 from cdi_beamline.pipeline import Reconstructor
 from cdi_beamline.results import ARRAY_DTYPES, KIND, RESULT_KEYS, ResultRows
@@ -73,21 +74,6 @@ def _live(rec, tiled_server, client, tiled_batch=64, **live):
     writer = make_writer(processed(client), tiled_server.spool_dir, batch_size=tiled_batch)
     cb = LiveReconstruction(rec, writer, LiveConfig(data_dir=tiled_server.data_dir, **live))
     return cb, writer
-
-
-class ListSource(FrameSource):
-    """Replays a fixed list of frames (bad ones included)."""
-
-    def __init__(self, frames):
-        self.frames = frames
-        self.n_frames = len(frames)
-        self.shape = (64, 64)
-
-    def _frame(self, i):
-        return self.frames[i]
-
-    def provenance(self):
-        return {"source": "list"}
 
 
 def test_scan_gives_linked_derived_run_matching_offline(rec, source, tiled_server, client, run_engine):

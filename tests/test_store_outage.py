@@ -25,10 +25,11 @@ import pytest
 from bluesky import RunEngine
 from bluesky import plan_stubs as bps
 from bluesky.plans import count
+from sources import ListSource
 
 from cdi_beamline.callbacks import LiveSession
 from cdi_beamline.config import LiveConfig, ReconstructorConfig, StoreConfig
-from cdi_beamline.devices import FrameSource, ReplayDetector, SyntheticSource
+from cdi_beamline.devices import ReplayDetector, SyntheticSource
 from cdi_beamline.pipeline import Reconstructor
 from cdi_beamline.tiled import (
     connect,
@@ -118,21 +119,6 @@ def engine() -> Reconstructor:
     if not _ENGINE:
         _ENGINE.append(Reconstructor(ReconstructorConfig(iterations=10, saturation=1e7, batch_size=2), device="cpu"))
     return _ENGINE[0]
-
-
-class ListSource(FrameSource):
-    """Replays a fixed list of frames (odd shapes included)."""
-
-    def __init__(self, frames):
-        self.frames = frames
-        self.n_frames = len(frames)
-        self.shape = (64, 64)
-
-    def _frame(self, i):
-        return self.frames[i]
-
-    def provenance(self):
-        return {"source": "list"}
 
 
 class Costs:
