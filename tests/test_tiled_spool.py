@@ -336,6 +336,39 @@ def test_a_run_tiledwriter_may_have_doubled_is_rewritten_whole(tiled_server, tmp
     RE.loop.call_soon_threadsafe(RE.loop.stop)
 
 
+def test_a_run_whose_rows_came_twice_is_rewritten_whole(tiled_server, tmp_path):
+    """An append that reached Tiled but whose answer was lost is retried by the HTTP client
+    without a note: the delivered run's table is then longer than its arrays. The writer reads
+    the lengths back after the stop document, deletes the run and writes it again, once."""
+    import pyarrow
+    from bluesky_tiled_plugins import TiledWriter
+
+    client = tiled_server.client()
+    doubled = [0]
+
+    def factory():
+        tw = TiledWriter(client)
+
+        def write(name, doc):
+            tw(name, doc)
+            if name == "stop" and not doubled[0]:  # the rows of the first try arrive twice
+                doubled[0] += 1
+                table = client[doc["run_start"]]["primary"].base["internal"]
+                table.append_partition(0, pyarrow.Table.from_pandas(table.read(), preserve_index=False))
+
+        return write
+
+    writer = SpoolingWriter(factory, tmp_path, client=client, **FAST)
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    (uid,) = RE(count([ReplayDetector(SyntheticSource(n=3, seed=2), name="det")], 3))
+    assert writer.flush(30) and doubled[0] == 1 and writer.stats["rewrites"] == 1
+    primary = client[uid]["primary"]
+    assert len(primary.base["internal"].read()) == 3 and primary["det_image"].read().shape == (3, 64, 64)
+    writer.close()
+    RE.loop.call_soon_threadsafe(RE.loop.stop)
+
+
 def test_make_writer_wraps_tiled_writer(tiled_server, tmp_path):
     writer = make_writer(tiled_server.client(), tmp_path, batch_size=7, retry_s=0.25)
     assert isinstance(writer, SpoolingWriter) and writer.retry_s == 0.25

@@ -366,6 +366,7 @@ class SpoolingWriter:
                 self.stats["delivered"] += 1
         if closed and (journal.offset >= size or journal.adopted):
             self._check_once(journal.uid)
+            self._check_rows(journal.uid)
             journal.path.unlink(missing_ok=True)
             with self._lock:
                 self._journals.remove(journal)
@@ -382,6 +383,25 @@ class SpoolingWriter:
         forced = [n for n in notes if FORCED_RETRY in str(n)]
         if forced:
             raise _Rewrite(forced[0])
+
+    def _check_rows(self, uid: str) -> None:
+        """Raise :class:`_Rewrite` when a stream of the delivered run ``uid`` holds arrays and
+        table of different lengths (an append that reached Tiled but whose answer was lost,
+        retried by the HTTP client: its rows are in Tiled twice)."""
+        if self._client is None or uid not in self._client:
+            return
+        run = self._client[uid]
+        for stream in run:
+            parts = run[stream].base
+            lengths = {}
+            for key in parts:
+                part = parts[key]
+                if part.structure_family == "array":
+                    lengths[key] = part.structure().shape[0]
+                elif part.structure_family == "table":
+                    lengths[key] = len(part.read(["time"]))
+            if len(set(lengths.values())) > 1:
+                raise _Rewrite(f"stream {stream!r} has rows of different lengths in Tiled: {lengths}")
 
     def _discard(self, uid: str) -> None:
         """Delete the partial copy of run ``uid`` in Tiled (from an earlier attempt)."""
