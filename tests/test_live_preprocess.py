@@ -121,3 +121,21 @@ def test_a_live_session_refuses_preprocessing_files_that_disagree_before_any_sca
     with pytest.raises(CDIValueError, match="flat has shape"):
         LiveSession(rec, StoreConfig(data_dir=tmp_path / "data"), live)
     assert not (tmp_path / "data").exists()  # refused before a server or a directory was started
+
+
+def test_saturation_is_judged_on_the_raw_counts_inside_the_roi(aps_raw, tiled_server, run_engine):
+    """uint32 frames (a counting detector's, whose saturated pixels hold the dtype's maximum):
+    that value at the Bragg peak flags the frame; in a corner outside the ROI it does not (the
+    engine itself sees only the float modulus)."""
+    top = np.iinfo(np.uint32).max
+    frames = [np.round(aps_raw.frame(i)).astype(np.uint32) for i in (98, 99, 100)]
+    y, x = np.unravel_index(np.argmax(frames[1]), frames[1].shape)
+    frames[1][y, x] = top  # saturated at the peak
+    frames[2][0, 0] = top  # saturated far from the peak
+    rec = Reconstructor(ReconstructorConfig(quantity="modulus", iterations=20, batch_size=3), device="cpu")
+    res, _ = _scan(rec, tiled_server, run_engine, frames, PreprocessConfig(roi="auto", roi_size=64))
+    assert res["status"][1] == "bad"
+    assert f"at or above the saturation level {top:g} (the uint32 maximum)" in res["reason"][1]
+    assert res["status"][0] != "bad" and res["status"][2] != "bad"
+    y0, x0, h, w = res["stop"][PREPROCESS]["roi"]
+    assert y0 <= y < y0 + h and x0 <= x < x0 + w and not (y0 <= 0 < y0 + h and x0 <= 0 < x0 + w)

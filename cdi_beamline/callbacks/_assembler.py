@@ -10,6 +10,7 @@ import numpy as np
 
 from ..config import PreprocessConfig
 from ..errors import CDIValueError
+from ..frames import saturation_level
 from ..pipeline import validate_frame
 from ..preprocess import Preprocessor
 from ..results import PREPROCESS, ResultRows, Status
@@ -45,8 +46,10 @@ class RunAssembler:
     automatic ROI chosen from the first batch that shows a peak, then kept) turns each
     released batch into the modulus on the phased grid (h, w) and its mask, which the engine
     gets (squared if its ``config.quantity`` is ``"intensity"``). Rows are then (h, w); frames
-    it flags (no peak, NaN) and every frame of a run whose preprocessing cannot be set up (a
-    dark of another shape, a ROI outside the frame...) are ``bad`` rows with the reason.
+    it flags (no peak, NaN), frames with a measured ROI pixel at the engine's
+    ``config.saturation`` level (then in raw counts, checked before the correction), and
+    every frame of a run whose preprocessing cannot be set up (a dark of another shape, a ROI
+    outside the frame...) are ``bad`` rows with the reason.
 
     Parameters
     ----------
@@ -189,15 +192,39 @@ class RunAssembler:
             out = pre.apply(frames)
         except CDIValueError as exc:  # frames the Preprocessor cannot take at all (not real counts)
             return ResultRows.failed(seqs, shape, "bad", f"preprocessing: {exc}")
-        good = np.flatnonzero([not r for r in out.reason])
-        flagged = np.flatnonzero([bool(r) for r in out.reason])
-        parts = [ResultRows.failed(seqs[flagged], shape, "bad", [out.reason[i] for i in flagged])]
+        reason = self._saturated(frames, pre, out.reason)
+        good = np.flatnonzero([not r for r in reason])
+        flagged = np.flatnonzero([bool(r) for r in reason])
+        parts = [ResultRows.failed(seqs[flagged], shape, "bad", [reason[i] for i in flagged])]
         if len(good):
             modulus = out.modulus[good]
             if getattr(self.reconstructor.config, "quantity", "intensity") == "intensity":
                 modulus = np.square(modulus)
             parts.append(self._engine(seqs[good], modulus, out.mask))
         return ResultRows.concat(parts).sorted()
+
+    def _saturated(self, frames: np.ndarray, pre: Preprocessor, reason: list[str]) -> list[str]:
+        """``reason`` with the frames that have a measured ROI pixel at the engine's
+        ``config.saturation`` level flagged: checked on the raw counts (B, H, W), since the
+        engine sees the corrected modulus."""
+        level = saturation_level(frames.dtype, getattr(self.reconstructor.config, "saturation", None))
+        if level is None or pre.roi is None:
+            return reason
+        y0, x0, h, w = pre.roi
+        hot = frames[:, y0 : y0 + h, x0 : x0 + w] >= level
+        if pre.measured is not None:
+            hot &= pre.measured[y0 : y0 + h, x0 : x0 + w]
+        n_hot = hot.sum(axis=(1, 2))
+        why = f" (the {frames.dtype} maximum)" if level == saturation_level(frames.dtype, "dtype") else ""
+        return [
+            r
+            or (
+                f"raw frame has {n} measured pixel(s) in the ROI at or above the saturation level {level:g}{why}"
+                if n
+                else ""
+            )
+            for r, n in zip(reason, n_hot.tolist())
+        ]
 
     def _engine(self, seqs: np.ndarray, frames: np.ndarray, mask: np.ndarray | None) -> ResultRows:
         shape = self._row_shape
