@@ -10,13 +10,14 @@ import pytest
 from bluesky.plans import count
 
 from cdi_beamline.callbacks import LiveReconstruction, LiveSession
+from cdi_beamline.cli import main
 from cdi_beamline.config import LiveConfig, PreprocessConfig, ReconstructorConfig, StoreConfig
 from cdi_beamline.devices import ApsRockingSource, FrameSource, ReplayDetector
 from cdi_beamline.errors import CDIValueError
 from cdi_beamline.pipeline import Reconstructor
 from cdi_beamline.preprocess import Preprocessor
 from cdi_beamline.results import PREPROCESS
-from cdi_beamline.tiled import load_results, make_writer, processed
+from cdi_beamline.tiled import derived_runs, load_results, make_writer, processed
 
 FRAMES = list(range(90, 106))  # the top of the rocking curve; 99 is the frame the paper's figures use
 
@@ -41,15 +42,18 @@ def aps_raw():
     return ApsRockingSource(corrected=False, crop=128)
 
 
-def _scan(rec, tiled_server, run_engine, frames, preprocess):
+def _scan(rec, tiled_server, run_engine, frames, preprocess, raw_writer=None):
     """Replay ``frames`` through a live callback with ``preprocess``; (results, callback)."""
     client = tiled_server.client()
     writer = make_writer(processed(client), tiled_server.spool_dir)
     live = LiveConfig(data_dir=tiled_server.data_dir, max_wait_s=60, preprocess=preprocess)
     cb = LiveReconstruction(rec, writer, live)
+    if raw_writer is not None:
+        run_engine.subscribe(raw_writer)
     run_engine.subscribe(cb)
     (raw_uid,) = run_engine(count([ReplayDetector(ListSource(frames), name="det")], len(frames))).run_start_uids
     assert cb.flush(timeout=600) and writer.flush(60)
+    assert raw_writer is None or raw_writer.flush(60)
     derived_uid = cb.derived_uid(raw_uid)
     cb.close()
     assert derived_uid is not None
@@ -124,18 +128,29 @@ def test_a_live_session_refuses_preprocessing_files_that_disagree_before_any_sca
 
 
 def test_saturation_is_judged_on_the_raw_counts_inside_the_roi(aps_raw, tiled_server, run_engine):
-    """uint32 frames (a counting detector's, whose saturated pixels hold the dtype's maximum):
-    that value at the Bragg peak flags the frame; in a corner outside the ROI it does not (the
-    engine itself sees only the float modulus)."""
-    top = np.iinfo(np.uint32).max
-    frames = [np.round(aps_raw.frame(i)).astype(np.uint32) for i in (98, 99, 100)]
+    """The detector's saturation level (counts) at the Bragg peak flags the frame; in a corner
+    outside the ROI it does not (the engine itself sees only the corrected modulus)."""
+    level = 1e6  # the detector's declared limit; the raw peaks here are about 1.6e5 counts
+    frames = [aps_raw.frame(i) for i in (98, 99, 100)]
     y, x = np.unravel_index(np.argmax(frames[1]), frames[1].shape)
-    frames[1][y, x] = top  # saturated at the peak
-    frames[2][0, 0] = top  # saturated far from the peak
-    rec = Reconstructor(ReconstructorConfig(quantity="modulus", iterations=20, batch_size=3), device="cpu")
-    res, _ = _scan(rec, tiled_server, run_engine, frames, PreprocessConfig(roi="auto", roi_size=64))
+    frames[1][y, x] = level  # saturated at the peak
+    frames[2][0, 0] = level  # saturated far from the peak
+    config = ReconstructorConfig(quantity="modulus", iterations=20, batch_size=3, saturation=level)
+    rec = Reconstructor(config, device="cpu")
+    client = tiled_server.client()
+    raw_writer = make_writer(client, tiled_server.spool_dir)
+    res, _ = _scan(rec, tiled_server, run_engine, frames, PreprocessConfig(roi="auto", roi_size=64), raw_writer)
     assert res["status"][1] == "bad"
-    assert f"at or above the saturation level {top:g} (the uint32 maximum)" in res["reason"][1]
+    assert "1 measured pixel(s) in the ROI at or above the saturation level 1e+06" in res["reason"][1]
     assert res["status"][0] != "bad" and res["status"][2] != "bad"
     y0, x0, h, w = res["stop"][PREPROCESS]["roi"]
     assert y0 <= y < y0 + h and x0 <= x < x0 + w and not (y0 <= 0 < y0 + h and x0 <= 0 < x0 + w)
+
+    # `reprocess` rebuilds the run from the raw frames in Tiled with the recorded preprocessing
+    raw_uid = res["start"]["parent_uid"]
+    server = ["--uri", tiled_server.uri, "--api-key", tiled_server.api_key, "--data-dir", str(tiled_server.data_dir)]
+    assert main(["reprocess", raw_uid, *server, "--device", "cpu"]) == 0
+    redo = load_results(client, derived_runs(client, raw_uid)[-1].metadata["start"]["uid"])
+    assert redo["start"]["reprocessed"] is True and redo["stop"][PREPROCESS]["roi"] == [y0, x0, h, w]
+    assert redo["status"].tolist() == res["status"].tolist() and redo["reason"][1] == res["reason"][1]
+    np.testing.assert_allclose(redo["chi2"], res["chi2"], rtol=1e-5)  # same batch, same seed
