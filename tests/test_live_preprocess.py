@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from bluesky.plans import count
 
-from cdi_beamline.callbacks import LiveReconstruction, LiveSession
+from cdi_beamline.callbacks import Frames, LiveReconstruction, LiveSession, RunAssembler
 from cdi_beamline.cli import main
 from cdi_beamline.config import LiveConfig, PreprocessConfig, ReconstructorConfig, StoreConfig
 from cdi_beamline.devices import ApsRockingSource, FrameSource, ReplayDetector
 from cdi_beamline.errors import CDIValueError
 from cdi_beamline.pipeline import Reconstructor
 from cdi_beamline.preprocess import Preprocessor
-from cdi_beamline.results import PREPROCESS
+from cdi_beamline.results import PREPROCESS, ResultRows
 from cdi_beamline.tiled import derived_runs, load_results, make_writer, processed
 
 FRAMES = list(range(90, 106))  # the top of the rocking curve; 99 is the frame the paper's figures use
@@ -154,3 +154,24 @@ def test_saturation_is_judged_on_the_raw_counts_inside_the_roi(aps_raw, tiled_se
     assert redo["start"]["reprocessed"] is True and redo["stop"][PREPROCESS]["roi"] == [y0, x0, h, w]
     assert redo["status"].tolist() == res["status"].tolist() and redo["reason"][1] == res["reason"][1]
     np.testing.assert_allclose(redo["chi2"], res["chi2"], rtol=1e-5)  # same batch, same seed
+
+
+@pytest.mark.parametrize("quantity", ["modulus", "intensity"])
+def test_assembler_waits_for_a_peak_then_keeps_one_roi_across_batches(aps_raw, quantity):
+    """Batches of 2: a background-only batch first (no ROI yet: flagged), then the ROI is
+    chosen from the next batch and kept; the engine gets the modulus in its own quantity."""
+    background = [aps_raw.dark + 1, aps_raw.dark + 2]
+    frames = np.stack([*background, *(aps_raw.frame(i) for i in (97, 99, 101, 103))])
+    config = ReconstructorConfig(init="random", iterations=2, batch_size=2, quantity=quantity)
+    pre = PreprocessConfig(roi="auto", roi_size=64)
+    asm = RunAssembler(Reconstructor(config, device="cpu"), (128, 128), preprocess=pre)
+    rows = [r for i in range(6) for r in asm.add(Frames("raw", [i + 1], frames[i : i + 1]))]
+    rows = ResultRows.concat(rows)
+    assert rows.raw_seq_num.tolist() == [1, 2, 3, 4, 5, 6] and rows.shape == (64, 64)
+    assert rows.status[:2].tolist() == ["bad", "bad"] and all(r.startswith("no ROI") for r in rows.reason[:2])
+    assert "bad" not in rows.status[2:].tolist()
+    roi = asm.metadata()[PREPROCESS]["roi"]
+    chosen_from = Preprocessor(pre).choose_roi(frames[2:4])  # the first batch with a peak
+    assert roi == list(chosen_from) and asm.preprocessor.roi == tuple(roi)
+    fixed = Preprocessor(PreprocessConfig(roi=tuple(roi))).apply(frames[2:])  # every later batch cut there
+    np.testing.assert_allclose(rows.scale[2:], np.sqrt((fixed.modulus.astype(np.float64) ** 2).sum((1, 2))), rtol=1e-5)
