@@ -113,7 +113,7 @@ def test_frames_the_preprocessing_cannot_take_are_flagged_and_the_scan_goes_on(a
     assert res["status"].tolist() == ["bad"] * 3
     assert all("outside the 128x128 frame" in r for r in res["reason"])
     assert "outside the 128x128 frame" in res["start"][PREPROCESS]["error"]
-    assert res["amplitude"].shape[1:] == (64, 64) and cb.worker.stats["batches"] == 0
+    assert cb.worker.stats["batches"] == 0
 
 
 def test_a_live_session_refuses_preprocessing_files_that_disagree_before_any_scan(aps_raw, tmp_path):

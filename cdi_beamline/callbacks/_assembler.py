@@ -153,15 +153,9 @@ class RunAssembler:
 
     @property
     def _row_shape(self) -> tuple[int, int]:
-        if self.preprocess is not None:
-            pre = self.preprocessor
-            if pre is not None and pre.grid is not None:
-                return pre.grid
-            roi, b = self.preprocess.roi, self.preprocess.binning
-            if roi == "auto":
-                return self.preprocess.roi_size // b, self.preprocess.roi_size // b
-            if roi is not None:
-                return roi[2] // b, roi[3] // b
+        pre = self.preprocessor
+        if pre is not None and pre.grid is not None:
+            return pre.grid  # the phased grid
         return self.shape or (1, 1)
 
     def _release(self, n: int) -> ResultRows:
@@ -207,7 +201,8 @@ class RunAssembler:
         """``reason`` with the frames that have a measured ROI pixel at the engine's
         ``config.saturation`` level flagged: checked on the raw counts (B, H, W), since the
         engine sees the corrected modulus."""
-        level = saturation_level(frames.dtype, getattr(self.reconstructor.config, "saturation", None))
+        saturation = getattr(self.reconstructor.config, "saturation", None)
+        level = saturation_level(frames.dtype, saturation)
         if level is None or pre.roi is None:
             return reason
         y0, x0, h, w = pre.roi
@@ -215,7 +210,7 @@ class RunAssembler:
         if pre.measured is not None:
             hot &= pre.measured[y0 : y0 + h, x0 : x0 + w]
         n_hot = hot.sum(axis=(1, 2))
-        why = f" (the {frames.dtype} maximum)" if level == saturation_level(frames.dtype, "dtype") else ""
+        why = f" (the {frames.dtype} maximum)" if saturation == "dtype" else ""
         return [
             r
             or (
