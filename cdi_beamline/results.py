@@ -8,12 +8,14 @@ module sits below the engine, so it takes a reconstruction batch duck-typed
 A derived run (one per raw run) is
 
 - a start document with ``cdi_kind`` = :data:`DERIVED_KIND`, ``parent_uid`` = the raw run's
-  uid, the engine's description, the live configuration, the raw image key;
+  uid, the engine's description, the live configuration, the raw image key (and, phased from
+  raw counts, the preprocessing record :data:`PREPROCESS`);
 - one descriptor of the stream :data:`STREAM` whose data keys are :func:`data_keys`: the
   arrays :data:`ARRAY_DTYPES` (images, and the decimated chi² history) live in an HDF5 file
   (StreamResource/StreamDatum), the scalars :data:`SCALAR_DTYPES` in EventPages, one row
   per raw frame;
-- a stop document with the counts (:data:`COUNTS`) and the chi² summary.
+- a stop document with the counts (:data:`COUNTS`), the chi² summary and, phased from raw
+  counts, the preprocessing record with the run's ROI (:data:`PREPROCESS`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "KIND",
     "LIVE",
     "PARENT_UID",
+    "PREPROCESS",
     "PROCESSED",
     "RAW_IMAGE_KEY",
     "RAW_STREAM",
@@ -121,6 +124,14 @@ ran under ``"config"``, weights, versions); enough to rebuild the engine."""
 
 LIVE = "live"
 """Start key: the live configuration (``LiveConfig`` dump: seed, queue policy, ...)."""
+
+PREPROCESS = "preprocess"
+"""Start and stop key of a run phased from raw counts: the preprocessing record
+(``Preprocessor.record()``: config, frame shape, ``roi`` (y0, x0, h, w), binning, phased
+grid, where dark, flat and mask came from and their sha256), or ``{"config", "error"}`` when
+the preprocessing could not be set up. One ROI per run: in the start it is the fixed ROI, or
+None while an automatic one is not yet chosen (the start is written before the first frame);
+the stop holds the run's ROI as chosen."""
 
 RAW_STREAM = "raw_stream"
 """Start key: the raw run's stream whose frames were reconstructed."""

@@ -8,8 +8,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..config import PreprocessConfig
+from ..errors import CDIValueError
+from ..frames import saturation_level
 from ..pipeline import validate_frame
-from ..results import ResultRows, Status
+from ..preprocess import Preprocessor
+from ..results import PREPROCESS, ResultRows, Status
 from ._items import Frames
 
 __all__ = ["Engine", "RunAssembler"]
@@ -37,17 +41,30 @@ class RunAssembler:
     :func:`cdi_beamline.pipeline.validate_frame`. Rows come out in raw ``seq_num`` order; a
     failing engine gives ``error`` rows, never an exception.
 
+    With ``preprocess``, frames are raw counts: the run's one
+    :class:`~cdi_beamline.preprocess.Preprocessor` (built when the frame shape is known; an
+    automatic ROI chosen from the first batch that shows a peak, then kept) turns each
+    released batch into the modulus on the phased grid (h, w) and its mask, which the engine
+    gets (squared if its ``config.quantity`` is ``"intensity"``). Rows are then (h, w); frames
+    it flags (no peak, NaN), frames with a measured ROI pixel at the engine's
+    ``config.saturation`` level (then in raw counts, checked before the correction), and
+    every frame of a run whose preprocessing cannot be set up (a dark of another shape, a ROI
+    outside the frame...) are ``bad`` rows with the reason.
+
     Parameters
     ----------
     reconstructor : Engine
     shape : (H, W), optional
         The run's image shape (from the descriptor); else that of the first frames.
     mask : (H, W) bool, optional
-        True = measured pixel, passed to every reconstruction.
+        True = measured pixel, passed to every reconstruction; with ``preprocess``, the
+        detector's mask on the raw grid (ANDed with the config's mask file).
     seed : int or None
         Seed of every batch's random starts.
     stats : Counter, optional
         Counts ``batches`` and ``reconstruct_errors`` here (shared with a worker).
+    preprocess : PreprocessConfig, optional
+        Raw counts to modulus, as above; None: frames go to the engine as they come.
     """
 
     def __init__(
@@ -58,11 +75,15 @@ class RunAssembler:
         mask: np.ndarray | None = None,
         seed: int | None = 0,
         stats: Counter | None = None,
+        preprocess: PreprocessConfig | None = None,
     ):
         self.reconstructor = reconstructor
         self.batch_size = int(reconstructor.config.batch_size)
         self.shape = shape
         self.mask = mask
+        self.preprocess = preprocess
+        self._preprocessor: Preprocessor | None = None
+        self.preprocess_error = ""  # why the preprocessing could not be set up
         self.seed = seed
         self.stats = Counter() if stats is None else stats
         self.received = 0
@@ -105,7 +126,36 @@ class RunAssembler:
         return self._release(sum(len(f) for f in self._frames))
 
     @property
+    def preprocessor(self) -> Preprocessor | None:
+        """The run's Preprocessor, built on first use once the frame shape is known (None
+        without ``preprocess``, before the shape is known, or if it cannot be set up:
+        :attr:`preprocess_error` says why)."""
+        if self.preprocess is None or self.preprocess_error or self.shape is None:
+            return self._preprocessor
+        if self._preprocessor is None:
+            try:
+                self._preprocessor = Preprocessor(self.preprocess, mask=self.mask, shape=self.shape)
+            except CDIValueError as exc:
+                self.preprocess_error = f"preprocessing: {exc}"
+                logger.error("%s", self.preprocess_error)
+        return self._preprocessor
+
+    def metadata(self) -> dict[str, Any]:
+        """Derived start/stop metadata: ``{PREPROCESS: Preprocessor.record()}`` (the ROI once
+        chosen), or the config and the error; empty without preprocessing."""
+        if self.preprocess is None:
+            return {}
+        pre = self.preprocessor
+        if pre is not None:
+            return {PREPROCESS: pre.record()}
+        config = self.preprocess.model_dump(mode="json")
+        return {PREPROCESS: {"config": config, "error": self.preprocess_error or None}}
+
+    @property
     def _row_shape(self) -> tuple[int, int]:
+        pre = self.preprocessor
+        if pre is not None and pre.grid is not None:
+            return pre.grid  # the phased grid
         return self.shape or (1, 1)
 
     def _release(self, n: int) -> ResultRows:
@@ -126,9 +176,55 @@ class RunAssembler:
         return ResultRows.concat(parts).sorted()
 
     def _reconstruct(self, seqs: np.ndarray, frames: np.ndarray) -> ResultRows:
+        if self.preprocess is None:
+            return self._engine(seqs, frames, self.mask)
+        pre = self.preprocessor
+        shape = self._row_shape
+        if pre is None:
+            return ResultRows.failed(seqs, shape, "bad", self.preprocess_error)
+        try:
+            out = pre.apply(frames)
+        except CDIValueError as exc:  # frames the Preprocessor cannot take at all (not real counts)
+            return ResultRows.failed(seqs, shape, "bad", f"preprocessing: {exc}")
+        reason = self._saturated(frames, pre, out.reason)
+        good = np.flatnonzero([not r for r in reason])
+        flagged = np.flatnonzero([bool(r) for r in reason])
+        parts = [ResultRows.failed(seqs[flagged], shape, "bad", [reason[i] for i in flagged])]
+        if len(good):
+            modulus = out.modulus[good]
+            if getattr(self.reconstructor.config, "quantity", "intensity") == "intensity":
+                modulus = np.square(modulus)
+            parts.append(self._engine(seqs[good], modulus, out.mask))
+        return ResultRows.concat(parts).sorted()
+
+    def _saturated(self, frames: np.ndarray, pre: Preprocessor, reason: list[str]) -> list[str]:
+        """``reason`` with the frames that have a measured ROI pixel at the engine's
+        ``config.saturation`` level flagged: checked on the raw counts (B, H, W), since the
+        engine sees the corrected modulus."""
+        saturation = getattr(self.reconstructor.config, "saturation", None)
+        level = saturation_level(frames.dtype, saturation)
+        if level is None or pre.roi is None:
+            return reason
+        y0, x0, h, w = pre.roi
+        hot = frames[:, y0 : y0 + h, x0 : x0 + w] >= level
+        if pre.measured is not None:
+            hot &= pre.measured[y0 : y0 + h, x0 : x0 + w]
+        n_hot = hot.sum(axis=(1, 2))
+        why = f" (the {frames.dtype} maximum)" if saturation == "dtype" else ""
+        return [
+            r
+            or (
+                f"raw frame has {n} measured pixel(s) in the ROI at or above the saturation level {level:g}{why}"
+                if n
+                else ""
+            )
+            for r, n in zip(reason, n_hot.tolist())
+        ]
+
+    def _engine(self, seqs: np.ndarray, frames: np.ndarray, mask: np.ndarray | None) -> ResultRows:
         shape = self._row_shape
         try:
-            out = self.reconstructor.reconstruct(frames, mask=self.mask, seed=self.seed)
+            out = self.reconstructor.reconstruct(frames, mask=mask, seed=self.seed)
             self.stats["batches"] += 1
         except Exception as exc:  # noqa: BLE001 - the scan goes on, the failure is recorded
             logger.exception("reconstruction of %d frames failed", len(frames))

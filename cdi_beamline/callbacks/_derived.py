@@ -131,11 +131,15 @@ class DerivedRun:
         self.status += rows.status.tolist()
         self.chi2 += rows.chi2[rows.status == "ok"].tolist()
 
-    def close(self, exit_status: str = "success", reason: str = "", counts: dict | None = None) -> dict:
-        """Emit the stop document; ``counts`` (received...) are recorded in it beside the rows'."""
+    def close(
+        self, exit_status: str = "success", reason: str = "", counts: dict | None = None, metadata: dict | None = None
+    ) -> dict:
+        """Emit the stop document; ``counts`` (received...) are recorded in it beside the rows',
+        ``metadata`` (e.g. the preprocessing record with the run's ROI) as stop keys."""
         all_counts = {**status_counts(self.status), **(counts or {})}
         status = exit_status if exit_status in ("success", "abort", "fail") else "fail"
         stop: dict[str, Any] = dict(self._bundle.compose_stop(exit_status=status, reason=reason, validate=False))
+        stop.update(metadata or {})
         stop[COUNTS] = {k: int(v) for k, v in all_counts.items()}
         if self.chi2:
             stop[CHI2_SUMMARY] = {"mean": float(np.mean(self.chi2)), "max": float(np.max(self.chi2))}

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..config import LiveConfig, StoreConfig
+from ..preprocess import Preprocessor
 from ..tiled import DataDir, EmbeddedTiled, ShapeGuard, SpoolingWriter, connect, make_writer, processed, serving
 from ..tiled import close_at_exit as call_at_exit
 from ._assembler import Engine
@@ -66,6 +67,8 @@ class LiveSession:
     store : StoreConfig, optional
     live : LiveConfig, optional
         Its ``data_dir`` is replaced by the store's (results and spool live beside the catalog).
+        Its ``preprocess`` files (dark, flat, mask) are read and checked here, so that a bad
+        one is refused before any scan (``CDIValueError``).
     write_raw : bool
         Also store raw runs (the RunEngine's documents, through a :class:`ShapeGuard`); False
         when another writer does.
@@ -95,6 +98,8 @@ class LiveSession:
         mask: np.ndarray | None = None,
         close_at_exit: bool = False,
     ):
+        if live is not None and live.preprocess is not None:
+            Preprocessor(live.preprocess, mask=mask)  # refuses unreadable or mismatched files now
         self.store = store or StoreConfig()
         self.server: EmbeddedTiled | None = None
         if self.store.uri is None and serving(self.store.data_dir) is not None:

@@ -174,7 +174,13 @@ class ReconstructionWorker:
         if isinstance(item, RunStart):
             self._runs[item.raw_uid] = _Run(
                 dict(item.raw_start),
-                RunAssembler(self.reconstructor, mask=self.mask, seed=self.config.seed, stats=self.stats),
+                RunAssembler(
+                    self.reconstructor,
+                    mask=self.mask,
+                    seed=self.config.seed,
+                    stats=self.stats,
+                    preprocess=self.config.preprocess,
+                ),
             )
             self.stats["runs"] += 1
         elif isinstance(item, ImageSpec):
@@ -234,6 +240,7 @@ class ReconstructionWorker:
             exit_status=item.raw_stop.get("exit_status", "success"),
             reason="; ".join(n for n in notes if n),
             counts={"received": run.assembler.received},
+            metadata=run.assembler.metadata(),
         )
 
     # -- helpers -------------------------------------------------------------------------------
@@ -252,7 +259,8 @@ class ReconstructionWorker:
     def _derived(self, run: _Run) -> DerivedRun:
         """The run's derived run, started (start document emitted) on first use."""
         if run.derived is None:
-            run.derived = DerivedRun(run.raw_start, self.emit, self.results_dir, self.start_metadata(run.image_key))
+            metadata = {**self.start_metadata(run.image_key), **run.assembler.metadata()}
+            run.derived = DerivedRun(run.raw_start, self.emit, self.results_dir, metadata)
             self.derived_uids[run.raw_start["uid"]] = run.derived.uid
         return run.derived
 

@@ -30,9 +30,10 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--source",
-        choices=("synthetic", "aps34idc"),
+        choices=("synthetic", "aps34idc", "aps34idc-raw"),
         default="synthetic",
-        help="simulated detector's frames (default synthetic)",
+        help="simulated detector's frames (default synthetic); aps34idc-raw: the rocking scan's raw 128x128 "
+        "counts, with its dark and whitefield, through the live preprocessing (dark, flat, ROI auto 64)",
     )
     add_reconstructor_options(p, init_default="cnn", iterations_default=LIVE_ITERATIONS)
     add_queue_policy_option(p, "the scan: replay")
@@ -47,13 +48,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..callbacks import LiveSession
-    from ..config import StoreConfig
-    from ..devices import ReplayDetector, RockingMotor, make_source
+    from ..config import PreprocessConfig, StoreConfig
+    from ..devices import ApsRockingSource, ReplayDetector, RockingMotor, make_source
     from ..errors import CDIRuntimeError, CDIValueError
     from ..phasing import unwrap
     from ..plotting import plot_scan_overview
+    from ..results import PREPROCESS, format_counts
     from ..results import counts as count_frames
-    from ..results import format_counts
     from ..tiled import load_results
 
     quiet_logs()
@@ -61,15 +62,26 @@ def run(args: argparse.Namespace) -> int:
         raise CDIValueError(f"--frames must be >= 1, got {args.frames}")
     data_dir = Path(args.data_dir).expanduser().resolve()
     t0 = time.perf_counter()
-    rec = build_reconstructor(args)
+    preprocess = None
     if args.source == "synthetic":
         n = args.frames or 200
         source = make_source("synthetic", n=n, seed=0)
-    else:
+    elif args.source == "aps34idc":
         source = make_source("aps34idc")
         n = args.frames or len(source)
+    else:  # raw counts, and the dark and whitefield files a beamline would have
+        source = raw = ApsRockingSource(corrected=False, crop=128)
+        n = args.frames or len(source)
+        calib = data_dir / "preprocess"
+        calib.mkdir(parents=True, exist_ok=True)
+        np.save(calib / "dark.npy", raw.dark)
+        np.save(calib / "whitefield.npy", raw.whitefield)
+        preprocess = PreprocessConfig.build(
+            dark=str(calib / "dark.npy"), flat=str(calib / "whitefield.npy"), roi="auto", roi_size=64
+        )
+    rec = build_reconstructor(args, None if preprocess is None else {"quantity": "modulus"})
     print(f"starting Tiled in {data_dir} ...", flush=True)
-    live = LiveConfig.build(queue_policy=args.queue_policy, max_wait_s=1.0)
+    live = LiveConfig.build(queue_policy=args.queue_policy, max_wait_s=1.0, preprocess=preprocess)
     with LiveSession(rec, StoreConfig.build(data_dir=data_dir), live, mask=source.mask) as session:
         RE = RunEngine({})
         session.subscribe(RE)
@@ -127,6 +139,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"status       {format_counts(counts)}")
     if chi2.size:
         print(f"chi2 (ok)    mean {np.mean(chi2):.4g}, worst {np.max(chi2):.4g}")
+    if preprocess is not None:
+        record = res["stop"].get(PREPROCESS) or {}
+        roi = record.get("roi")
+        where = (
+            "none chosen (no frame showed a peak)" if roi is None else "(y0, x0, h, w) = ({}, {}, {}, {})".format(*roi)
+        )
+        print(f"preprocess   dark + whitefield, ROI {where} of the {source.shape[0]}x{source.shape[1]} frames")
     print(
         f"rate         {n / (t_done - t_scan):.1f} frames/s end to end (scan start -> results in Tiled); "
         f"total {time.perf_counter() - t0:.1f} s"

@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
         "worker code as the live callback, and store a new derived run (start.reprocessed = true, "
         "start.supersedes = the earlier derived runs). The raw run is not touched. Unset options take "
         "the settings recorded in the raw run's latest derived run (the configuration that ran, the "
-        "seed), so a reprocess reproduces the live result unless told otherwise. Result HDF5 files go "
+        "seed, the preprocessing), so a reprocess reproduces the live result unless told otherwise. Result HDF5 files go "
         "to DIR/results, which the Tiled server must be able to read.",
     )
     p.add_argument("raw_uid", metavar="RAW_UID", help="raw run uid (full or partial)")
@@ -55,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
     rec = build_reconstructor(args, recorded=recorded)
     dirs = DataDir.of(args.data_dir)
     seed = args.seed if args.seed is not None else live.get("seed", LiveConfig.model_fields["seed"].default)
-    config = LiveConfig.build(seed=seed, data_dir=dirs.root, image_key=args.image_key or live.get("image_key"))
+    config = LiveConfig.build(
+        seed=seed,
+        data_dir=dirs.root,
+        image_key=args.image_key or live.get("image_key"),
+        preprocess=live.get("preprocess"),  # raw counts are preprocessed again as they were live
+    )
     writer = make_writer(processed(client), dirs.derived_spool, batch_size=1000)
     stop = reprocess(client, raw_uid, rec, writer, config)
     if not writer.flush(timeout=60):

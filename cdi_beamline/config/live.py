@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from ._base import FrozenModel
+from .preprocess import PreprocessConfig
 
 __all__ = ["LiveConfig", "StoreConfig"]
 
@@ -39,6 +40,11 @@ class LiveConfig(FrozenModel):
 
     data_dir: Path = Path("cdi-data")
     """Where the result HDF5 files (``results/``) and the document spool live."""
+
+    preprocess: PreprocessConfig | None = None
+    """Raw detector counts to the phased modulus (dark, flat, mask, threshold, ROI, binning),
+    one :class:`cdi_beamline.preprocess.Preprocessor` per run (an automatic ROI is chosen
+    once per run); None: frames are phased as they come (centred patterns, engine's units)."""
 
 
 class StoreConfig(FrozenModel):
