@@ -210,7 +210,13 @@ class LiveReconstruction(DocumentRouter):
             run.resources[doc["uid"]] = doc
         elif name == "stream_datum":
             res = run.resources.get(doc["stream_resource"])
-            if doc["descriptor"] not in run.descriptors or res is None or res["data_key"] != run.image_key:
+            if doc["descriptor"] not in run.descriptors:
+                return
+            if res is None:  # its frames may be the image's: say so in the derived stop document
+                self.stats["unknown_stream_resource"] += 1
+                run.note = f"StreamDatum naming an unknown StreamResource {doc['stream_resource']!r} ignored"
+                return
+            if res["data_key"] != run.image_key:
                 return
             run.delivered.add(doc["uid"])
             self._put_frames(run, ExternalFrames(run.uid, res, run.data_key, doc))
