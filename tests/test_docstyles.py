@@ -226,3 +226,19 @@ def test_worker_records_unreadable_frames_as_bad(tmp_path):
     assert all("cannot read frames 0:3" in r and "gone.h5" in r for r in page["data"]["reason"])
     counts = worker.stops["raw-1"]["cdi_counts"]
     assert counts["bad"] == counts["received"] == counts["flagged"] == 3
+
+
+def test_stream_datum_of_an_unknown_resource_is_noted(tmp_path, run_engine):
+    from ophyd_async.core import init_devices
+
+    from cdi_beamline.devices import ReplayTIFFDetector
+
+    with init_devices():
+        tdet = ReplayTIFFDetector(SyntheticSource(n=2, seed=5), _path_provider(tmp_path), name="tdet")
+    cb = LiveReconstruction(engine(2), None, LiveConfig(data_dir=tmp_path, max_wait_s=60))
+    run_engine.subscribe(lambda name, doc: None if name == "stream_resource" else cb(name, doc))
+    run_engine(count([tdet], 2))
+    assert cb.flush(timeout=120)
+    cb.close()
+    (stop,) = [d for n, d in cb.documents if n == "stop"]
+    assert "unknown StreamResource" in stop["reason"] and cb.stats["unknown_stream_resource"] == 2
