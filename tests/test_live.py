@@ -17,7 +17,6 @@ from event_model import DocumentNames, schema_validators
 from sources import ListSource
 
 from cdi_beamline.callbacks import (
-    ExternalFrames,
     Frames,
     ImageSpec,
     LiveReconstruction,
@@ -626,18 +625,6 @@ def test_worker_thread_flushes_on_the_deadline_alone(source, run_engine, tmp_pat
     run_engine(plan())
     cb.close()
     assert seen == [True]
-
-
-def test_unreadable_external_file_gives_error_rows(tmp_path):
-    worker, docs = _worker(engine(4), tmp_path)
-    _start(worker)
-    worker.handle(ExternalFrames("raw-1", tmp_path / "missing.h5", "data", 0, 3, 1))
-    worker.handle(RunStop("raw-1", {"exit_status": "success"}))
-    (page,) = [d for n, d in docs if n == "event_page"]
-    assert page["data"]["raw_seq_num"] == [1, 2, 3] and page["data"]["status"] == ["error"] * 3
-    assert all("cannot read frames 0:3" in r and "missing.h5" in r for r in page["data"]["reason"])
-    counts = worker.stops["raw-1"]["cdi_counts"]
-    assert counts["error"] == counts["received"] == counts["flagged"] == 3
 
 
 def test_worker_never_dies_of_an_item(source, tmp_path):

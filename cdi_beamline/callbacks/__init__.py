@@ -8,11 +8,12 @@ wires these to Tiled; ``reprocess`` drives the same worker from frames stored in
 
 from ._assembler import Engine, RunAssembler
 from ._derived import DerivedRun
-from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, WorkItem
+from ._external import UnreadableFrames, read_stream_datum
+from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, Unreadable, WorkItem
 from ._live import LiveReconstruction
 from ._reprocess import reprocess
 from ._session import Finished, LiveSession
-from ._worker import ReconstructionWorker, read_external
+from ._worker import ReconstructionWorker
 
 __all__ = [
     "DerivedRun",
@@ -29,7 +30,9 @@ __all__ = [
     "RunStart",
     "RunStop",
     "Sync",
+    "Unreadable",
+    "UnreadableFrames",
     "WorkItem",
-    "read_external",
+    "read_stream_datum",
     "reprocess",
 ]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ExternalFrames", "Frames", "ImageSpec", "Quit", "RunStart", "RunStop", "Sync", "WorkItem"]
+__all__ = ["ExternalFrames", "Frames", "ImageSpec", "Quit", "RunStart", "RunStop", "Sync", "Unreadable", "WorkItem"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,18 +48,31 @@ class Frames:
 
 @dataclass(frozen=True, eq=False)
 class ExternalFrames:
-    """Frames ``start:stop`` of an HDF5 dataset written by the detector (StreamDatum)."""
+    """Frames a detector wrote to file(s), announced by one StreamDatum: the (normalized)
+    ``stream_resource`` document, the descriptor's ``data_key`` entry of its frames and the
+    ``stream_datum`` document (rows ``indices``, raw ``seq_nums``)."""
 
     raw_uid: str
-    path: Path
-    dataset: str
-    start: int
-    stop: int
-    seq_start: int
+    stream_resource: dict[str, Any]
+    data_key: dict[str, Any]
+    stream_datum: dict[str, Any]
 
     @property
     def seq_nums(self) -> np.ndarray:
-        return np.arange(self.seq_start, self.seq_start + self.stop - self.start, dtype=np.int64)
+        """(n,) int64: the datum's seq_nums, or rows + 1 where it gives none."""
+        seq, rows = self.stream_datum["seq_nums"], self.stream_datum["indices"]
+        n = int(rows["stop"]) - int(rows["start"])
+        first = int(seq["start"]) if int(seq["stop"]) > int(seq["start"]) else int(rows["start"]) + 1
+        return np.arange(first, first + n, dtype=np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class Unreadable:
+    """Frames announced in the raw run that cannot be reconstructed: recorded ``bad`` with ``reason``."""
+
+    raw_uid: str
+    seq_nums: np.ndarray
+    reason: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,4 +97,4 @@ class Quit:
     """Reconstruct everything queued so far, then end the worker thread."""
 
 
-WorkItem = RunStart | ImageSpec | Frames | ExternalFrames | RunStop | Sync | Quit
+WorkItem = RunStart | ImageSpec | Frames | ExternalFrames | Unreadable | RunStop | Sync | Quit

@@ -15,9 +15,10 @@ import numpy as np
 from event_model import DocumentRouter
 
 from ..config import LiveConfig
-from ..results import find_image_key, image_shape, uri_to_path
+from ..results import find_image_key, image_shape
 from ._assembler import Engine
-from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, WorkItem
+from ._external import normalizer
+from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, Unreadable, WorkItem
 from ._worker import ReconstructionWorker, RowsListener
 
 __all__ = ["LiveReconstruction"]
@@ -28,22 +29,36 @@ logger = logging.getLogger(__name__)
 @dataclass
 class _RawRun:
     uid: str
+    normalizer: Any = None  # RunNormalizer: Resource/Datum and old stream documents -> StreamResource/StreamDatum
     image_key: str | None = None
+    data_key: dict = field(default_factory=dict)  # the image's descriptor entry (normalized)
     descriptors: set[str] = field(default_factory=set)
+    resources: dict[str, dict] = field(default_factory=dict)  # StreamResource uid -> document
+    refs: dict[str, int] = field(default_factory=dict)  # Datum id -> seq_num of the event naming it
+    datums: set[str] = field(default_factory=set)  # Datum ids received
+    delivered: set[str] = field(default_factory=set)  # StreamDatum uids of the image put on the queue
     dropped: list[int] = field(default_factory=list)
     note: str = ""
+    normalizer_error: str = ""
     warned: bool = False
 
 
 class LiveReconstruction(DocumentRouter):
     """Bluesky callback that reconstructs every detector frame of a scan, live.
 
-    In the RunEngine thread it only finds frames (in events and event pages, or as
-    StreamDatum ranges of an external HDF5 file) and puts them on the worker's bounded
+    In the RunEngine thread it only finds frames and puts them on the worker's bounded
     queue as typed items (:mod:`cdi_beamline.callbacks`' ``Frames``...): O(1) per document,
     and it never raises into the RunEngine (a failure is logged and counted in
-    ``stats["callback_errors"]``). A :class:`ReconstructionWorker` thread batches the frames
-    of each raw run and emits one derived run per raw run to ``writer``.
+    ``stats["callback_errors"]``). A :class:`ReconstructionWorker` thread reads external
+    frames, batches the frames of each raw run and emits one derived run per raw run to
+    ``writer``.
+
+    Document styles: frames inline in events and event pages; StreamResource/StreamDatum
+    (ophyd-async: HDF5, TIFF/JPEG/NPY sequences); legacy Resource/Datum (ophyd area
+    detectors, ``ophyd.sim``), turned into StreamResource/StreamDatum by one
+    bluesky-tiled-plugins ``RunNormalizer`` per raw run. External frames are read where the
+    detector wrote them (:func:`cdi_beamline.callbacks.read_stream_datum`); an event whose
+    Datum never came, like a file that cannot be read, gives ``bad`` rows with the reason.
 
     Parameters
     ----------
@@ -79,7 +94,7 @@ class LiveReconstruction(DocumentRouter):
         self.worker.start()
         self._runs: dict[str, _RawRun] = {}
         self._desc: dict[str, _RawRun] = {}
-        self._resources: dict[str, dict] = {}
+        self._resource_runs: dict[str, _RawRun] = {}  # Resource uid -> run (Datum documents name no run)
         self.stats: Counter = Counter()
 
     # -- output --------------------------------------------------------------------------
@@ -107,9 +122,12 @@ class LiveReconstruction(DocumentRouter):
             return name, doc
 
     def start(self, doc):
-        self._runs[doc["uid"]] = _RawRun(doc["uid"])
+        run = _RawRun(doc["uid"])
+        run.normalizer = normalizer(lambda name, d: self._normalized(run, name, d))
+        self._runs[run.uid] = run
         self.stats["runs"] += 1
         self._put(RunStart(doc))
+        self._normalize(run, "start", doc)
 
     def descriptor(self, doc):
         run = self._runs.get(doc["run_start"])
@@ -122,50 +140,121 @@ class LiveReconstruction(DocumentRouter):
             logger.warning("LiveReconstruction: %s (fields %s)", run.note, sorted(doc.get("data_keys", {})))
             return
         run.image_key = key
+        run.data_key = dict(doc["data_keys"][key])
         run.descriptors.add(doc["uid"])
         self._desc[doc["uid"]] = run
         dims = image_shape(doc["data_keys"][key])
         self._put(ImageSpec(run.uid, key, (dims[0], dims[1]) if len(dims) == 2 else None))
+        self._normalize(run, "descriptor", doc)
 
     def event(self, doc):
         run = self._desc.get(doc["descriptor"])
         if run is None or run.image_key not in doc["data"]:
             return
-        frame = np.asarray(doc["data"][run.image_key])
-        self._put_frames(run, Frames(run.uid, [doc["seq_num"]], frame[np.newaxis]))
+        value = doc["data"][run.image_key]
+        if isinstance(value, str):  # a Datum id: the frame is in a file
+            run.refs[value] = doc["seq_num"]
+            self._normalize(run, "event", doc)
+            return
+        self._put_frames(run, Frames(run.uid, [doc["seq_num"]], np.asarray(value)[np.newaxis]))
 
     def event_page(self, doc):
         run = self._desc.get(doc["descriptor"])
         if run is None or run.image_key not in doc["data"]:
             return
         seqs, frames = doc["seq_num"], doc["data"][run.image_key]
+        if frames and isinstance(frames[0], str):  # Datum ids
+            run.refs.update(zip(frames, seqs))
+            self._normalize(run, "event_page", doc)
+            return
         try:
             self._put_frames(run, Frames(run.uid, seqs, np.asarray(frames)))
         except ValueError:  # frames of different shapes: one item each
             for seq, frame in zip(seqs, frames):
                 self._put_frames(run, Frames(run.uid, [seq], np.asarray(frame)[np.newaxis]))
 
+    def resource(self, doc):
+        run = self._runs.get(doc.get("run_start", "")) or self._latest_run()
+        if run is not None:
+            self._resource_runs[doc["uid"]] = run
+            self._normalize(run, "resource", doc)
+
+    def datum(self, doc):
+        run = self._resource_runs.get(doc["resource"])
+        if run is not None:
+            run.datums.add(doc["datum_id"])
+            self._normalize(run, "datum", doc)
+
+    def datum_page(self, doc):
+        run = self._resource_runs.get(doc["resource"])
+        if run is not None:
+            run.datums.update(doc["datum_id"])
+            self._normalize(run, "datum_page", doc)
+
     def stream_resource(self, doc):
-        self._resources[doc["uid"]] = doc
+        run = self._runs.get(doc.get("run_start", "")) or self._latest_run()
+        if run is not None:
+            self._normalize(run, "stream_resource", doc)
 
     def stream_datum(self, doc):
         run = self._desc.get(doc["descriptor"])
-        res = self._resources.get(doc["stream_resource"])
-        if run is None or res is None or res["data_key"] != run.image_key:
-            return
-        dataset = res["parameters"].get("dataset", "data")
-        i0, i1 = doc["indices"]["start"], doc["indices"]["stop"]
-        item = ExternalFrames(run.uid, uri_to_path(res["uri"]), dataset, i0, i1, doc["seq_nums"]["start"] or 1)
-        self._put_frames(run, item)
+        if run is not None:
+            self._normalize(run, "stream_datum", doc)
+
+    def _normalized(self, run: _RawRun, name: str, doc: dict) -> None:
+        """The run's normalizer's output: the image's data key, StreamResources, StreamDatums."""
+        if name == "descriptor":
+            if doc["uid"] in run.descriptors and run.image_key in doc["data_keys"]:
+                run.data_key = doc["data_keys"][run.image_key]
+        elif name == "stream_resource":
+            run.resources[doc["uid"]] = doc
+        elif name == "stream_datum":
+            res = run.resources.get(doc["stream_resource"])
+            if doc["descriptor"] not in run.descriptors:
+                return
+            if res is None:  # its frames may be the image's: say so in the derived stop document
+                self.stats["unknown_stream_resource"] += 1
+                run.note = f"StreamDatum naming an unknown StreamResource {doc['stream_resource']!r} ignored"
+                return
+            if res["data_key"] != run.image_key:
+                return
+            run.delivered.add(doc["uid"])
+            self._put_frames(run, ExternalFrames(run.uid, res, run.data_key, doc))
 
     def stop(self, doc):
         run = self._runs.pop(doc["run_start"], None)
         if run is None:
             return
+        self._normalize(run, "stop", doc)  # StreamDatums of events that came before their Datum
+        self._unresolved(run)
         for uid in run.descriptors:
             self._desc.pop(uid, None)
-        self._resources = {k: v for k, v in self._resources.items() if v.get("run_start") not in (run.uid, None)}
+        self._resource_runs = {k: r for k, r in self._resource_runs.items() if r is not run}
         self._put(RunStop(run.uid, doc, tuple(run.dropped), run.note))
+
+    def _normalize(self, run: _RawRun, name: str, doc: dict) -> None:
+        """Feed the run's normalizer; a failure is counted and kept for the frames it costs."""
+        try:
+            run.normalizer(name, doc)
+        except Exception as exc:  # noqa: BLE001 - inline frames do not need it; lost external ones are recorded
+            self.stats["normalizer_errors"] += 1
+            run.normalizer_error = f"{type(exc).__name__}: {exc}"
+            logger.warning("LiveReconstruction: RunNormalizer failed on a %s document: %s", name, exc)
+
+    def _unresolved(self, run: _RawRun) -> None:
+        """Record the frames whose events named a Datum that gave no StreamDatum (``bad``)."""
+        unconverted = f"Datum not converted to a StreamDatum ({run.normalizer_error or 'no reason given'})"
+        missing: dict[str, list[int]] = {"no Datum document": [], unconverted: []}
+        for datum_id, seq in run.refs.items():
+            if datum_id not in run.delivered:
+                missing["no Datum document" if datum_id not in run.datums else unconverted].append(seq)
+        for reason, seqs in missing.items():
+            if seqs:
+                self.stats["unresolved"] += len(seqs)
+                self._put(Unreadable(run.uid, np.asarray(seqs, np.int64), f"event names a Datum: {reason}"))
+
+    def _latest_run(self) -> _RawRun | None:
+        return next(reversed(self._runs.values()), None)
 
     # -- queue policy --------------------------------------------------------------------
     def _put(self, item: WorkItem) -> None:

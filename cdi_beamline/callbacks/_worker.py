@@ -18,40 +18,14 @@ from ..config import LiveConfig
 from ..results import LIVE, RAW_IMAGE_KEY, RAW_STREAM, RECONSTRUCTOR, ResultRows
 from ._assembler import Engine, RunAssembler
 from ._derived import DerivedRun, Emit
-from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, WorkItem
+from ._external import UnreadableFrames, read_stream_datum
+from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, Unreadable, WorkItem
 
-__all__ = ["ReconstructionWorker", "read_external"]
+__all__ = ["ReconstructionWorker"]
 
 logger = logging.getLogger(__name__)
 
 RowsListener = Callable[[str, ResultRows], object]
-
-
-def read_external(path: Path, dataset: str, start: int, stop: int, retries: int = 20) -> np.ndarray:
-    """Frames ``start:stop`` of an HDF5 dataset being written (SWMR aware): (n, H, W).
-
-    Raises
-    ------
-    OSError
-        The file or dataset cannot be read, or holds too few frames, after ``retries`` tries.
-    """
-    import h5py
-
-    last: Exception | None = None
-    for attempt in range(retries):
-        try:
-            with h5py.File(path, "r", swmr=True, locking=False) as f:
-                ds = f[dataset]
-                ds.refresh()
-                if ds.shape[0] >= stop:
-                    out = np.asarray(ds[start:stop])
-                    return out.reshape(stop - start, *out.shape[-2:])
-                last = IndexError(f"{path.name}:{dataset} has {ds.shape[0]} frames, need {stop}")
-        except (OSError, KeyError) as exc:
-            last = exc
-        if attempt + 1 < retries:
-            time.sleep(0.05)  # the detector may still be writing
-    raise OSError(f"cannot read frames {start}:{stop} of {path}:{dataset}: {last}")
 
 
 @dataclass
@@ -193,6 +167,8 @@ class ReconstructionWorker:
             self._add(item.raw_uid, item)
         elif isinstance(item, ExternalFrames):
             self._external(item)
+        elif isinstance(item, Unreadable):
+            self._fail(item.raw_uid, item.seq_nums, item.reason)
         elif isinstance(item, RunStop):
             self._stop(item)
         elif isinstance(item, Sync):
@@ -213,17 +189,26 @@ class ReconstructionWorker:
         self._mark(run)
 
     def _external(self, item: ExternalFrames) -> None:
-        run = self._runs.get(item.raw_uid)
-        if run is None:
-            self.stats["orphan_frames"] += item.stop - item.start
+        """Read the frames where the detector wrote them (retried while the file is being
+        written); frames that cannot be read become ``bad`` rows with the reader's reason."""
+        if item.raw_uid not in self._runs:
+            self.stats["orphan_frames"] += len(item.seq_nums)
             return
         try:
-            frames = read_external(item.path, item.dataset, item.start, item.stop)
-        except OSError as exc:
-            run.assembler.fail(item.seq_nums, "error", str(exc))
-            self._mark(run)
+            frames = read_stream_datum(item.stream_resource, item.data_key, item.stream_datum)
+        except UnreadableFrames as exc:
+            self.stats["unreadable_frames"] += len(item.seq_nums)
+            self._fail(item.raw_uid, item.seq_nums, str(exc))
             return
         self._add(item.raw_uid, Frames(item.raw_uid, item.seq_nums, frames))
+
+    def _fail(self, raw_uid: str, seq_nums: np.ndarray, reason: str) -> None:
+        run = self._runs.get(raw_uid)
+        if run is None:
+            self.stats["orphan_frames"] += len(seq_nums)
+            return
+        run.assembler.fail(seq_nums, "bad", reason)
+        self._mark(run)
 
     def _stop(self, item: RunStop) -> None:
         run = self._runs.pop(item.raw_uid, None)

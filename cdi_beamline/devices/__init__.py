@@ -1,5 +1,5 @@
 """Simulated and replay devices: frame sources (plain Python), an ophyd area detector and
-rocking motor, an ophyd-async HDF5 detector, and (in ``cdi_beamline.devices.tango``) Tango
+rocking motor, ophyd-async detectors writing HDF5 or a TIFF sequence, and (in ``cdi_beamline.devices.tango``) Tango
 device servers with their ophyd-async client.
 
 The frame sources load without Bluesky; the ophyd and ophyd-async devices are imported on
@@ -25,6 +25,7 @@ _LAZY = {
     "ReplayDetector": "._ophyd_sim",
     "RockingMotor": "._ophyd_sim",
     "ReplayHDF5Detector": "._hdf5_detector",
+    "ReplayTIFFDetector": "._tiff_detector",
 }
 
 __all__ = [
