@@ -41,3 +41,25 @@ def test_connect_refuses_what_it_cannot_reach(tmp_path):
         connect()
     with pytest.raises(CDIValueError, match="no Tiled catalog"):
         connect(data_dir=tmp_path / "empty")
+
+
+def test_a_process_exits_when_its_data_directory_was_deleted(tmp_path):
+    """The embedded server is stopped at exit even when its data directory is gone by then
+    (a test's tmp folder, a user's rm -r): its thread must not keep the process alive."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import shutil
+        from cdi_beamline.tiled import EmbeddedTiled, close_at_exit
+        server = EmbeddedTiled({str(tmp_path / "data")!r})
+        close_at_exit(server.close)
+        shutil.rmtree({str(tmp_path / "data")!r})
+        print("started and deleted", flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "started and deleted" in done.stdout and "Traceback" not in done.stderr

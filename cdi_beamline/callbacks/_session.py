@@ -155,14 +155,16 @@ class LiveSession:
         if self._closed:
             return
         self._closed = True
-        self.finish()
-        for RE, token in self._tokens:
-            RE.unsubscribe(token)
-        self.callback.close()
-        for w in self.writers:
-            w.close()
-        if self.server is not None:
-            self.server.close()
+        try:
+            self.finish()
+            for RE, token in self._tokens:
+                RE.unsubscribe(token)
+            self.callback.close()
+            for w in self.writers:
+                w.close()
+        finally:  # the embedded server's thread would keep the process from exiting
+            if self.server is not None:
+                self.server.close()
 
     def __enter__(self) -> LiveSession:
         return self

@@ -143,11 +143,14 @@ class EmbeddedTiled:
         ``server.json`` is removed only if it names this server."""
         if self._server is None:
             return
-        with _locked(self.tiled_dir):
-            if _server_json(self.tiled_dir) == {"uri": self.uri, "pid": os.getpid()}:
-                (self.tiled_dir / "server.json").unlink()
-            self._server.close()
-            self._server = None
+        server, self._server = self._server, None
+        try:
+            if self.tiled_dir.is_dir():  # gone when the data directory was deleted under us
+                with _locked(self.tiled_dir):
+                    if _server_json(self.tiled_dir) == {"uri": self.uri, "pid": os.getpid()}:
+                        (self.tiled_dir / "server.json").unlink()
+        finally:
+            server.close()  # always: its thread would keep the process from exiting
 
     @property
     def running(self) -> bool:
