@@ -22,7 +22,16 @@ from . import __version__
 from .config import ReconstructorConfig
 from .device import resolve_device
 from .errors import CDIRuntimeError, CDIValueError
-from .fourier import FFT_CONVENTION, embed_centre, fix_global_phase, fourier_modulus
+from .fourier import (
+    FFT_CONVENTION,
+    bin_pattern,
+    binning_ramp,
+    crop_centre,
+    embed_centre,
+    fix_global_phase,
+    fourier_modulus,
+    fourier_upsample,
+)
 from .frames import MAX_SIZE, MIN_SIZE, validate_frame
 from .phasing import InitialEstimate, NearestNeighbourIndex, chi2, refine, square_support
 
@@ -46,7 +55,8 @@ class ReconstructionBatch:
         runs on ``modulus / scale`` and multiplies the object by it on return
     status : one of :data:`cdi_beamline.results.STATUSES` per frame (``ok``, ``low_signal``,
         ``not_converged``, ``bad``);  reason : "" or why the frame is not ``ok``
-    init : how each good frame was started (e.g. ``"random (cnn needs 64x64 ...)"``)
+    init : how each good frame was started (e.g. ``"cnn (DEFAULT, binned 2x2)"``,
+        ``"random (cnn seeds frames whose sides are multiples of 64 ...)"``)
     """
 
     object: np.ndarray
@@ -153,7 +163,7 @@ class Reconstructor:
             modulus = (data.sqrt() if self.config.quantity == "intensity" else data).to(self.device)
             m = None if mask_t is None else mask_t[idx].to(self.device)
             s = None if support_t is None else support_t[idx].to(self.device)
-            init, how = self._initial_estimate(modulus, s)
+            init, how = self._initial_estimate(modulus, s, m)
             measured = modulus if m is None else modulus * m
             out.scale[idx] = measured.double().square().sum((-2, -1)).sqrt().cpu().numpy()
             if init is not None and init.object is not None:  # the object refinement starts from
@@ -186,8 +196,8 @@ class Reconstructor:
             out.support[idx] = support_k.cpu().numpy()
             out.chi2[idx] = chi2_k.double().cpu().numpy()
             out.chi2_history[idx] = history_k.cpu().numpy()
-            for i in idx:
-                out.init[i] = how
+            for j, i in enumerate(idx):
+                out.init[i] = how if isinstance(how, str) else how[j]
             peak = measured.square().flatten(1).amax(1).cpu().numpy()  # intensity of the brightest measured pixel
             for j, i in enumerate(idx):
                 out.status[i], out.reason[i] = assess(self.config, float(out.chi2[i]), out.support[i], float(peak[j]))
@@ -231,7 +241,8 @@ class Reconstructor:
         return self._net
 
     # ----------------------------------------------------------------- helpers
-    def _initial_estimate(self, modulus: torch.Tensor, support: torch.Tensor | None):
+    def _initial_estimate(self, modulus: torch.Tensor, support: torch.Tensor | None, mask: torch.Tensor | None):
+        """(InitialEstimate or None, how: one string, or one per frame)."""
         init = self.config.init
         H, W = modulus.shape[-2:]
         if init == "random":
@@ -239,14 +250,10 @@ class Reconstructor:
         if init == "support":
             return InitialEstimate(support=support), "support"
         if init == "cnn":
-            if (H, W) != (64, 64):
-                return None, f"random (cnn needs 64x64 frames, got {H}x{W})"
-            net = self.cnn()
-            from .models import initial_estimate
-
-            sym = self.config.cnn_symmetries
-            how = f"cnn ({self.config.weights}{', best of 8 symmetries' if sym > 1 else ''})"
-            return initial_estimate(net, modulus, symmetries=sym), how
+            S = self.cnn().config.input_size
+            if H % S or W % S:
+                return None, f"random (cnn seeds frames whose sides are multiples of its input {S}, got {H}x{W})"
+            return self._cnn_estimate(modulus, mask)
         index = self._index()
         if (H, W) != index.pattern_shape:
             return (
@@ -262,6 +269,61 @@ class Reconstructor:
             ),
             "nns",
         )
+
+    def _cnn_estimate(self, modulus: torch.Tensor, mask: torch.Tensor | None):
+        """The CNN's start for (B, H, W) moduli, H and W multiples of its input S (64).
+
+        64x64: the CNN's object and support. Larger, the pattern is brought to 64x64 in two
+        ways and per frame the start whose modulus fits the (H, W) data better (chi², over
+        measured pixels) is kept:
+
+        - binned ``(H/64)x(W/64)`` (:func:`bin_pattern`, mask-aware): the real-space pixel
+          stays, the field of view shrinks by the factor, so the CNN's 64x64 object is the
+          centre of the (H, W) grid (up to :func:`binning_ramp`). Right for a pattern
+          oversampled at least twice the factor (object within 64/2 px of the (H, W) grid);
+        - its central 64x64 (the low q): same field of view, pixels the factor larger, so
+          the CNN's object and support are Fourier-interpolated onto the (H, W) grid
+          (:func:`fourier_upsample`). Right for any pattern oversampled twice, but the seed
+          holds only the low-q detail.
+        """
+        from .models import initial_estimate
+
+        net = self.cnn()
+        sym = self.config.cnn_symmetries
+        name = f"{self.config.weights}{', best of 8 symmetries' if sym > 1 else ''}"
+        H, W = modulus.shape[-2:]
+        S = net.config.input_size
+        if (H, W) == (S, S):
+            return initial_estimate(net, modulus, symmetries=sym), f"cnn ({name})"
+        ky, kx = H // S, W // S
+        binned = bin_pattern(modulus.square(), (ky, kx), mask).sqrt()
+        est = initial_estimate(net, binned, symmetries=sym)
+        starts = [
+            (
+                embed_centre(est.object, (H, W)) * binning_ramp((H, W), (ky, kx)).to(est.object.device),
+                embed_centre(est.support, (H, W)),
+            )
+        ]
+        est = initial_estimate(net, crop_centre(modulus, (S, S)), symmetries=sym)
+        starts.append(
+            (
+                fourier_upsample(est.object, (H, W)).to(torch.complex64),
+                fourier_upsample(est.support.to(torch.complex64), (H, W)).real > 0.5,
+            )
+        )
+        fits = torch.stack([chi2(fourier_modulus(o * s), modulus, mask) for o, s in starts])  # (2, B)
+        binned_better = fits[0] <= fits[1]
+        pick = binned_better[:, None, None]
+        obj = torch.where(pick, starts[0][0], starts[1][0])
+        support = torch.where(pick, starts[0][1], starts[1][1])
+        scale = (modulus.square().sum((-2, -1)) / (obj * support).abs().square().sum((-2, -1)).clamp_min(1e-30)).sqrt()
+        obj = (obj * scale[:, None, None]).to(torch.complex64)
+        factor = f"{ky}x{kx}"
+        how = [
+            f"cnn ({name}, binned {factor})" if b else f"cnn ({name}, central {S}x{S} upsampled {factor})"
+            for b in binned_better.tolist()
+        ]
+        return InitialEstimate(object=obj, support=support), how
 
     def _index(self) -> NearestNeighbourIndex:
         if self._nns is None:
