@@ -3,7 +3,8 @@
 The pipeline's CNN start for a 128×128 frame (``Reconstructor._cnn_estimate``: the binned
 pattern's object or the central 64×64's, upsampled, whichever fits the data better) against
 its random start, both refined as the pipeline refines them (``ReconstructorConfig.build(
-init=..., iterations=n)``), median and worst decile (p90) of the returned chi²:
+init=..., iterations=n)``, n in ``--iterations``), median and worst decile (p90) of the
+returned chi²:
 
 - APS: the raw 128×128 cut of the shipped APS 34-ID-C rocking scan, frames ``--aps-frames``,
   through :class:`cdi_beamline.preprocess.Preprocessor` (dark, flat field, ROI the whole cut);
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from collections import Counter
 from datetime import UTC, datetime
@@ -57,7 +59,9 @@ def simulated(n: int, seed: int, extended: bool) -> np.ndarray:
 
 def compare(modulus: np.ndarray, mask: np.ndarray | None, iterations: int, repeats: int) -> dict:
     def build(init: str) -> Reconstructor:
-        cfg = ReconstructorConfig.build(init=init, iterations=iterations, quantity="modulus", quality={"max_chi2": None})
+        cfg = ReconstructorConfig.build(
+            init=init, iterations=iterations, quantity="modulus", quality={"max_chi2": None}
+        )
         return Reconstructor(cfg, device="cpu")
 
     cnn = build("cnn").reconstruct(modulus, mask=mask, seed=0)
@@ -82,7 +86,7 @@ def main() -> None:
     p.add_argument("--aps-frames", default="95-103")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--seed", type=int, default=20261203)
-    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--iterations", default="100,600", help="comma-separated counts")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/roi_starts.json"))
     args = p.parse_args()
@@ -95,13 +99,14 @@ def main() -> None:
     }
     record = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch thread".strip(),
+        "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, {torch.get_num_threads()} torch thread",
         "args": {k: str(v) for k, v in vars(args).items()},
         "results": {},
     }
     for name, (modulus, mask) in sets.items():
-        record["results"][name] = compare(modulus, mask, args.iterations, args.repeats)
-        print(name, json.dumps(record["results"][name]), flush=True)
+        for n in (int(x) for x in args.iterations.split(",")):
+            record["results"].setdefault(name, {})[str(n)] = compare(modulus, mask, n, args.repeats)
+            print(name, n, json.dumps(record["results"][name][str(n)]), flush=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
 
 
