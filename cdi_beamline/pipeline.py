@@ -172,7 +172,7 @@ class Reconstructor:
                 out.start_amplitude[idx] = estimate.abs().cpu().numpy()
                 out.start_phase[idx] = estimate.angle().cpu().numpy()
             if T == 0:
-                if init is None or init.object is None:  # e.g. cnn on a frame that is not 64x64
+                if init is None or init.object is None:  # e.g. cnn on a frame whose sides are not multiples of 64
                     for i in idx:
                         out.status[i] = "bad"
                         out.reason[i] = f"iterations=0 needs a {self.config.init} estimate; got {how}"

@@ -234,7 +234,7 @@ def test_zero_iterations_returns_the_cnn_estimate_alone(tmp_path):
     np.testing.assert_allclose(out.chi2, expected.numpy(), rtol=1e-4)
     with pytest.raises(ConfigError, match="iterations=0"):
         ReconstructorConfig.build(init="random", iterations=0)
-    # a frame the CNN cannot take (not 64x64) is flagged, not silently refined
+    # a frame the CNN cannot take (96x96: not a multiple of its 64) is flagged, not silently refined
     big = Reconstructor(ReconstructorConfig.build(init="cnn", iterations=0), device="cpu").reconstruct(
         np.pad(intensity[0], 16)
     )

@@ -38,8 +38,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--init",
         choices=["random", "support", "cnn", "nns"],
-        help=f"initialisation (default {default['init']}; cnn: the shipped weights, random for frames that are "
-        "not 64x64)",
+        help=f"initialisation (default {default['init']}; cnn: the shipped weights, seeds frames whose sides are "
+        "multiples of 64 through its 64x64 input, random for other sizes)",
     )
     p.add_argument("--support", metavar="FILE", help="real-space support (H, W) for --init support (nonzero = inside)")
     p.add_argument(

@@ -55,9 +55,10 @@ class ReconstructorConfig(FrozenModel):
 
     init: Literal["cnn", "random", "support", "nns"] = "cnn"
     """Start of the refinement (the paper's Fig. 5): the CNN's object and support (the
-    default; frames that are not 64x64 fall back to random, and say so), random phases in
-    a rectangle, random phases in a given support, or the nearest neighbour of a
-    simulated set."""
+    default; it seeds frames whose sides are multiples of its 64x64 input, larger ones through
+    their binned pattern or central 64x64, docs/phasing.md; other sizes fall back to random,
+    and say so), random phases in a rectangle, random phases in a given support, or the
+    nearest neighbour of a simulated set."""
 
     refine: RefineConfig = Field(default_factory=RefineConfig)
     """Schedule, shrink-wrap and supports of the iterative refinement, exactly as they run:
