@@ -281,7 +281,7 @@ class Reconstructor:
           stays, the field of view shrinks by the factor, so the CNN's 64x64 object is the
           centre of the (H, W) grid (up to :func:`binning_ramp`). Right for a pattern
           oversampled at least twice the factor (object within 64/2 px of the (H, W) grid);
-        - its central 64x64 (the low q): same field of view, pixels the factor larger, so
+        - its central 64x64 (the low q, unmeasured pixels 0): same field of view, pixels the factor larger, so
           the CNN's object and support are Fourier-interpolated onto the (H, W) grid
           (:func:`fourier_upsample`). Right for any pattern oversampled twice, but the seed
           holds only the low-q detail.
@@ -304,7 +304,8 @@ class Reconstructor:
                 embed_centre(est.support, (H, W)),
             )
         ]
-        est = initial_estimate(net, crop_centre(modulus, (S, S)), symmetries=sym)
+        measured = modulus if mask is None else modulus * mask
+        est = initial_estimate(net, crop_centre(measured, (S, S)), symmetries=sym)
         starts.append(
             (
                 fourier_upsample(est.object, (H, W)).to(torch.complex64),

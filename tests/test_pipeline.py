@@ -505,3 +505,20 @@ def test_batched_128_frames_with_a_mask_and_a_bad_frame_go_through():
     wide = np.concatenate([frames[[0, 1]], frames[[0, 1]]], axis=-1)  # 128x256: factors 2 and 4
     out = rec.reconstruct(wide)
     assert out.object.shape == (2, 128, 256) and all(s.startswith("cnn (DEFAULT, ") and "2x4" in s for s in out.init)
+
+
+def test_aps_raw_128_frame99_is_cnn_seeded_through_the_preprocessing():
+    """The raw 128x128 APS cut, dark + flat field through the Preprocessor: frame 99 is seeded by
+    the CNN through its central 64x64 (the crystal, ~34 px across, aliases when binned) and
+    refined to the hand-corrected 64x64 crop's level."""
+    from cdi_beamline.config import PreprocessConfig
+    from cdi_beamline.devices import ApsRockingSource
+    from cdi_beamline.preprocess import Preprocessor
+
+    src = ApsRockingSource(corrected=False, crop=128)
+    pre = Preprocessor(PreprocessConfig(roi=(0, 0, 128, 128)), dark=src.dark, flat=src.whitefield)
+    p = pre.apply(src.frames[99])
+    rec = Reconstructor(ReconstructorConfig.build(init="cnn", quantity="modulus"), device="cpu")
+    out = rec.reconstruct(p.modulus, mask=p.mask, seed=0)
+    assert out.init == ["cnn (DEFAULT, central 64x64 upsampled 2x2)"] and out.status == ["ok"]
+    assert out.chi2[0] <= 0.003, out.chi2  # measured 0.0024 (600 iterations; 2-core x86-64 CPU, 2026-12-03)
