@@ -28,7 +28,7 @@ ROWS = [
     Row("rec512", "512×512 → ROI 64: preprocessing + CNN + refinement", "frames/s", 1),
     Row("chi2_512", "512×512 → ROI 64: mean final chi²", "chi²", 4),
     Row("pre128", "128×128 ROI: dark, flat, sqrt alone", "frames/s", 0),
-    Row("rec128", "128×128 ROI: preprocessing + random start + refinement", "frames/s", 1),
+    Row("rec128", "128×128 ROI: preprocessing + CNN start + refinement", "frames/s", 1),
     Row("chi2_128", "128×128 ROI: mean final chi²", "chi²", 4),
 ]
 RATIOS = [

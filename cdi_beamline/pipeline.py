@@ -253,6 +253,8 @@ class Reconstructor:
             S = self.cnn().config.input_size
             if H % S or W % S:
                 return None, f"random (cnn seeds frames whose sides are multiples of its input {S}, got {H}x{W})"
+            if (H, W) != (S, S) and self.config.cnn_large_frames == "random":
+                return None, f"random (cnn_large_frames='random' for frames larger than {S}x{S}, got {H}x{W})"
             return self._cnn_estimate(modulus, mask)
         index = self._index()
         if (H, W) != index.pattern_shape:
@@ -273,18 +275,21 @@ class Reconstructor:
     def _cnn_estimate(self, modulus: torch.Tensor, mask: torch.Tensor | None):
         """The CNN's start for (B, H, W) moduli, H and W multiples of its input S (64).
 
-        64x64: the CNN's object and support. Larger, the pattern is brought to 64x64 in two
-        ways and per frame the start whose modulus fits the (H, W) data better (chi², over
-        measured pixels) is kept:
+        S x S: the CNN's object and support. Larger, by ``config.cnn_large_frames``, with
+        k = H/S (and W/S):
 
-        - binned ``(H/64)x(W/64)`` (:func:`bin_pattern`, mask-aware): the real-space pixel
-          stays, the field of view shrinks by the factor, so the CNN's 64x64 object is the
-          centre of the (H, W) grid (up to :func:`binning_ramp`). Right for a pattern
-          oversampled at least twice the factor (object within 64/2 px of the (H, W) grid);
-        - its central 64x64 (the low q, unmeasured pixels 0): same field of view, pixels the factor larger, so
-          the CNN's object and support are Fourier-interpolated onto the (H, W) grid
-          (:func:`fourier_upsample`). Right for any pattern oversampled twice, but the seed
-          holds only the low-q detail.
+        - ``"binned"``: the pattern binned k x k (:func:`bin_pattern`, mask-aware). The
+          real-space pixel stays and the field of view shrinks k times, so the CNN's S x S
+          object is the centre of the (H, W) grid (its blocks' ramp undone,
+          :func:`binning_ramp`). Right for a pattern oversampled at least 2k times;
+        - ``"central"``: its central S x S (the low q, unmeasured pixels 0): same field of
+          view, pixels k times larger, so the CNN's object and support are Fourier-interpolated
+          onto the (H, W) grid (:func:`fourier_upsample`). Right for any pattern oversampled
+          twice, but the seed holds only the low-q detail;
+        - ``"fit"``: both, and per frame the start whose modulus fits the (H, W) data better
+          (chi², over measured pixels).
+
+        Returns (InitialEstimate, one ``init`` string per frame, or one for all).
         """
         from .models import initial_estimate
 
@@ -296,35 +301,31 @@ class Reconstructor:
         if (H, W) == (S, S):
             return initial_estimate(net, modulus, symmetries=sym), f"cnn ({name})"
         ky, kx = H // S, W // S
-        binned = bin_pattern(modulus.square(), (ky, kx), mask).sqrt()
-        est = initial_estimate(net, binned, symmetries=sym)
-        starts = [
-            (
-                embed_centre(est.object, (H, W)) * binning_ramp((H, W), (ky, kx)).to(est.object.device),
-                embed_centre(est.support, (H, W)),
-            )
-        ]
-        measured = modulus if mask is None else modulus * mask
-        est = initial_estimate(net, crop_centre(measured, (S, S)), symmetries=sym)
-        starts.append(
-            (
+        way = self.config.cnn_large_frames
+        starts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if way in ("binned", "fit"):
+            est = initial_estimate(net, bin_pattern(modulus.square(), (ky, kx), mask).sqrt(), symmetries=sym)
+            ramp = binning_ramp((H, W), (ky, kx)).to(modulus.device)
+            starts[f"binned {ky}x{kx}"] = (embed_centre(est.object, (H, W)) * ramp, embed_centre(est.support, (H, W)))
+        if way in ("central", "fit"):
+            measured = modulus if mask is None else modulus * mask
+            est = initial_estimate(net, crop_centre(measured, (S, S)), symmetries=sym)
+            starts[f"central {S}x{S} upsampled {ky}x{kx}"] = (
                 fourier_upsample(est.object, (H, W)).to(torch.complex64),
                 fourier_upsample(est.support.to(torch.complex64), (H, W)).real > 0.5,
             )
-        )
-        fits = torch.stack([chi2(fourier_modulus(o * s), modulus, mask) for o, s in starts])  # (2, B)
-        binned_better = fits[0] <= fits[1]
-        pick = binned_better[:, None, None]
-        obj = torch.where(pick, starts[0][0], starts[1][0])
-        support = torch.where(pick, starts[0][1], starts[1][1])
+        names = list(starts)
+        if len(names) == 1:
+            obj, support = starts[names[0]]
+            how: str | list[str] = f"cnn ({name}, {names[0]})"
+        else:
+            (o0, s0), (o1, s1) = starts.values()
+            first = chi2(fourier_modulus(o0 * s0), modulus, mask) <= chi2(fourier_modulus(o1 * s1), modulus, mask)
+            pick = first[:, None, None]
+            obj, support = torch.where(pick, o0, o1), torch.where(pick, s0, s1)
+            how = [f"cnn ({name}, {names[0] if f else names[1]})" for f in first.tolist()]
         scale = (modulus.square().sum((-2, -1)) / (obj * support).abs().square().sum((-2, -1)).clamp_min(1e-30)).sqrt()
-        obj = (obj * scale[:, None, None]).to(torch.complex64)
-        factor = f"{ky}x{kx}"
-        how = [
-            f"cnn ({name}, binned {factor})" if b else f"cnn ({name}, central {S}x{S} upsampled {factor})"
-            for b in binned_better.tolist()
-        ]
-        return InitialEstimate(object=obj, support=support), how
+        return InitialEstimate(object=(obj * scale[:, None, None]).to(torch.complex64), support=support), how
 
     def _index(self) -> NearestNeighbourIndex:
         if self._nns is None:

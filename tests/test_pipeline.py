@@ -457,11 +457,17 @@ def test_the_cnn_seed_of_a_128_frame_lands_on_the_object_grid(extended):
     from cdi_beamline.phasing import align, random_initial_object, square_support
 
     truth, intensity = _particles_128(4, seed=5, extended=extended)
-    out = Reconstructor(ReconstructorConfig.build(init="cnn", iterations=0), device="cpu").reconstruct(
-        intensity.numpy()
-    )
+
+    def start(way):
+        cfg = ReconstructorConfig.build(init="cnn", iterations=0, cnn_large_frames=way)
+        return Reconstructor(cfg, device="cpu").reconstruct(intensity.numpy())
+
+    out = start("fit")
     way = "central 64x64 upsampled 2x2" if extended else "binned 2x2"
     assert out.status == ["ok"] * 4 and out.init == [f"cnn (DEFAULT, {way})"] * 4
+    forced = start("central" if extended else "binned")  # the same start, asked for
+    assert forced.init == out.init
+    np.testing.assert_allclose(forced.object, out.object, atol=1e-5 * np.abs(out.object).max())
     net = cdinet()
     if extended:  # the central 64x64's object taken at the 128 grid's pixel
         other = embed_centre(initial_estimate(net, crop_centre(intensity.sqrt(), (64, 64))).object, (128, 128))
@@ -475,7 +481,7 @@ def test_the_cnn_seed_of_a_128_frame_lands_on_the_object_grid(extended):
 
 
 def test_sizes_the_cnn_cannot_seed_start_random_with_the_reason():
-    rec = Reconstructor(ReconstructorConfig.build(init="cnn", **FAST), device="cpu")
+    rec = Reconstructor(ReconstructorConfig.build(init="cnn", cnn_large_frames="fit", **FAST), device="cpu")
     for n in (32, 96, 160):
         out = rec.reconstruct(_pattern(n)[0])
         assert out.status != ["bad"], (n, out.reason)
@@ -485,6 +491,10 @@ def test_sizes_the_cnn_cannot_seed_start_random_with_the_reason():
         ReconstructorConfig.build(init="random", iterations=0)
     out = Reconstructor(ReconstructorConfig.build(init="cnn", iterations=0), device="cpu").reconstruct(_pattern(96)[0])
     assert out.status == ["bad"] and "needs a cnn estimate; got random (cnn seeds frames" in out.reason[0]
+    # by default a 128x128 frame starts from random phases, and says why
+    out = Reconstructor(ReconstructorConfig.build(init="cnn", **FAST), device="cpu").reconstruct(_pattern(128)[0])
+    assert out.init == ["random (cnn_large_frames='random' for frames larger than 64x64, got 128x128)"]
+    assert out.status == ["ok"] and np.isnan(out.start_amplitude).all()
 
 
 def test_batched_128_frames_with_a_mask_and_a_bad_frame_go_through():
@@ -495,7 +505,8 @@ def test_batched_128_frames_with_a_mask_and_a_bad_frame_go_through():
     frames[2, 0, 0] = np.nan
     mask = np.ones((128, 128), bool)
     mask[60:63, :] = False  # a gap band through the centre
-    rec = Reconstructor(ReconstructorConfig.build(init="cnn", batch_size=2, **FAST), device="cpu")
+    cfg = ReconstructorConfig.build(init="cnn", cnn_large_frames="fit", batch_size=2, **FAST)
+    rec = Reconstructor(cfg, device="cpu")
     out = rec.reconstruct(frames * mask, mask=mask)
     assert out.status[2] == "bad" and out.init[2] == "" and "NaN" in out.reason[2]
     good = [0, 1, 3, 4]
@@ -508,8 +519,8 @@ def test_batched_128_frames_with_a_mask_and_a_bad_frame_go_through():
 
 
 def test_aps_raw_128_frame99_is_cnn_seeded_through_the_preprocessing():
-    """The raw 128x128 APS cut, dark + flat field through the Preprocessor: frame 99 is seeded by
-    the CNN through its central 64x64 (the crystal, ~34 px across, aliases when binned) and
+    """The raw 128x128 APS cut, dark + flat field through the Preprocessor: frame 99 seeded by
+    the CNN through its central 64x64 (the crystal, ~34 px across, aliases when binned) is
     refined to the hand-corrected 64x64 crop's level."""
     from cdi_beamline.config import PreprocessConfig
     from cdi_beamline.devices import ApsRockingSource
@@ -518,7 +529,7 @@ def test_aps_raw_128_frame99_is_cnn_seeded_through_the_preprocessing():
     src = ApsRockingSource(corrected=False, crop=128)
     pre = Preprocessor(PreprocessConfig(roi=(0, 0, 128, 128)), dark=src.dark, flat=src.whitefield)
     p = pre.apply(src.frames[99])
-    rec = Reconstructor(ReconstructorConfig.build(init="cnn", quantity="modulus"), device="cpu")
-    out = rec.reconstruct(p.modulus, mask=p.mask, seed=0)
+    cfg = ReconstructorConfig.build(init="cnn", cnn_large_frames="central", quantity="modulus")
+    out = Reconstructor(cfg, device="cpu").reconstruct(p.modulus, mask=p.mask, seed=0)
     assert out.init == ["cnn (DEFAULT, central 64x64 upsampled 2x2)"] and out.status == ["ok"]
     assert out.chi2[0] <= 0.003, out.chi2  # measured 0.0024 (600 iterations; 2-core x86-64 CPU, 2026-12-03)

@@ -55,10 +55,9 @@ class ReconstructorConfig(FrozenModel):
 
     init: Literal["cnn", "random", "support", "nns"] = "cnn"
     """Start of the refinement (the paper's Fig. 5): the CNN's object and support (the
-    default; it seeds frames whose sides are multiples of its 64x64 input, larger ones through
-    their binned pattern or central 64x64, docs/phasing.md; other sizes fall back to random,
-    and say so), random phases in a rectangle, random phases in a given support, or the
-    nearest neighbour of a simulated set."""
+    default; for 64x64 frames, and larger ones as ``cnn_large_frames`` says; other sizes fall
+    back to random, and say so), random phases in a rectangle, random phases in a given
+    support, or the nearest neighbour of a simulated set."""
 
     refine: RefineConfig = Field(default_factory=RefineConfig)
     """Schedule, shrink-wrap and supports of the iterative refinement, exactly as they run:
@@ -80,6 +79,17 @@ class ReconstructorConfig(FrozenModel):
     cnn_symmetries: Literal[1, 8] = 1
     """CNN test-time augmentation: 8 = predict under the 8 symmetries of the square and keep,
     per frame, the prediction that best fits the data (8× the CNN's cost, lower chi²)."""
+
+    cnn_large_frames: Literal["random", "fit", "binned", "central"] = "random"
+    """How ``init="cnn"`` starts a frame larger than the CNN's 64x64 input whose sides are
+    multiples of 64 (the refiner works at the frame's size): ``"binned"``, the CNN's object of
+    the pattern binned to 64x64, at the centre of the grid (same real-space pixel: for frames
+    oversampled at least twice the binning); ``"central"``, the CNN's object of the central
+    64x64, Fourier-interpolated onto the grid (any frame oversampled twice; low-q detail only);
+    ``"fit"``, per frame whichever of the two fits the frame better; ``"random"`` (the default),
+    random phases: on the measured APS frames at 128x128 no CNN seed refined better than a
+    random start, on simulated ones they did (docs/phasing.md, *The CNN seed of frames larger
+    than 64×64*)."""
 
     nns_index: str | None = None
     """HDF5 of ``simulate`` indexed for ``init="nns"``."""
