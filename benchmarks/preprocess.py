@@ -6,7 +6,7 @@ live worker would take them (batches of ``--batch-size``, CNN + ``--iterations``
    ROI of 64 around the Bragg peak (chosen in the first batch of each repeat): the
    preprocessing alone, then preprocessing + reconstruction (frames/s, mean final chi²);
 2. 128×128 ROI: the raw 128×128 frames, dark + flat field, ROI the whole cut, phased at
-   128×128 (the CNN seeds it through its 64×64 input: ``init`` records how, per frame).
+   128×128 (random start: `cnn_large_frames` defaults to random; the reason recorded per frame).
 
     ./run bench preprocess [--repeats N] -- [--frames 128] [--iterations 100] [--batch-size 64]
 """
@@ -28,7 +28,7 @@ ROWS = [
     Row("rec512", "512×512 → ROI 64: preprocessing + CNN + refinement", "frames/s", 1),
     Row("chi2_512", "512×512 → ROI 64: mean final chi²", "chi²", 4),
     Row("pre128", "128×128 ROI: dark, flat, sqrt alone", "frames/s", 0),
-    Row("rec128", "128×128 ROI: preprocessing + CNN start + refinement", "frames/s", 1),
+    Row("rec128", "128×128 ROI: preprocessing + random start + refinement", "frames/s", 1),
     Row("chi2_128", "128×128 ROI: mean final chi²", "chi²", 4),
 ]
 RATIOS = [

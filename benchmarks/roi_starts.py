@@ -1,18 +1,19 @@
 """CNN start vs random start on frames larger than the CNN's 64×64 input (128×128 here).
 
-The pipeline's CNN start for a 128×128 frame (``Reconstructor._cnn_estimate``: the binned
-pattern's object or the central 64×64's, upsampled, whichever fits the data better) against
-its random start, both refined as the pipeline refines them (``ReconstructorConfig.build(
-init=..., iterations=n)``, n in ``--iterations``), median and worst decile (p90) of the
-returned chi²:
+Each of the pipeline's CNN starts for a 128×128 frame (``ReconstructorConfig.cnn_large_frames``:
+the binned pattern's object, the central 64×64's upsampled, the better fit of the two per
+frame) against its random start (``--repeats`` seeds per frame, their median), all refined as
+the pipeline refines them (``ReconstructorConfig.build(init=..., iterations=n)``, n in
+``--iterations``); median and worst decile (p90) of the returned chi², and on how many frames
+the CNN start ended lower than the random one:
 
-- APS: the raw 128×128 cut of the shipped APS 34-ID-C rocking scan, frames ``--aps-frames``,
-  through :class:`cdi_beamline.preprocess.Preprocessor` (dark, flat field, ROI the whole cut);
+- APS: the raw 128×128 cut of the shipped APS 34-ID-C rocking scan through
+  :class:`cdi_beamline.preprocess.Preprocessor` (dark, flat field, ROI the whole cut): the
+  frames at the top of the rocking curve ``--aps-frames`` and the scan's centre
+  ``--scan-frames`` (weak frames included);
 - simulated, ``--n`` patterns (``simulate_batch``, seed ``--seed``) of 128×128: "compact", the
   simulator's 32-px object padded to 128 (oversampled 4x); "extended", the same particle
   Fourier-interpolated to 64 px (oversampled 2x: the same object seen to twice the q range).
-
-The random start runs ``--repeats`` seeds per frame.
 
     PYTHONPATH=. python benchmarks/roi_starts.py [--n 16] [--out benchmarks/results/roi_starts.json]
 """
@@ -57,33 +58,37 @@ def simulated(n: int, seed: int, extended: bool) -> np.ndarray:
     return fourier_modulus(embed_centre(obj, (128, 128))).numpy()
 
 
+WAYS = ("fit", "binned", "central")
+
+
 def compare(modulus: np.ndarray, mask: np.ndarray | None, iterations: int, repeats: int) -> dict:
-    def build(init: str) -> Reconstructor:
+    def build(init: str, **kw) -> Reconstructor:
         cfg = ReconstructorConfig.build(
-            init=init, iterations=iterations, quantity="modulus", quality={"max_chi2": None}
+            init=init, iterations=iterations, quantity="modulus", quality={"max_chi2": None}, **kw
         )
         return Reconstructor(cfg, device="cpu")
-
-    cnn = build("cnn").reconstruct(modulus, mask=mask, seed=0)
-    rnd = np.stack([build("random").reconstruct(modulus, mask=mask, seed=s).chi2 for s in range(repeats)])
-    rnd_median = np.median(rnd, 0)  # per frame, over seeds
 
     def summary(c: np.ndarray) -> dict[str, float]:
         return {"median": float(np.median(c)), "p90": float(np.quantile(c, 0.9))}
 
-    return {
-        "cnn": summary(cnn.chi2),
-        "cnn_start": summary(cnn.chi2_history[:, 0]),
-        "random": summary(rnd_median),
-        "cnn_better_frames": int((cnn.chi2 < rnd_median).sum()),
-        "frames": len(modulus),
-        "cnn_starts": dict(Counter(cnn.init)),
-    }
+    rnd = np.stack([build("random").reconstruct(modulus, mask=mask, seed=s).chi2 for s in range(repeats)])
+    rnd_median = np.median(rnd, 0)  # per frame, over seeds
+    out: dict = {"frames": len(modulus), "random": summary(rnd_median)}
+    for way in WAYS:
+        cnn = build("cnn", cnn_large_frames=way).reconstruct(modulus, mask=mask, seed=0)
+        out[way] = {
+            **summary(cnn.chi2),
+            "start": summary(cnn.chi2_history[:, 0]),
+            "lower_than_random": int((cnn.chi2 < rnd_median).sum()),
+            "seeds": dict(Counter(cnn.init)),
+        }
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--aps-frames", default="95-103")
+    p.add_argument("--scan-frames", default="36-163")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--seed", type=int, default=20261203)
     p.add_argument("--iterations", default="100,600", help="comma-separated counts")
@@ -91,9 +96,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/roi_starts.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
-    lo, hi = (int(x) for x in args.aps_frames.split("-"))
+
+    def frames(spec: str) -> list[int]:
+        lo, hi = (int(x) for x in spec.split("-"))
+        return list(range(lo, hi + 1))
+
     sets = {
-        "aps_raw_128": aps_frames(list(range(lo, hi + 1))),
+        "aps_raw_128_peak": aps_frames(frames(args.aps_frames)),
+        "aps_raw_128_scan": aps_frames(frames(args.scan_frames)),
         "simulated_compact_128": (simulated(args.n, args.seed, extended=False), None),
         "simulated_extended_128": (simulated(args.n, args.seed, extended=True), None),
     }

@@ -181,11 +181,13 @@ class Reconstructor:
                 chi2_k = chi2(fourier_modulus(obj), modulus, m)
                 history_k = torch.empty((len(idx), 0))
             else:
+                # cnn/nns fell back to random phases: a random start's schedule
+                unseeded = init is None and self.config.init in ("cnn", "nns") and self.config.random_refine is not None
                 res = refine(
                     modulus,
                     mask=m,
                     init=init,
-                    config=self.config.refine,
+                    config=self.config.random_refine if unseeded else self.config.refine,
                     seed=(0 if seed is None else int(seed)) + k,
                 )
                 obj, support_k, chi2_k, history_k = res.object, res.support, res.chi2, res.chi2_history
@@ -207,7 +209,8 @@ class Reconstructor:
         """What produced the results, JSON-able, for derived start documents and OUT.h5.
 
         ``config`` is the validated :class:`ReconstructorConfig` dump: ``config.refine`` is
-        the schedule and shrink-wrap that ran, ``config.iterations`` their count, and
+        the schedule and shrink-wrap that ran (``config.random_refine`` for frames a cnn or nns
+        start fell back to random phases on), ``config.iterations`` their count, and
         ``Reconstructor(ReconstructorConfig.build(**provenance()["config"]))`` runs the same.
         """
         info: dict[str, Any] = {

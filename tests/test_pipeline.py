@@ -491,10 +491,19 @@ def test_sizes_the_cnn_cannot_seed_start_random_with_the_reason():
         ReconstructorConfig.build(init="random", iterations=0)
     out = Reconstructor(ReconstructorConfig.build(init="cnn", iterations=0), device="cpu").reconstruct(_pattern(96)[0])
     assert out.status == ["bad"] and "needs a cnn estimate; got random (cnn seeds frames" in out.reason[0]
-    # by default a 128x128 frame starts from random phases, and says why
-    out = Reconstructor(ReconstructorConfig.build(init="cnn", **FAST), device="cpu").reconstruct(_pattern(128)[0])
+    # by default a 128x128 frame starts from random phases, says why, and is refined as a
+    # random start is (the paper's schedule, not the seeded one)
+    frame = _pattern(128)[0]
+    cfg = ReconstructorConfig.build(init="cnn", iterations=100)
+    assert cfg.random_refine == ReconstructorConfig.build(init="random", iterations=100).refine != cfg.refine
+    out = Reconstructor(cfg, device="cpu").reconstruct(frame, seed=3)
     assert out.init == ["random (cnn_large_frames='random' for frames larger than 64x64, got 128x128)"]
     assert out.status == ["ok"] and np.isnan(out.start_amplitude).all()
+    alone = Reconstructor(ReconstructorConfig.build(init="random", iterations=100), device="cpu").reconstruct(
+        frame, seed=3
+    )
+    np.testing.assert_array_equal(out.chi2_history, alone.chi2_history)
+    assert ReconstructorConfig.build(**cfg.model_dump()) == cfg
 
 
 def test_batched_128_frames_with_a_mask_and_a_bad_frame_go_through():

@@ -66,6 +66,12 @@ class ReconstructorConfig(FrozenModel):
     from ``SEEDED_SHRINKWRAP_START`` (:mod:`cdi_beamline.config.refine`), a random one the
     paper's."""
 
+    random_refine: RefineConfig | None = None
+    """The refinement of a frame that the ``cnn`` or ``nns`` start cannot seed (another size:
+    it starts from random phases): what ``refine`` would be for ``init="random"``. Set by
+    validation with the seeded defaults (a random start refines worse under the seeded
+    schedule: docs/phasing.md); None: ``refine``."""
+
     iterations: int | None = Field(None, ge=0, le=100_000)
     """Total iterations. Given (>= 1), validation scales ``refine.schedule`` to it
     (:meth:`Schedule.resized`) and ``refine.shrinkwrap_start`` in proportion, so that a short
@@ -134,17 +140,30 @@ class ReconstructorConfig(FrozenModel):
             refine = RefineConfig.model_validate(data.get("refine", {}))
         except ValidationError:
             return data
+        n = len(parse_schedule(refine.schedule)) if n is None else n
+        data = {**data, "iterations": n, "refine": cls._scaled(refine, n)}
+        if isinstance(data.get("random_refine"), dict):
+            try:
+                data["random_refine"] = cls._scaled(RefineConfig.model_validate(data["random_refine"]), n)
+            except ValidationError:
+                pass
+        return data
+
+    @staticmethod
+    def _scaled(refine: RefineConfig, n: int) -> dict:
+        """``refine``'s fields with its schedule resized to ``n`` iterations (and the shrink-wrap
+        start in proportion)."""
         schedule = parse_schedule(refine.schedule)
-        if n is None or n == len(schedule):
-            return {**data, "iterations": len(schedule)}
         values = refine.model_dump()
-        values["schedule"] = str(schedule.resized(n))
-        values["shrinkwrap_start"] = round(refine.shrinkwrap_start * n / len(schedule))
-        return {**data, "iterations": n, "refine": values}
+        if n != len(schedule):
+            values["schedule"] = str(schedule.resized(n))
+            values["shrinkwrap_start"] = round(refine.shrinkwrap_start * n / len(schedule))
+        return values
 
     @classmethod
     def _seeded_defaults(cls, data: dict) -> dict:
-        """A seeded start's schedule and shrink-wrap start, where neither is given."""
+        """A seeded start's schedule and shrink-wrap start, where neither is given; the random
+        start's (the given ``refine``) kept as ``random_refine`` for frames it cannot seed."""
         init = data.get("init", cls.model_fields["init"].default)
         refine = data.get("refine", {})
         if init not in ("cnn", "nns") or not isinstance(refine, dict):
@@ -152,7 +171,7 @@ class ReconstructorConfig(FrozenModel):
         if "schedule" in refine or "shrinkwrap_start" in refine:
             return data
         seeded = {"schedule": SEEDED_SCHEDULE, "shrinkwrap_start": SEEDED_SHRINKWRAP_START}
-        return {**data, "refine": {**refine, **seeded}}
+        return {"random_refine": dict(refine), **data, "refine": {**refine, **seeded}}
 
     @model_validator(mode="after")
     def _nns_needs_an_index(self) -> ReconstructorConfig:
