@@ -435,6 +435,9 @@ def test_a_binned_pattern_is_that_of_the_central_object_at_the_same_pixel():
     without_ramp = chi2(fourier_modulus(crop_centre(truth, (64, 64))), binned)
     assert fit.max() < 1e-3, fit  # measured 0.6-1.9e-4: the blocks' smoothing
     assert (without_ramp > 10 * fit).all(), (without_ramp, fit)
+    # the object at pixels twice as large (same field of view) has the central 64x64 for pattern
+    coarse = chi2(crop_centre(intensity.sqrt(), (64, 64)), binned)
+    assert (coarse > 100 * fit).all(), (coarse, fit)
     # mask-aware: a block with unmeasured pixels is its measured sum scaled up, a dead block 0
     mask = torch.ones(128, 128, dtype=torch.bool)
     mask[64, 64] = False
