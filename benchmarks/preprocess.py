@@ -6,7 +6,7 @@ live worker would take them (batches of ``--batch-size``, CNN + ``--iterations``
    ROI of 64 around the Bragg peak (chosen in the first batch of each repeat): the
    preprocessing alone, then preprocessing + reconstruction (frames/s, mean final chi²);
 2. 128×128 ROI: the raw 128×128 frames, dark + flat field, ROI the whole cut, phased at
-   128×128 (the CNN takes 64×64 only: random start, the reason recorded per frame).
+   128×128 (random start: `cnn_large_frames` defaults to random; the reason recorded per frame).
 
     ./run bench preprocess [--repeats N] -- [--frames 128] [--iterations 100] [--batch-size 64]
 """

@@ -31,6 +31,9 @@ __all__ = [
     "embed_centre",
     "crop_centre",
     "fix_global_phase",
+    "bin_pattern",
+    "binning_ramp",
+    "fourier_upsample",
 ]
 
 FFT_CONVENTION = (
@@ -94,3 +97,53 @@ def fix_global_phase(obj: torch.Tensor) -> torch.Tensor:
     ``−c``, so the twin of a fixed object is fixed too.
     """
     return obj * torch.exp(-1j * torch.angle(obj.sum(_DIMS, keepdim=True)))
+
+
+def bin_pattern(intensity: torch.Tensor, factors: Sequence[int], mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum ``factors = (ky, kx)`` blocks of a centred pattern: (..., H, W) -> (..., H/ky, W/kx).
+
+    The centre pixel (H//2, W//2) falls in block (H//2/ky, W//2/kx), the binned centre; the
+    block's own centre is ``(k - 1)/2`` pixels further out (see :func:`binning_ramp`). With
+    ``mask`` (broadcastable, True = measured) a block sums its measured pixels scaled by
+    ``ky·kx / n_measured`` (an unmeasured block is 0).
+    """
+    ky, kx = (int(k) for k in factors)
+    H, W = intensity.shape[-2:]
+    if ky < 1 or kx < 1 or H % ky or W % kx:
+        raise CDIValueError(f"binning {ky}x{kx} does not divide the {H}x{W} pattern")
+
+    def blocks(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(*x.shape[:-2], H // ky, ky, W // kx, kx).sum((-3, -1))
+
+    if mask is None:
+        return blocks(intensity)
+    m = mask.to(intensity.dtype).expand_as(intensity)
+    n = blocks(m)
+    return blocks(intensity * m) * (ky * kx) / n.clamp_min(1)
+
+
+def binning_ramp(shape: Sequence[int], factors: Sequence[int]) -> torch.Tensor:
+    """(H, W) complex64 phase ramp that puts the object of a pattern binned by ``factors`` back
+    where the object of the (H, W) pattern is.
+
+    Binned pixel J sums pixels ``k·J … k·J + k − 1``, centred ``(k − 1)/2`` pixels beyond the
+    q it is taken for: the binned pattern is (to the blocks' smoothing) that of
+    ``o · exp(−2πi·(k − 1)/2 · x / H)`` per axis, on a grid with the same real-space pixel and
+    a k times smaller field of view. Multiply the binned pattern's object by this ramp.
+    """
+    H, W = shape
+    ky, kx = factors
+    y = torch.arange(H, dtype=torch.float64) - H // 2
+    x = torch.arange(W, dtype=torch.float64) - W // 2
+    angle = torch.pi * ((ky - 1) * y[:, None] / H + (kx - 1) * x[None, :] / W)
+    return torch.polar(torch.ones_like(angle), angle).to(torch.complex64)
+
+
+def fourier_upsample(obj: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Fourier interpolation of centred objects (..., h, w) onto a finer (..., H, W) grid with
+    the same field of view (pixel h/H, w/W as large): the spectrum zero-padded about its
+    centre. Values keep their scale (an object of ones stays ones away from edges)."""
+    h, w = obj.shape[-2:]
+    H, W = shape
+    up = to_object(embed_centre(to_detector(obj), (H, W)))
+    return up * ((H * W) / (h * w)) ** 0.5

@@ -22,7 +22,16 @@ from . import __version__
 from .config import ReconstructorConfig
 from .device import resolve_device
 from .errors import CDIRuntimeError, CDIValueError
-from .fourier import FFT_CONVENTION, embed_centre, fix_global_phase, fourier_modulus
+from .fourier import (
+    FFT_CONVENTION,
+    bin_pattern,
+    binning_ramp,
+    crop_centre,
+    embed_centre,
+    fix_global_phase,
+    fourier_modulus,
+    fourier_upsample,
+)
 from .frames import MAX_SIZE, MIN_SIZE, validate_frame
 from .phasing import InitialEstimate, NearestNeighbourIndex, chi2, refine, square_support
 
@@ -46,7 +55,8 @@ class ReconstructionBatch:
         runs on ``modulus / scale`` and multiplies the object by it on return
     status : one of :data:`cdi_beamline.results.STATUSES` per frame (``ok``, ``low_signal``,
         ``not_converged``, ``bad``);  reason : "" or why the frame is not ``ok``
-    init : how each good frame was started (e.g. ``"random (cnn needs 64x64 ...)"``)
+    init : how each good frame was started (e.g. ``"cnn (DEFAULT, binned 2x2)"``,
+        ``"random (cnn seeds frames whose sides are multiples of 64 ...)"``)
     """
 
     object: np.ndarray
@@ -153,7 +163,7 @@ class Reconstructor:
             modulus = (data.sqrt() if self.config.quantity == "intensity" else data).to(self.device)
             m = None if mask_t is None else mask_t[idx].to(self.device)
             s = None if support_t is None else support_t[idx].to(self.device)
-            init, how = self._initial_estimate(modulus, s)
+            init, how = self._initial_estimate(modulus, s, m)
             measured = modulus if m is None else modulus * m
             out.scale[idx] = measured.double().square().sum((-2, -1)).sqrt().cpu().numpy()
             if init is not None and init.object is not None:  # the object refinement starts from
@@ -162,7 +172,7 @@ class Reconstructor:
                 out.start_amplitude[idx] = estimate.abs().cpu().numpy()
                 out.start_phase[idx] = estimate.angle().cpu().numpy()
             if T == 0:
-                if init is None or init.object is None:  # e.g. cnn on a frame that is not 64x64
+                if init is None or init.object is None:  # e.g. cnn on a frame whose sides are not multiples of 64
                     for i in idx:
                         out.status[i] = "bad"
                         out.reason[i] = f"iterations=0 needs a {self.config.init} estimate; got {how}"
@@ -171,11 +181,13 @@ class Reconstructor:
                 chi2_k = chi2(fourier_modulus(obj), modulus, m)
                 history_k = torch.empty((len(idx), 0))
             else:
+                # cnn/nns fell back to random phases: a random start's schedule
+                unseeded = init is None and self.config.init in ("cnn", "nns") and self.config.random_refine is not None
                 res = refine(
                     modulus,
                     mask=m,
                     init=init,
-                    config=self.config.refine,
+                    config=self.config.random_refine if unseeded else self.config.refine,
                     seed=(0 if seed is None else int(seed)) + k,
                 )
                 obj, support_k, chi2_k, history_k = res.object, res.support, res.chi2, res.chi2_history
@@ -186,8 +198,8 @@ class Reconstructor:
             out.support[idx] = support_k.cpu().numpy()
             out.chi2[idx] = chi2_k.double().cpu().numpy()
             out.chi2_history[idx] = history_k.cpu().numpy()
-            for i in idx:
-                out.init[i] = how
+            for j, i in enumerate(idx):
+                out.init[i] = how if isinstance(how, str) else how[j]
             peak = measured.square().flatten(1).amax(1).cpu().numpy()  # intensity of the brightest measured pixel
             for j, i in enumerate(idx):
                 out.status[i], out.reason[i] = assess(self.config, float(out.chi2[i]), out.support[i], float(peak[j]))
@@ -197,7 +209,8 @@ class Reconstructor:
         """What produced the results, JSON-able, for derived start documents and OUT.h5.
 
         ``config`` is the validated :class:`ReconstructorConfig` dump: ``config.refine`` is
-        the schedule and shrink-wrap that ran, ``config.iterations`` their count, and
+        the schedule and shrink-wrap that ran (``config.random_refine`` for frames a cnn or nns
+        start fell back to random phases on), ``config.iterations`` their count, and
         ``Reconstructor(ReconstructorConfig.build(**provenance()["config"]))`` runs the same.
         """
         info: dict[str, Any] = {
@@ -231,7 +244,8 @@ class Reconstructor:
         return self._net
 
     # ----------------------------------------------------------------- helpers
-    def _initial_estimate(self, modulus: torch.Tensor, support: torch.Tensor | None):
+    def _initial_estimate(self, modulus: torch.Tensor, support: torch.Tensor | None, mask: torch.Tensor | None):
+        """(InitialEstimate or None, how: one string, or one per frame)."""
         init = self.config.init
         H, W = modulus.shape[-2:]
         if init == "random":
@@ -239,14 +253,12 @@ class Reconstructor:
         if init == "support":
             return InitialEstimate(support=support), "support"
         if init == "cnn":
-            if (H, W) != (64, 64):
-                return None, f"random (cnn needs 64x64 frames, got {H}x{W})"
-            net = self.cnn()
-            from .models import initial_estimate
-
-            sym = self.config.cnn_symmetries
-            how = f"cnn ({self.config.weights}{', best of 8 symmetries' if sym > 1 else ''})"
-            return initial_estimate(net, modulus, symmetries=sym), how
+            S = self.cnn().config.input_size
+            if H % S or W % S:
+                return None, f"random (cnn seeds frames whose sides are multiples of its input {S}, got {H}x{W})"
+            if (H, W) != (S, S) and self.config.cnn_large_frames == "random":
+                return None, f"random (cnn_large_frames='random' for frames larger than {S}x{S}, got {H}x{W})"
+            return self._cnn_estimate(modulus, mask)
         index = self._index()
         if (H, W) != index.pattern_shape:
             return (
@@ -262,6 +274,61 @@ class Reconstructor:
             ),
             "nns",
         )
+
+    def _cnn_estimate(self, modulus: torch.Tensor, mask: torch.Tensor | None):
+        """The CNN's start for (B, H, W) moduli, H and W multiples of its input S (64).
+
+        S x S: the CNN's object and support. Larger, by ``config.cnn_large_frames``, with
+        k = H/S (and W/S):
+
+        - ``"binned"``: the pattern binned k x k (:func:`bin_pattern`, mask-aware). The
+          real-space pixel stays and the field of view shrinks k times, so the CNN's S x S
+          object is the centre of the (H, W) grid (its blocks' ramp undone,
+          :func:`binning_ramp`). Right for a pattern oversampled at least 2k times;
+        - ``"central"``: its central S x S (the low q, unmeasured pixels 0): same field of
+          view, pixels k times larger, so the CNN's object and support are Fourier-interpolated
+          onto the (H, W) grid (:func:`fourier_upsample`). Right for any pattern oversampled
+          twice, but the seed holds only the low-q detail;
+        - ``"fit"``: both, and per frame the start whose modulus fits the (H, W) data better
+          (chi², over measured pixels).
+
+        Returns (InitialEstimate, one ``init`` string per frame, or one for all).
+        """
+        from .models import initial_estimate
+
+        net = self.cnn()
+        sym = self.config.cnn_symmetries
+        name = f"{self.config.weights}{', best of 8 symmetries' if sym > 1 else ''}"
+        H, W = modulus.shape[-2:]
+        S = net.config.input_size
+        if (H, W) == (S, S):
+            return initial_estimate(net, modulus, symmetries=sym), f"cnn ({name})"
+        ky, kx = H // S, W // S
+        way = self.config.cnn_large_frames
+        starts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if way in ("binned", "fit"):
+            est = initial_estimate(net, bin_pattern(modulus.square(), (ky, kx), mask).sqrt(), symmetries=sym)
+            ramp = binning_ramp((H, W), (ky, kx)).to(modulus.device)
+            starts[f"binned {ky}x{kx}"] = (embed_centre(est.object, (H, W)) * ramp, embed_centre(est.support, (H, W)))
+        if way in ("central", "fit"):
+            measured = modulus if mask is None else modulus * mask
+            est = initial_estimate(net, crop_centre(measured, (S, S)), symmetries=sym)
+            starts[f"central {S}x{S} upsampled {ky}x{kx}"] = (
+                fourier_upsample(est.object, (H, W)).to(torch.complex64),
+                fourier_upsample(est.support.to(torch.complex64), (H, W)).real > 0.5,
+            )
+        names = list(starts)
+        if len(names) == 1:
+            obj, support = starts[names[0]]
+            how: str | list[str] = f"cnn ({name}, {names[0]})"
+        else:
+            (o0, s0), (o1, s1) = starts.values()
+            first = chi2(fourier_modulus(o0 * s0), modulus, mask) <= chi2(fourier_modulus(o1 * s1), modulus, mask)
+            pick = first[:, None, None]
+            obj, support = torch.where(pick, o0, o1), torch.where(pick, s0, s1)
+            how = [f"cnn ({name}, {names[0] if f else names[1]})" for f in first.tolist()]
+        scale = (modulus.square().sum((-2, -1)) / (obj * support).abs().square().sum((-2, -1)).clamp_min(1e-30)).sqrt()
+        return InitialEstimate(object=(obj * scale[:, None, None]).to(torch.complex64), support=support), how
 
     def _index(self) -> NearestNeighbourIndex:
         if self._nns is None:

@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
         "--init",
         choices=["random", "support", "cnn", "nns"],
         help=f"initialisation (default {default['init']}; cnn: the shipped weights, random for frames that are "
-        "not 64x64)",
+        "not 64x64 unless --cnn-large-frames)",
     )
     p.add_argument("--support", metavar="FILE", help="real-space support (H, W) for --init support (nonzero = inside)")
     p.add_argument(
@@ -63,6 +63,13 @@ def add_parser(subparsers) -> None:
         choices=(1, 8),
         help="--init cnn: 8 = predict under the square's 8 symmetries and keep the best fit per frame "
         f"(8x the CNN's cost, lower chi²; default {default['cnn_symmetries']})",
+    )
+    p.add_argument(
+        "--cnn-large-frames",
+        choices=("random", "fit", "binned", "central"),
+        help="--init cnn on frames larger than 64x64 (sides multiples of 64): the binned pattern's object, the "
+        "central 64x64's upsampled, the better fit of the two per frame, or random phases "
+        f"(default {default['cnn_large_frames']}; docs/phasing.md)",
     )
     p.add_argument(
         "--iterations",
@@ -143,6 +150,7 @@ def build_config(args: argparse.Namespace):
         "nns_index": args.nns_index,
         "weights": args.weights,
         "cnn_symmetries": args.cnn_symmetries,
+        "cnn_large_frames": args.cnn_large_frames,
         "iterations": args.iterations,
         "batch_size": args.batch_size,
     }

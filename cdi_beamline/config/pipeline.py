@@ -55,9 +55,9 @@ class ReconstructorConfig(FrozenModel):
 
     init: Literal["cnn", "random", "support", "nns"] = "cnn"
     """Start of the refinement (the paper's Fig. 5): the CNN's object and support (the
-    default; frames that are not 64x64 fall back to random, and say so), random phases in
-    a rectangle, random phases in a given support, or the nearest neighbour of a
-    simulated set."""
+    default; for 64x64 frames, and larger ones as ``cnn_large_frames`` says; other sizes fall
+    back to random, and say so), random phases in a rectangle, random phases in a given
+    support, or the nearest neighbour of a simulated set."""
 
     refine: RefineConfig = Field(default_factory=RefineConfig)
     """Schedule, shrink-wrap and supports of the iterative refinement, exactly as they run:
@@ -65,6 +65,12 @@ class ReconstructorConfig(FrozenModel):
     is given, a seeded start (``init`` cnn or nns) gets ``SEEDED_SCHEDULE`` with shrink-wrap
     from ``SEEDED_SHRINKWRAP_START`` (:mod:`cdi_beamline.config.refine`), a random one the
     paper's."""
+
+    random_refine: RefineConfig | None = None
+    """The refinement of a frame that the ``cnn`` or ``nns`` start cannot seed (another size:
+    it starts from random phases): what ``refine`` would be for ``init="random"``. Set by
+    validation with the seeded defaults (a random start refines worse under the seeded
+    schedule: docs/phasing.md); None: ``refine``."""
 
     iterations: int | None = Field(None, ge=0, le=100_000)
     """Total iterations. Given (>= 1), validation scales ``refine.schedule`` to it
@@ -79,6 +85,17 @@ class ReconstructorConfig(FrozenModel):
     cnn_symmetries: Literal[1, 8] = 1
     """CNN test-time augmentation: 8 = predict under the 8 symmetries of the square and keep,
     per frame, the prediction that best fits the data (8× the CNN's cost, lower chi²)."""
+
+    cnn_large_frames: Literal["random", "fit", "binned", "central"] = "random"
+    """How ``init="cnn"`` starts a frame larger than the CNN's 64x64 input whose sides are
+    multiples of 64 (the refiner works at the frame's size): ``"binned"``, the CNN's object of
+    the pattern binned to 64x64, at the centre of the grid (same real-space pixel: for frames
+    oversampled at least twice the binning); ``"central"``, the CNN's object of the central
+    64x64, Fourier-interpolated onto the grid (any frame oversampled twice; low-q detail only);
+    ``"fit"``, per frame whichever of the two fits the frame better; ``"random"`` (the default),
+    random phases: on the measured APS frames at 128x128 no CNN seed refined better than a
+    random start, on simulated ones they did (docs/phasing.md, *The CNN seed of frames larger
+    than 64×64*)."""
 
     nns_index: str | None = None
     """HDF5 of ``simulate`` indexed for ``init="nns"``."""
@@ -123,17 +140,30 @@ class ReconstructorConfig(FrozenModel):
             refine = RefineConfig.model_validate(data.get("refine", {}))
         except ValidationError:
             return data
+        n = len(parse_schedule(refine.schedule)) if n is None else n
+        data = {**data, "iterations": n, "refine": cls._scaled(refine, n)}
+        if isinstance(data.get("random_refine"), dict):
+            try:
+                data["random_refine"] = cls._scaled(RefineConfig.model_validate(data["random_refine"]), n)
+            except ValidationError:
+                pass
+        return data
+
+    @staticmethod
+    def _scaled(refine: RefineConfig, n: int) -> dict:
+        """``refine``'s fields with its schedule resized to ``n`` iterations (and the shrink-wrap
+        start in proportion)."""
         schedule = parse_schedule(refine.schedule)
-        if n is None or n == len(schedule):
-            return {**data, "iterations": len(schedule)}
         values = refine.model_dump()
-        values["schedule"] = str(schedule.resized(n))
-        values["shrinkwrap_start"] = round(refine.shrinkwrap_start * n / len(schedule))
-        return {**data, "iterations": n, "refine": values}
+        if n != len(schedule):
+            values["schedule"] = str(schedule.resized(n))
+            values["shrinkwrap_start"] = round(refine.shrinkwrap_start * n / len(schedule))
+        return values
 
     @classmethod
     def _seeded_defaults(cls, data: dict) -> dict:
-        """A seeded start's schedule and shrink-wrap start, where neither is given."""
+        """A seeded start's schedule and shrink-wrap start, where neither is given; the random
+        start's (the given ``refine``) kept as ``random_refine`` for frames it cannot seed."""
         init = data.get("init", cls.model_fields["init"].default)
         refine = data.get("refine", {})
         if init not in ("cnn", "nns") or not isinstance(refine, dict):
@@ -141,7 +171,7 @@ class ReconstructorConfig(FrozenModel):
         if "schedule" in refine or "shrinkwrap_start" in refine:
             return data
         seeded = {"schedule": SEEDED_SCHEDULE, "shrinkwrap_start": SEEDED_SHRINKWRAP_START}
-        return {**data, "refine": {**refine, **seeded}}
+        return {"random_refine": dict(refine), **data, "refine": {**refine, **seeded}}
 
     @model_validator(mode="after")
     def _nns_needs_an_index(self) -> ReconstructorConfig:
