@@ -8,7 +8,10 @@
    worker), same batches, with the CNN start and with random starts (mean chi² of both);
 4. end to end: raw run + derived run written to an embedded Tiled server, from scan start
    until every result is in Tiled; frames lost counted from what Tiled returns. On a small
-   machine the scan rate here includes the CPU the worker takes from the scan.
+   machine the scan rate here includes the CPU the worker takes from the scan;
+5. end to end with preprocessing: the raw measured APS frames (scan centre, counts) placed
+   off-centre in 512×512 frames, through the live preprocessing with an automatic ROI of 64
+   (CNN start) and of 128 (random start, the default for frames larger than the CNN's input).
 
     ./run bench live [--repeats N] -- [--frames 1000] [--iterations 100] [--batch-size 64]
 """
@@ -37,6 +40,10 @@ ROWS = [
     Row("e2e_scan", "scan rate during end to end (raw TiledWriter + callback + worker)", "events/s", 0),
     Row("lost", "frames lost (derived rows missing in Tiled)", "frames", 0),
     Row("e2e_chi2", "end to end: mean final chi²", "chi²", 5),
+    Row("e2e_roi64", "end to end, 512×512 raw APS frames → automatic ROI 64 (CNN start)", "frames/s", 1),
+    Row("e2e_roi128", "end to end, 512×512 raw APS frames → automatic ROI 128 (random start)", "frames/s", 1),
+    Row("roi64_chi2", "… ROI 64: median final chi²", "chi²", 5),
+    Row("roi128_chi2", "… ROI 128: median final chi²", "chi²", 5),
     Row("offline", "offline Reconstructor.reconstruct in a thread, CNN start", "frames/s", 1),
     Row("offline_random", "offline Reconstructor.reconstruct in a thread, random start", "frames/s", 1),
     Row("chi2_cnn", "offline mean final chi², CNN start", "chi²", 5),
@@ -99,8 +106,10 @@ def setup(args: argparse.Namespace) -> dict:
         def _frame(self, i):
             return self.frames[i]
 
-        def describe(self):
+        def provenance(self):
             return {"source": "memory", "n_frames": self.n_frames}
+
+        describe = provenance  # the name in trees before the provenance() rename
 
     n = args.frames
     synth = SyntheticSource(n=n, seed=0)
@@ -124,7 +133,45 @@ def setup(args: argparse.Namespace) -> dict:
     scan_rate()  # warm-up: imports, first RunEngine
     for rec in recs.values():
         rec.reconstruct(frames[: args.batch_size], seed=0)  # warm-up: weights, numba, first batch
-    return {"frames": frames, "source": source, "recs": recs, "scan_rate": scan_rate, "count": count, "RE": RunEngine}
+    from cdi_beamline.devices import ApsRockingSource
+
+    aps = ApsRockingSource(corrected=False, crop=128)
+    m = min(n, 128)  # the scan's centre: frames 36..163
+    big = np.zeros((m, 512, 512), np.float32)
+    big[:, 300:428, 100:228] = np.stack([aps.frame(36 + i) for i in range(m)])  # the peak off-centre
+    return {
+        "frames": frames,
+        "source": source,
+        "recs": recs,
+        "scan_rate": scan_rate,
+        "count": count,
+        "RE": RunEngine,
+        "big": MemorySource(big),
+        "iterations": args.iterations,
+    }
+
+
+def preprocessed_e2e(state: dict, data_dir: Path, roi_size: int, batch: int) -> tuple[float, float]:
+    """(frames/s, median final chi²) of a live session with preprocessing (automatic ROI of
+    ``roi_size``) over the 512×512 frames, scan start to every result in Tiled."""
+    from cdi_beamline.callbacks import LiveSession
+    from cdi_beamline.config import PreprocessConfig, ReconstructorConfig, StoreConfig
+    from cdi_beamline.devices import ReplayDetector
+    from cdi_beamline.pipeline import Reconstructor
+
+    source = state["big"]
+    rec = Reconstructor(ReconstructorConfig(iterations=state["iterations"], batch_size=batch))
+    preprocess = PreprocessConfig(roi="auto", roi_size=roi_size)
+    live = live_config(batch, queue_size=source.n_frames + 16, max_wait_s=1.0, data_dir=data_dir, preprocess=preprocess)
+    with LiveSession(rec, StoreConfig(data_dir=data_dir), live) as session:
+        RE = state["RE"]({})
+        session.subscribe(RE)
+        t = time.perf_counter()
+        (raw_uid,) = RE(state["count"]([ReplayDetector(source, name="det")], source.n_frames))
+        session.finish()
+        rate = source.n_frames / (time.perf_counter() - t)
+        res = load_results(session.client, session.callback.derived_uid(raw_uid))
+    return rate, float(np.nanmedian(res["chi2"]))
 
 
 def offline(rec, frames: np.ndarray, batch: int) -> tuple[float, float]:
@@ -181,6 +228,8 @@ def measure(args: argparse.Namespace, state: dict) -> dict:
             t_e2e = time.perf_counter() - t
             res = load_results(session.client, session.callback.derived_uid(raw_uid))
             raw_n = len(session.client[raw_uid]["primary"]["det_image"].read())
+        out["e2e_roi64"], out["roi64_chi2"] = preprocessed_e2e(state, tmp / "roi64", 64, batch)
+        out["e2e_roi128"], out["roi128_chi2"] = preprocessed_e2e(state, tmp / "roi128", 128, batch)
     out.update(e2e=n / t_e2e, e2e_scan=n / t_scan, lost=n - len(res["status"]), e2e_chi2=float(np.nanmean(res["chi2"])))
     out["info"] = {
         "tiled_start_s": t_server,
