@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 from bluesky.plans import count
+from helpers import engine
 
 from cdi_beamline.callbacks import (
     ExternalFrames,
@@ -23,22 +24,10 @@ from cdi_beamline.callbacks import (
     UnreadableFrames,
     read_stream_datum,
 )
-from cdi_beamline.config import LiveConfig, ReconstructorConfig
+from cdi_beamline.config import LiveConfig
 from cdi_beamline.devices import ApsRockingSource, SyntheticSource
-from cdi_beamline.pipeline import Reconstructor
 from cdi_beamline.results import RECONSTRUCTED
 from cdi_beamline.tiled import derived_runs, load_results, make_writer, processed
-
-ITER = 20  # refinement iterations: enough to exercise the engine, small for CI
-_ENGINES: dict[int, Reconstructor] = {}
-
-
-def engine(batch_size: int) -> Reconstructor:
-    """The test engine (CPU, ITER iterations) whose batch is ``batch_size`` frames."""
-    if batch_size not in _ENGINES:
-        config = ReconstructorConfig(iterations=ITER, saturation=1e7, batch_size=batch_size)
-        _ENGINES[batch_size] = Reconstructor(config, device="cpu")
-    return _ENGINES[batch_size]
 
 
 def _live(rec, tiled_server):

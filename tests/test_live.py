@@ -14,7 +14,7 @@ import pytest
 from bluesky import plan_stubs as bps
 from bluesky.plans import count
 from event_model import DocumentNames, schema_validators
-from sources import ListSource
+from helpers import ITER, ListSource, engine
 
 from cdi_beamline.callbacks import (
     Frames,
@@ -41,17 +41,6 @@ from cdi_beamline.tiled import (
     make_writer,
     processed,
 )
-
-ITER = 20  # refinement iterations: enough to exercise the engine, small for CI
-_ENGINES: dict[int, Reconstructor] = {}
-
-
-def engine(batch_size: int) -> Reconstructor:
-    """The test engine (CPU, ITER iterations) whose batch is ``batch_size`` frames."""
-    if batch_size not in _ENGINES:
-        config = ReconstructorConfig(iterations=ITER, saturation=1e7, batch_size=batch_size)
-        _ENGINES[batch_size] = Reconstructor(config, device="cpu")
-    return _ENGINES[batch_size]
 
 
 @pytest.fixture(scope="module")

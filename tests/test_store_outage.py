@@ -25,7 +25,7 @@ import pytest
 from bluesky import RunEngine
 from bluesky import plan_stubs as bps
 from bluesky.plans import count
-from sources import ListSource
+from helpers import ListSource
 
 from cdi_beamline.callbacks import LiveSession
 from cdi_beamline.config import LiveConfig, ReconstructorConfig, StoreConfig
