@@ -178,7 +178,28 @@ class _ReplayDataLogic(DetectorDataLogic):
         return [datakey_name]
 
 
-class ReplayHDF5Detector(StandardDetector):
+class _ReplayDetector(StandardDetector):
+    """A replay detector: ``writer_class`` writes the frames of a source to files, the shared
+    trigger and acquire logic drive it, ``data_logic_class`` announces the files; the source's
+    ``provenance()`` is the configuration signal ``source_info``."""
+
+    writer_class: type[FrameFileWriter]
+    data_logic_class: type[DetectorDataLogic]
+
+    def __init__(self, source: FrameSource | str, path_provider: PathProvider, name: str = ""):
+        self.source = make_source(source) if isinstance(source, str) else source
+        self.file_writer = self.writer_class(self.source)
+        self.add_detector_logics(
+            _ReplayTriggerLogic(self.file_writer),
+            _ReplayAcquireLogic(self.file_writer),
+            self.data_logic_class(self.file_writer, path_provider),  # type: ignore[call-arg]
+        )
+        self.source_info = soft_signal_rw(str, initial_value=json.dumps(self.source.provenance()))
+        self.add_config_signals(self.source_info)
+        super().__init__(name=name)
+
+
+class ReplayHDF5Detector(_ReplayDetector):
     """A replay area detector writing HDF5 (ophyd-async): each collection is one frame of
     ``source`` appended to ``{directory}/{filename}.h5`` (dataset ``/entry/data/data``,
     (N, H, W) float32), announced by StreamResource/StreamDatum documents.
@@ -197,14 +218,5 @@ class ReplayHDF5Detector(StandardDetector):
         Device name.
     """
 
-    def __init__(self, source: FrameSource | str, path_provider: PathProvider, name: str = ""):
-        self.source = make_source(source) if isinstance(source, str) else source
-        self.file_writer = FrameFileWriter(self.source)
-        self.add_detector_logics(
-            _ReplayTriggerLogic(self.file_writer),
-            _ReplayAcquireLogic(self.file_writer),
-            _ReplayDataLogic(self.file_writer, path_provider),
-        )
-        self.source_info = soft_signal_rw(str, initial_value=json.dumps(self.source.provenance()))
-        self.add_config_signals(self.source_info)
-        super().__init__(name=name)
+    writer_class = FrameFileWriter
+    data_logic_class = _ReplayDataLogic

@@ -4,7 +4,6 @@ mimetype ``multipart/related;type=image/tiff`` whose ``template`` names the file
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,16 +12,13 @@ import tifffile
 from ophyd_async.core import (
     DetectorDataLogic,
     PathProvider,
-    StandardDetector,
     StreamableDataProvider,
     StreamResourceDataProvider,
     StreamResourceInfo,
-    soft_signal_rw,
 )
 
 from ..errors import CDIRuntimeError
-from ._hdf5_detector import FrameFileWriter, _ReplayAcquireLogic, _ReplayTriggerLogic
-from ._sources import FrameSource, make_source
+from ._hdf5_detector import FrameFileWriter, _ReplayDetector
 
 __all__ = ["ReplayTIFFDetector", "TIFF_MIMETYPE", "TiffSequenceWriter"]
 
@@ -87,7 +83,7 @@ class _TiffDataLogic(DetectorDataLogic):
         return [datakey_name]
 
 
-class ReplayTIFFDetector(StandardDetector):
+class ReplayTIFFDetector(_ReplayDetector):
     """A replay area detector writing a TIFF sequence (ophyd-async): each collection is one
     frame of ``source`` written to ``{directory}/{filename}_{n:06d}.tiff`` (float32), announced
     by StreamResource (``multipart/related;type=image/tiff``, ``template``) and StreamDatum
@@ -106,14 +102,5 @@ class ReplayTIFFDetector(StandardDetector):
         Device name.
     """
 
-    def __init__(self, source: FrameSource | str, path_provider: PathProvider, name: str = ""):
-        self.source = make_source(source) if isinstance(source, str) else source
-        self.file_writer = TiffSequenceWriter(self.source)
-        self.add_detector_logics(
-            _ReplayTriggerLogic(self.file_writer),
-            _ReplayAcquireLogic(self.file_writer),
-            _TiffDataLogic(self.file_writer, path_provider),
-        )
-        self.source_info = soft_signal_rw(str, initial_value=json.dumps(self.source.provenance()))
-        self.add_config_signals(self.source_info)
-        super().__init__(name=name)
+    writer_class = TiffSequenceWriter
+    data_logic_class = _TiffDataLogic
