@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from . import __version__
 from .errors import CDIValueError
 
 __all__ = [
@@ -163,7 +164,8 @@ def write_cxi(
     chi2 : (N,) for a stack, a number for one object
     frame_index : (N,) of a stack: which input frame each object reconstructs
     geometry : :data:`GEOMETRY_FIELDS` and ``<angle>_deg`` keys (others refused)
-    process : ``program``, ``version``, ``command``, ``configuration`` (JSON-able)
+    process : ``program``, ``version`` (default cdi-beamline and its version), ``command`` (default
+        the process's command line), ``configuration`` (JSON-able: what ran)
     results : further per-object numbers stored beside chi2 in ``process_1/results``
 
     Raises
@@ -207,6 +209,7 @@ def write_cxi(
     elif support is not None or chi2 is not None:
         raise CDIValueError("write_cxi: support and chi2 belong to an object")
 
+    process = {"program": "cdi-beamline", "version": __version__, **(process or {})}
     packed = {"compression": "gzip", "shuffle": True}
     with h5py.File(path, "w") as f:
         f.attrs["creator"] = "cdi-beamline"
@@ -216,9 +219,7 @@ def write_cxi(
         entry = f.create_group(ENTRY)
         entry.attrs["NX_class"] = "NXentry"
         entry.attrs["default"] = "data_1"
-        entry["program_name"] = (
-            f"{(process or {}).get('program', 'cdi-beamline')} {(process or {}).get('version', '')}".strip()
-        )
+        entry["program_name"] = f"{process['program']} {process['version']}"
         entry["start_time"] = _now()
         _write_instrument(f, geometry)
         if data is not None:
@@ -300,14 +301,12 @@ def _with_units(group, name: str, value, units: str) -> None:
     group[name].attrs["units"] = units
 
 
-def _write_process(group, process: Mapping[str, Any] | None, chi2, results: Mapping[str, Any] | None) -> None:
+def _write_process(group, process: Mapping[str, Any], chi2, results: Mapping[str, Any] | None) -> None:
     import sys
 
-    process = dict(process or {})
     group.attrs["NX_class"] = "NXprocess"
-    group["program"] = str(process.get("program", "cdi-beamline"))
-    if process.get("version") is not None:
-        group["version"] = str(process["version"])
+    group["program"] = str(process["program"])
+    group["version"] = str(process["version"])
     group["command"] = str(process.get("command") or " ".join(sys.argv))
     group["date"] = _now()
     if process.get("configuration") is not None:

@@ -7,8 +7,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CDIValueError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def add_parser(subparsers) -> None:
@@ -83,7 +87,8 @@ def add_parser(subparsers) -> None:
         "--mask",
         metavar="FILE",
         help="detector mask (H, W) (or (N, H, W) without preprocessing), nonzero = measured; a CXI mask "
-        "(.cxi, entry_1/instrument_1/detector_1/mask) marks bad pixels nonzero and is read so",
+        "(.cxi, entry_1/instrument_1/detector_1/mask) marks bad pixels nonzero and is read so. A CXI INPUT's own "
+        "mask is always applied: a pixel is measured if both masks say so",
     )
     p.add_argument("--mask-zeros", action="store_true", help="also treat zero-valued pixels as unmeasured")
     pre = p.add_argument_group(
@@ -223,13 +228,28 @@ def _check_writable(option: str, given: str) -> None:
         raise CDIValueError(f"{option} {given}: cannot write in {path.parent}: {exc.strerror or exc}") from exc
 
 
+def _read_input(spec: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """INPUT's array, and, for a whole CXI file, its detector mask (True = measured) and geometry."""
+    from ..cxi import read_cxi
+    from ..io import read_array, split_dataset_path
+
+    path, dataset = split_dataset_path(spec)
+    if path.suffix.lower() != ".cxi" or dataset is not None:
+        return read_array(spec), None, {}
+    source = read_cxi(path)
+    if source.data is None:
+        raise CDIValueError(f"{spec} holds no detector data (entry_1/instrument_1/detector_1/data)")
+    return source.data, source.mask, source.geometry
+
+
 def _reconstruct(args: argparse.Namespace, out_path: Path, partial: Path) -> int:
     """Read, preprocess, reconstruct, write ``partial`` and rename it to ``out_path`` (checked by :func:`run`)."""
     import h5py
     import numpy as np
 
     from ..config import ReconstructorConfig
-    from ..io import read_array, read_mask, read_patterns
+    from ..cxi import write_cxi
+    from ..io import as_patterns, read_array, read_mask
     from ..pipeline import Reconstructor
     from ..preprocess import Preprocessor
     from ..results import RECONSTRUCTED
@@ -243,23 +263,25 @@ def _reconstruct(args: argparse.Namespace, out_path: Path, partial: Path) -> int
             "preprocessing (--dark, --flat, --roi, ...) works on counts: INPUT must be --quantity intensity"
         )
 
-    frames = read_patterns(args.input)
+    raw, file_mask, geometry = _read_input(args.input)
+    frames = as_patterns(raw, args.input)
     n, H, W = frames.shape
     input_quantity = config.quantity  # the engine's becomes "modulus" when preprocessing gives it the modulus
     flagged = [""] * n
     roi: tuple[int, int, int, int] | None = (0, 0, H, W)
     binning = 1
     if pre_config is None:
-        mask = None
-        if args.mask:
-            mask = read_mask(args.mask)
-            if mask.shape not in ((H, W), (n, H, W)):
+        masks = {"INPUT's CXI mask": file_mask, "--mask": read_mask(args.mask) if args.mask else None}
+        for what, given in masks.items():
+            if given is not None and given.shape not in ((H, W), (n, H, W)):
                 raise CDIValueError(
-                    f"--mask shape {mask.shape} does not match the patterns: expected {(H, W)} or {(n, H, W)}"
+                    f"{what} shape {given.shape} does not match the patterns: expected {(H, W)} or {(n, H, W)}"
                 )
+        present = [m for m in masks.values() if m is not None]
+        mask = np.logical_and.reduce(np.broadcast_arrays(*present)) if present else None  # measured if all say so
         phased = frames
     else:
-        preprocessor = Preprocessor(pre_config, shape=(H, W))
+        preprocessor = Preprocessor(pre_config, shape=(H, W), mask=file_mask)
         pre = preprocessor.apply(frames)
         roi, binning = preprocessor.roi, pre_config.binning  # roi None: every frame flagged, nothing written
         phased, mask, flagged = pre.modulus, pre.mask, pre.reason
@@ -293,26 +315,40 @@ def _reconstruct(args: argparse.Namespace, out_path: Path, partial: Path) -> int
     if not kept:
         raise CDIValueError(f"no frame of {args.input} could be reconstructed ({len(skipped)} bad, reasons above)")
 
-    with h5py.File(partial, "w") as f:
-        for name in ("object", "amplitude", "phase", "support", "chi2", "chi2_history"):
-            f.create_dataset(name, data=getattr(out, name)[kept], compression="gzip" if name != "chi2" else None)
-        f["frame_index"] = np.asarray(kept, dtype=np.int64)
-        modulus = phased[kept] if config.quantity == "modulus" else np.sqrt(phased[kept])
-        f.create_dataset("modulus", data=modulus.astype(np.float32), compression="gzip")
-        f["roi"] = np.asarray(roi, dtype=np.int64)
-        f["binning"] = np.int64(binning)
-        if pre_config is not None:
-            f.attrs["preprocess"] = json.dumps(preprocessor.record())
-        for name in ("status", "reason"):  # UTF-8 (a reason may say chi²)
-            f.create_dataset(name, data=[getattr(out, name)[i] for i in kept], dtype=h5py.string_dtype())
-        provenance = rec.provenance()
-        f.attrs["config"] = json.dumps(provenance["config"])
-        f.attrs["provenance"] = json.dumps(provenance)
-        f.attrs["fft_convention"] = provenance["fft_convention"]
-        f.attrs["input"] = str(args.input)
-        f.attrs["quantity"] = input_quantity
-        f.attrs["init"] = json.dumps(sorted({out.init[i] for i in kept}))
-        f.attrs["skipped"] = json.dumps({str(k): v for k, v in skipped.items()})
+    modulus = (phased[kept] if config.quantity == "modulus" else np.sqrt(phased[kept])).astype(np.float32)
+    provenance = rec.provenance()
+    if _is_cxi(out_path):
+        write_cxi(
+            partial,
+            data=modulus**2,
+            mask=None if mask is None else (mask if mask.ndim == 2 else mask[kept]),
+            object=out.object[kept],
+            support=out.support[kept],
+            chi2=out.chi2[kept],
+            ndim=2,
+            frame_index=np.asarray(kept),
+            geometry=_binned(geometry, binning),
+            process={"configuration": provenance},
+        )
+    else:
+        with h5py.File(partial, "w") as f:
+            for name in ("object", "amplitude", "phase", "support", "chi2", "chi2_history"):
+                f.create_dataset(name, data=getattr(out, name)[kept], compression="gzip" if name != "chi2" else None)
+            f["frame_index"] = np.asarray(kept, dtype=np.int64)
+            f.create_dataset("modulus", data=modulus, compression="gzip")
+            f["roi"] = np.asarray(roi, dtype=np.int64)
+            f["binning"] = np.int64(binning)
+            if pre_config is not None:
+                f.attrs["preprocess"] = json.dumps(preprocessor.record())
+            for name in ("status", "reason"):  # UTF-8 (a reason may say chi²)
+                f.create_dataset(name, data=[getattr(out, name)[i] for i in kept], dtype=h5py.string_dtype())
+            f.attrs["config"] = json.dumps(provenance["config"])
+            f.attrs["provenance"] = json.dumps(provenance)
+            f.attrs["fft_convention"] = provenance["fft_convention"]
+            f.attrs["input"] = str(args.input)
+            f.attrs["quantity"] = input_quantity
+            f.attrs["init"] = json.dumps(sorted({out.init[i] for i in kept}))
+            f.attrs["skipped"] = json.dumps({str(k): v for k, v in skipped.items()})
     os.replace(partial, out_path)
     chi2 = out.chi2[kept]
     print(
@@ -337,3 +373,16 @@ def _reconstruct(args: argparse.Namespace, out_path: Path, partial: Path) -> int
         )
         print(f"{args.plot}: written")
     return 0
+
+
+def _is_cxi(path: Path) -> bool:
+    return path.suffix.lower() == ".cxi"
+
+
+def _binned(geometry: dict, binning: int) -> dict:
+    """``geometry`` of the phased grid: binning multiplies the pixel size."""
+    import numpy as np
+
+    if binning == 1 or geometry.get("pixel_size_m") is None:
+        return geometry
+    return {**geometry, "pixel_size_m": tuple(float(s) * binning for s in np.broadcast_to(geometry["pixel_size_m"], 2))}
