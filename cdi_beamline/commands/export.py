@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CDIValueError
-from ..results import DERIVED_KIND, KIND, PARENT_UID, RECONSTRUCTED, RECONSTRUCTOR
+from ..results import DERIVED_KIND, KIND, PARENT_UID, RAW_SEQ_NUM, RECONSTRUCTED, RECONSTRUCTOR
 from .results import add_store_options, open_client, quiet_logs
 
 
@@ -83,7 +83,7 @@ def _previews_2d(client, derived_uid: str, path: Path) -> str:
         support=res["support"][rows],
         chi2=res["chi2"][rows],
         ndim=2,
-        frame_index=res["raw_seq_num"][rows],
+        frame_index=res[RAW_SEQ_NUM][rows],
         process={"configuration": res["start"].get(RECONSTRUCTOR)},
     )
     left = int((~rows).sum())
