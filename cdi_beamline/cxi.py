@@ -79,6 +79,7 @@ GEOMETRY_FIELDS: dict[str, str] = {
     "energy_kev": "photon energy, keV (stored as source_1/energy in J)",
     "distance_m": "sample-detector distance, m (detector_1/distance)",
     "pixel_size_m": "detector pixel size (y, x) or one number, m (detector_1/y_pixel_size, x_pixel_size)",
+    "rocking_axis": "the rocking scan's rotation axis, a name such as y or x (sample_1/rocking_axis)",
 }
 """Geometry keys of :func:`write_cxi` / :attr:`CXIData.geometry`; besides these, any key
 ``<name>_deg`` is an angle (a number or an array, degrees) stored as ``detector_1/<name>``."""
@@ -291,6 +292,8 @@ def _write_instrument(f, geometry: Mapping[str, Any]) -> None:
         size = np.broadcast_to(np.asarray(geometry["pixel_size_m"], np.float64), (2,))
         _with_units(detector, "y_pixel_size", float(size[0]), "m")
         _with_units(detector, "x_pixel_size", float(size[1]), "m")
+    if geometry.get("rocking_axis") is not None:
+        f[f"{ENTRY}/sample_1/rocking_axis"] = str(geometry["rocking_axis"])
     for key, value in geometry.items():
         if key.endswith("_deg") and value is not None:
             _with_units(detector, key[: -len("_deg")], np.asarray(value, np.float64), _DEGREE)
@@ -420,12 +423,15 @@ def _read_process(f) -> dict[str, Any]:
 
 
 def _read_geometry(f) -> dict[str, Any]:
+    geometry: dict[str, Any] = {}
+    axis = _dataset(f, f"{ENTRY}/sample_1/rocking_axis")
+    if axis is not None:
+        geometry["rocking_axis"] = str(axis)
     instrument = f.get(INSTRUMENT)
     if instrument is None:
         instrument = f.get(f"{IMAGE}/instrument_1")
     if instrument is None:
-        return {}
-    geometry: dict[str, Any] = {}
+        return geometry
     energy = instrument.get("source_1/energy")
     if energy is not None:
         scale = {"j": 1 / (1e3 * _ELECTRON_VOLT), "ev": 1e-3, "kev": 1.0}.get(_units(energy, "J").lower())
