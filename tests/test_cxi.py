@@ -382,3 +382,17 @@ def test_ndim3_refuses_a_2d_pattern(tmp_path, capsys):
     np.save(tmp_path / "pattern.npy", np.ones((32, 32), np.float32))
     assert main(["reconstruct", str(tmp_path / "pattern.npy"), "--out", str(tmp_path / "x.h5"), "--ndim", "3"]) == 2
     assert "--ndim 3 needs one 3D pattern (D, H, W)" in capsys.readouterr().err
+
+
+def test_ndim3_refuses_nan_voxels_where_measured_and_ignores_them_where_masked(volume, tmp_path, capsys):
+    intensity = volume[0].copy()
+    mask = np.ones((D3, D3), bool)
+    mask[0, 0] = False
+    intensity[:, 0, 0] = np.nan  # unmeasured: phased around
+    write_cxi(tmp_path / "masked.cxi", data=intensity, mask=mask)
+    args = ["--out", str(tmp_path / "x.h5"), "--ndim", "3", "--iterations", "4", "--starts", "1", "--keep", "1"]
+    assert main(["reconstruct", str(tmp_path / "masked.cxi"), *args]) == 0, capsys.readouterr().err
+    intensity[3, 5, 5] = -1.0  # measured and negative
+    write_cxi(tmp_path / "bad.cxi", data=intensity, mask=mask)
+    assert main(["reconstruct", str(tmp_path / "bad.cxi"), *args]) == 2
+    assert "--ndim 3: 1 measured voxel(s) of the pattern are NaN, inf or negative" in capsys.readouterr().err

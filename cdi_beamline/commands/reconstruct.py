@@ -335,7 +335,15 @@ def _reconstruct(args: argparse.Namespace, out_path: Path, partial: Path) -> int
         if bad:
             i, why = next(iter(bad.items()))
             raise CDIValueError(f"--ndim 3: {len(bad)} frame(s) of the volume refused, frame {i}: {why}")
-        modulus = (phased if config.quantity == "modulus" else np.sqrt(phased)).astype(np.float32)
+        values = np.asarray(phased, np.float32)
+        invalid = ~np.isfinite(values) | (values < 0)
+        wrong = invalid if mask is None else invalid & np.broadcast_to(mask, invalid.shape)
+        if wrong.any():
+            raise CDIValueError(
+                f"--ndim 3: {int(wrong.sum())} measured voxel(s) of the pattern are NaN, inf or negative"
+            )
+        values[invalid] = 0  # unmeasured
+        modulus = values if config.quantity == "modulus" else np.sqrt(values)
         record = preprocessor.record() if pre_config is not None else None
         volume, provenance = _phase_volume(args, config, modulus, mask)
         _write_volume(
@@ -459,8 +467,8 @@ def _binned(geometry: dict, binning: int) -> dict:
 
 
 def _phase_volume(args: argparse.Namespace, config, modulus: np.ndarray, mask: np.ndarray | None):
-    """One 3D pattern ``modulus`` (D, H, W) through :func:`cdi_beamline.phasing.multistart`
-    -> (MultiStartResult, provenance)."""
+    """One 3D pattern ``modulus`` (D, H, W), finite and non-negative, through
+    :func:`cdi_beamline.phasing.multistart` -> (MultiStartResult, provenance)."""
     import numpy as np
     import torch
 
@@ -468,12 +476,7 @@ def _phase_volume(args: argparse.Namespace, config, modulus: np.ndarray, mask: n
     from ..phasing import multistart
     from ..pipeline import Reconstructor
 
-    finite = np.isfinite(modulus)
     measured = None if mask is None else np.broadcast_to(mask, modulus.shape)
-    wrong = ~finite if measured is None else ~finite & measured
-    if wrong.any():
-        raise CDIValueError(f"--ndim 3: {int(wrong.sum())} measured voxel(s) of the pattern are NaN, inf or negative")
-    modulus = np.where(finite, modulus, np.float32(0))
     if not modulus.any():
         raise CDIValueError("--ndim 3: the pattern holds no signal (all zeros)")
     rec = Reconstructor(config, device=args.device)  # the device, and the provenance of the configuration
