@@ -28,6 +28,7 @@ COMMANDS = [
     ("demo", "demo"),
     ("serve", "serve"),
     ("results", "results"),
+    ("export", "export"),
     ("reprocess", "reprocess"),
     ("worker", "worker"),
     ("tango-server", "tango_server"),

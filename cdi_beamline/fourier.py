@@ -25,6 +25,7 @@ from .errors import CDIValueError
 
 __all__ = [
     "FFT_CONVENTION",
+    "FFT_CONVENTION_3D",
     "to_detector",
     "to_object",
     "fourier_modulus",
@@ -40,6 +41,12 @@ FFT_CONVENTION = (
     "detector = fftshift(fft2(ifftshift(object), norm='ortho')); "
     "origin at pixel (H//2, W//2) in both spaces; modulus = |detector|, intensity = modulus**2"
 )
+
+FFT_CONVENTION_3D = (
+    "detector = fftshift(fftn(ifftshift(object), norm='ortho')) over the axes (D, H, W); "
+    "origin at voxel (D//2, H//2, W//2) in both spaces; modulus = |detector|, intensity = modulus**2"
+)
+"""The same convention for a 3D pattern (``cdi-beamline reconstruct --ndim 3``)."""
 
 _DIMS = (-2, -1)
 

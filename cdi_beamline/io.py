@@ -4,10 +4,11 @@
 dataset inside the file (HDF5 dataset path, or NPZ key). Formats by extension:
 ``.npy``, ``.npz`` (the only array, or ``data``, or ``file.npz:key``), ``.h5``/``.hdf5``/
 ``.nxs`` (dataset required unless the file holds exactly one dataset), ``.tif``/``.tiff``,
-``.edf`` and whatever else fabio reads (multi-frame files become a stack).
+``.edf`` and whatever else fabio reads (multi-frame files become a stack); a whole ``.cxi``
+file gives its detector data (:func:`cdi_beamline.cxi.read_cxi`).
 
 ``read_mask`` reads a detector mask as bool, True = measured, turning CXI's polarity
-(nonzero = bad) around.
+(bits set = bad, :func:`cdi_beamline.cxi.measured_pixels`) around.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ import numpy as np
 
 from .errors import CDIValueError
 
-__all__ = ["CXI_MASK", "file_sha256", "mask_polarity", "read_array", "read_mask", "read_patterns", "split_dataset_path"]
+__all__ = [
+    "CXI_MASK",
+    "as_patterns",
+    "file_sha256",
+    "mask_polarity",
+    "read_array",
+    "read_mask",
+    "read_patterns",
+    "split_dataset_path",
+]
 
 _HDF5 = (".h5", ".hdf5", ".hdf", ".nxs", ".cxi")
 #: Where a CXI file keeps its detector's pixel mask (nonzero bits = bad pixel).
@@ -61,6 +71,8 @@ def read_array(spec: str | Path) -> np.ndarray:
             return np.load(path, allow_pickle=False)
         if ext == ".npz":
             return _read_npz(path, dataset)
+        if ext == ".cxi" and dataset is None:
+            return _read_cxi_data(path)
         if ext in _HDF5:
             return _read_hdf5(path, dataset)
     except CDIValueError:
@@ -93,6 +105,15 @@ def _read_npz(path: Path, dataset: str | None) -> np.ndarray:
         return z[dataset]
 
 
+def _read_cxi_data(path: Path) -> np.ndarray:
+    from .cxi import read_cxi
+
+    data = read_cxi(path).data
+    if data is None:
+        raise CDIValueError(f"{path} holds no detector data (entry_1/instrument_1/detector_1/data or a real data_1)")
+    return data
+
+
 def _read_hdf5(path: Path, dataset: str | None) -> np.ndarray:
     import h5py
 
@@ -118,7 +139,12 @@ def read_patterns(spec: str | Path) -> np.ndarray:
     """Patterns (N, H, W) (one pattern becomes N=1); refuses other ranks. Integer counts keep
     their dtype (its maximum marks saturated pixels: :func:`cdi_beamline.frames.saturation_level`),
     other reals become float32."""
-    arr = np.asarray(read_array(spec))
+    return as_patterns(read_array(spec), spec)
+
+
+def as_patterns(arr: np.ndarray, spec: str | Path) -> np.ndarray:
+    """What :func:`read_patterns` makes of the array ``arr`` read from ``spec`` (named in errors)."""
+    arr = np.asarray(arr)
     if np.iscomplexobj(arr) or not np.issubdtype(arr.dtype, np.number):
         raise CDIValueError(f"{spec}: patterns must be real numbers, got dtype {arr.dtype}")
     if arr.ndim == 2:
@@ -146,6 +172,10 @@ def read_mask(spec: str | Path, nonzero: Literal["measured", "bad"] | None = Non
     arr = np.asarray(read_array(path if dataset is None else f"{path}:{dataset}"))
     if np.iscomplexobj(arr) or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise CDIValueError(f"{spec}: a mask must hold numbers or booleans, got dtype {arr.dtype}")
+    if nonzero == "bad" and mask_polarity(spec) == "bad":
+        from .cxi import measured_pixels
+
+        return measured_pixels(arr)
     return (arr == 0) if nonzero == "bad" else (arr != 0)
 
 

@@ -7,8 +7,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CDIValueError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def add_parser(subparsers) -> None:
@@ -22,7 +26,8 @@ def add_parser(subparsers) -> None:
         "reconstruct",
         help="reconstruct amplitude + phase from diffraction pattern(s) in a file",
         description="Phase retrieval (init + ER/HIO with shrink-wrap) of one pattern (H, W) or a stack "
-        "(N, H, W) read from .npy, .npz, .h5 (FILE.h5:/dataset), .tif or .edf. Writes OUT.h5 with "
+        "(N, H, W) read from .npy, .npz, .h5 (FILE.h5:/dataset), .tif, .edf or .cxi (its detector data with its "
+        "mask; --ndim 3: one 3D pattern (D, H, W)). Writes OUT.cxi as CXI 1.6 (docs/interfaces.md), or OUT.h5 with "
         "object (complex64, centred, on the pattern's own grid and scale), amplitude, phase (radians), "
         "support, chi2 (N,), chi2_history (N, T), frame_index (N,), modulus (N, h, w: the measured modulus "
         "that was phased, on the grid of object), roi (y0, x0, h, w), binning, and the provenance (the "
@@ -31,7 +36,12 @@ def add_parser(subparsers) -> None:
         "are reported on stderr and skipped.",
     )
     p.add_argument("input", metavar="INPUT", help="pattern file; FILE.h5:/path or FILE.npz:key selects a dataset")
-    p.add_argument("--out", required=True, metavar="OUT.h5", help="output HDF5 (overwritten; its folder must exist)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT.h5",
+        help="output HDF5, or CXI 1.6 when it ends in .cxi (overwritten; its folder must exist)",
+    )
     p.add_argument(
         "--quantity", choices=["intensity", "modulus"], help=f"what INPUT holds (default {default['quantity']})"
     )
@@ -83,7 +93,8 @@ def add_parser(subparsers) -> None:
         "--mask",
         metavar="FILE",
         help="detector mask (H, W) (or (N, H, W) without preprocessing), nonzero = measured; a CXI mask "
-        "(.cxi, entry_1/instrument_1/detector_1/mask) marks bad pixels nonzero and is read so",
+        "(.cxi, entry_1/instrument_1/detector_1/mask) marks bad pixels nonzero and is read so. A CXI INPUT's own "
+        "mask is always applied: a pixel is measured if both masks say so",
     )
     p.add_argument("--mask-zeros", action="store_true", help="also treat zero-valued pixels as unmeasured")
     pre = p.add_argument_group(
@@ -117,6 +128,27 @@ def add_parser(subparsers) -> None:
         metavar="COUNTS",
         help=f"frames with no 2x2 block of at least COUNTS per pixel in the ROI are skipped as no peak (default {pre_default['min_peak']:g})",
     )
+    p.add_argument(
+        "--ndim",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="2 (default): INPUT is one pattern or a stack of 2D patterns; 3: INPUT (D, H, W) is one 3D pattern "
+        "(e.g. a rocking scan's frames, preprocessed with one ROI), phased as a volume from random starts: "
+        "object (1, D, H, W), support, chi2, chi2_starts, kept, spread_amplitude, spread_phase",
+    )
+    p.add_argument(
+        "--starts",
+        type=int,
+        metavar="N",
+        help="--ndim 3: random starts refined as one batch (default: cdi_beamline.phasing.multistart's)",
+    )
+    p.add_argument(
+        "--keep",
+        type=int,
+        metavar="K",
+        help="--ndim 3: the K starts of lowest chi² aligned and averaged (default: multistart's)",
+    )
     p.add_argument("--config", metavar="FILE", help="ReconstructorConfig as JSON/YAML (options above override it)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:n] (default auto)")
     p.add_argument(
@@ -144,9 +176,14 @@ def build_config(args: argparse.Namespace):
         if not isinstance(base, dict):
             raise CDIValueError(f"{args.config}: refine must be a mapping of RefineConfig fields")
         values["refine"] = {**base, **{k: v for k, v in refine.items() if v is not None}}
+    init = args.init
+    if args.ndim == 3:
+        if init not in (None, "random"):
+            raise CDIValueError(f"--ndim 3 phases from random starts: --init {init} is for 2D patterns")
+        init = "random"
     options = {
         "quantity": args.quantity,
-        "init": args.init,
+        "init": init,
         "nns_index": args.nns_index,
         "weights": args.weights,
         "cnn_symmetries": args.cnn_symmetries,
@@ -181,6 +218,8 @@ def build_preprocess_config(args: argparse.Namespace):
     given = {k: v for k, v in options.items() if v is not None}
     if not given:
         return None
+    if args.ndim == 3 and args.min_peak is None:
+        given["min_peak"] = 0.0  # the faint slices of a 3D pattern are data, not frames without a peak
     return PreprocessConfig.build(mask=args.mask, **given)
 
 
@@ -223,13 +262,28 @@ def _check_writable(option: str, given: str) -> None:
         raise CDIValueError(f"{option} {given}: cannot write in {path.parent}: {exc.strerror or exc}") from exc
 
 
+def _read_input(spec: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """INPUT's array, and, for a whole CXI file, its detector mask (True = measured) and geometry."""
+    from ..cxi import read_cxi
+    from ..io import read_array, split_dataset_path
+
+    path, dataset = split_dataset_path(spec)
+    if path.suffix.lower() != ".cxi" or dataset is not None:
+        return read_array(spec), None, {}
+    source = read_cxi(path)
+    if source.data is None:
+        raise CDIValueError(f"{spec} holds no detector data (entry_1/instrument_1/detector_1/data)")
+    return source.data, source.mask, source.geometry
+
+
 def _reconstruct(args: argparse.Namespace, out_path: Path, partial: Path) -> int:
     """Read, preprocess, reconstruct, write ``partial`` and rename it to ``out_path`` (checked by :func:`run`)."""
     import h5py
     import numpy as np
 
     from ..config import ReconstructorConfig
-    from ..io import read_array, read_mask, read_patterns
+    from ..cxi import write_cxi
+    from ..io import as_patterns, read_array, read_mask
     from ..pipeline import Reconstructor
     from ..preprocess import Preprocessor
     from ..results import RECONSTRUCTED
@@ -237,29 +291,37 @@ def _reconstruct(args: argparse.Namespace, out_path: Path, partial: Path) -> int
     config = build_config(args)
     if config.init == "support" and not args.support:
         raise CDIValueError("--init support needs --support FILE")
+    if args.ndim == 2 and (args.starts is not None or args.keep is not None):
+        raise CDIValueError("--starts and --keep belong with --ndim 3 (a 2D stack phases each pattern once)")
+    if args.ndim == 3 and (args.support or args.plot):
+        raise CDIValueError(f"--ndim 3: {'--support' if args.support else '--plot'} is for 2D patterns")
     pre_config = build_preprocess_config(args)
     if pre_config is not None and config.quantity != "intensity":
         raise CDIValueError(
             "preprocessing (--dark, --flat, --roi, ...) works on counts: INPUT must be --quantity intensity"
         )
 
-    frames = read_patterns(args.input)
+    raw, file_mask, geometry = _read_input(args.input)
+    if args.ndim == 3 and np.ndim(raw) != 3:
+        raise CDIValueError(f"--ndim 3 needs one 3D pattern (D, H, W) in {args.input}, got shape {np.shape(raw)}")
+    frames = as_patterns(raw, args.input)
     n, H, W = frames.shape
     input_quantity = config.quantity  # the engine's becomes "modulus" when preprocessing gives it the modulus
     flagged = [""] * n
     roi: tuple[int, int, int, int] | None = (0, 0, H, W)
     binning = 1
     if pre_config is None:
-        mask = None
-        if args.mask:
-            mask = read_mask(args.mask)
-            if mask.shape not in ((H, W), (n, H, W)):
+        masks = {"INPUT's CXI mask": file_mask, "--mask": read_mask(args.mask) if args.mask else None}
+        for what, given in masks.items():
+            if given is not None and given.shape not in ((H, W), (n, H, W)):
                 raise CDIValueError(
-                    f"--mask shape {mask.shape} does not match the patterns: expected {(H, W)} or {(n, H, W)}"
+                    f"{what} shape {given.shape} does not match the patterns: expected {(H, W)} or {(n, H, W)}"
                 )
+        present = [m for m in masks.values() if m is not None]
+        mask = np.logical_and.reduce(np.broadcast_arrays(*present)) if present else None  # measured if all say so
         phased = frames
     else:
-        preprocessor = Preprocessor(pre_config, shape=(H, W))
+        preprocessor = Preprocessor(pre_config, shape=(H, W), mask=file_mask)
         pre = preprocessor.apply(frames)
         roi, binning = preprocessor.roi, pre_config.binning  # roi None: every frame flagged, nothing written
         phased, mask, flagged = pre.modulus, pre.mask, pre.reason
@@ -268,6 +330,44 @@ def _reconstruct(args: argparse.Namespace, out_path: Path, partial: Path) -> int
     if args.mask_zeros:
         measured = phased != 0
         mask = measured if mask is None else mask & measured
+    if args.ndim == 3:
+        bad = {i: why for i, why in enumerate(flagged) if why}
+        if bad:
+            i, why = next(iter(bad.items()))
+            raise CDIValueError(f"--ndim 3: {len(bad)} frame(s) of the volume refused, frame {i}: {why}")
+        values = np.asarray(phased, np.float32)
+        invalid = ~np.isfinite(values) | (values < 0)
+        wrong = invalid if mask is None else invalid & np.broadcast_to(mask, invalid.shape)
+        if wrong.any():
+            raise CDIValueError(
+                f"--ndim 3: {int(wrong.sum())} measured voxel(s) of the pattern are NaN, inf or negative"
+            )
+        values[invalid] = 0  # unmeasured
+        modulus = values if config.quantity == "modulus" else np.sqrt(values)
+        record = preprocessor.record() if pre_config is not None else None
+        volume, provenance = _phase_volume(args, config, modulus, mask)
+        _write_volume(
+            args,
+            partial,
+            volume,
+            provenance,
+            modulus,
+            mask,
+            _binned(geometry, binning),
+            roi,
+            binning,
+            record,
+            input_quantity,
+        )
+        os.replace(partial, out_path)
+        print(
+            f"{args.out}: 3D pattern {'x'.join(map(str, modulus.shape))} reconstructed ({config.iterations} "
+            f"iterations, {volume.schedule}; best {len(volume.kept)} of {len(volume.chi2_starts)} starts averaged); "
+            f"chi² {volume.chi2:.4g} (starts {float(volume.chi2_starts.min()):.4g} to "
+            f"{float(volume.chi2_starts.max()):.4g}); spread amplitude {volume.spread_amplitude:.3g}, "
+            f"phase {volume.spread_phase:.3g} rad"
+        )
+        return 0
     support = None
     if args.support:
         support = np.asarray(read_array(args.support)) != 0
@@ -293,26 +393,40 @@ def _reconstruct(args: argparse.Namespace, out_path: Path, partial: Path) -> int
     if not kept:
         raise CDIValueError(f"no frame of {args.input} could be reconstructed ({len(skipped)} bad, reasons above)")
 
-    with h5py.File(partial, "w") as f:
-        for name in ("object", "amplitude", "phase", "support", "chi2", "chi2_history"):
-            f.create_dataset(name, data=getattr(out, name)[kept], compression="gzip" if name != "chi2" else None)
-        f["frame_index"] = np.asarray(kept, dtype=np.int64)
-        modulus = phased[kept] if config.quantity == "modulus" else np.sqrt(phased[kept])
-        f.create_dataset("modulus", data=modulus.astype(np.float32), compression="gzip")
-        f["roi"] = np.asarray(roi, dtype=np.int64)
-        f["binning"] = np.int64(binning)
-        if pre_config is not None:
-            f.attrs["preprocess"] = json.dumps(preprocessor.record())
-        for name in ("status", "reason"):  # UTF-8 (a reason may say chi²)
-            f.create_dataset(name, data=[getattr(out, name)[i] for i in kept], dtype=h5py.string_dtype())
-        provenance = rec.provenance()
-        f.attrs["config"] = json.dumps(provenance["config"])
-        f.attrs["provenance"] = json.dumps(provenance)
-        f.attrs["fft_convention"] = provenance["fft_convention"]
-        f.attrs["input"] = str(args.input)
-        f.attrs["quantity"] = input_quantity
-        f.attrs["init"] = json.dumps(sorted({out.init[i] for i in kept}))
-        f.attrs["skipped"] = json.dumps({str(k): v for k, v in skipped.items()})
+    modulus = (phased[kept] if config.quantity == "modulus" else np.sqrt(phased[kept])).astype(np.float32)
+    provenance = rec.provenance()
+    if _is_cxi(out_path):
+        write_cxi(
+            partial,
+            data=modulus**2,
+            mask=None if mask is None else (mask if mask.ndim == 2 else mask[kept]),
+            object=out.object[kept],
+            support=out.support[kept],
+            chi2=out.chi2[kept],
+            ndim=2,
+            frame_index=np.asarray(kept),
+            geometry=_binned(geometry, binning),
+            process={"configuration": provenance},
+        )
+    else:
+        with h5py.File(partial, "w") as f:
+            for name in ("object", "amplitude", "phase", "support", "chi2", "chi2_history"):
+                f.create_dataset(name, data=getattr(out, name)[kept], compression="gzip" if name != "chi2" else None)
+            f["frame_index"] = np.asarray(kept, dtype=np.int64)
+            f.create_dataset("modulus", data=modulus, compression="gzip")
+            f["roi"] = np.asarray(roi, dtype=np.int64)
+            f["binning"] = np.int64(binning)
+            if pre_config is not None:
+                f.attrs["preprocess"] = json.dumps(preprocessor.record())
+            for name in ("status", "reason"):  # UTF-8 (a reason may say chi²)
+                f.create_dataset(name, data=[getattr(out, name)[i] for i in kept], dtype=h5py.string_dtype())
+            f.attrs["config"] = json.dumps(provenance["config"])
+            f.attrs["provenance"] = json.dumps(provenance)
+            f.attrs["fft_convention"] = provenance["fft_convention"]
+            f.attrs["input"] = str(args.input)
+            f.attrs["quantity"] = input_quantity
+            f.attrs["init"] = json.dumps(sorted({out.init[i] for i in kept}))
+            f.attrs["skipped"] = json.dumps({str(k): v for k, v in skipped.items()})
     os.replace(partial, out_path)
     chi2 = out.chi2[kept]
     print(
@@ -337,3 +451,111 @@ def _reconstruct(args: argparse.Namespace, out_path: Path, partial: Path) -> int
         )
         print(f"{args.plot}: written")
     return 0
+
+
+def _is_cxi(path: Path) -> bool:
+    return path.suffix.lower() == ".cxi"
+
+
+def _binned(geometry: dict, binning: int) -> dict:
+    """``geometry`` of the phased grid: binning multiplies the pixel size."""
+    import numpy as np
+
+    if binning == 1 or geometry.get("pixel_size_m") is None:
+        return geometry
+    return {**geometry, "pixel_size_m": tuple(float(s) * binning for s in np.broadcast_to(geometry["pixel_size_m"], 2))}
+
+
+def _phase_volume(args: argparse.Namespace, config, modulus: np.ndarray, mask: np.ndarray | None):
+    """One 3D pattern ``modulus`` (D, H, W), finite and non-negative, through
+    :func:`cdi_beamline.phasing.multistart` -> (MultiStartResult, provenance)."""
+    import numpy as np
+    import torch
+
+    from ..fourier import FFT_CONVENTION_3D
+    from ..phasing import multistart
+    from ..pipeline import Reconstructor
+
+    measured = None if mask is None else np.broadcast_to(mask, modulus.shape)
+    if not modulus.any():
+        raise CDIValueError("--ndim 3: the pattern holds no signal (all zeros)")
+    rec = Reconstructor(config, device=args.device)  # the device, and the provenance of the configuration
+    chosen = {k: v for k in ("starts", "keep") if (v := getattr(args, k)) is not None}
+    result = multistart(
+        torch.from_numpy(modulus).to(rec.device),
+        mask=None if measured is None else torch.from_numpy(np.ascontiguousarray(measured)).to(rec.device),
+        config=config.refine,
+        seed=args.seed,
+        **chosen,
+    )
+    provenance = rec.provenance()
+    provenance.update(
+        engine="cdi_beamline.phasing.multistart",
+        multistart={"starts": len(result.chi2_starts), "keep": len(result.kept), "seed": args.seed},
+        backend=result.backend,
+        fft_convention=FFT_CONVENTION_3D,
+    )
+    return result, provenance
+
+
+def _write_volume(
+    args: argparse.Namespace,
+    path: Path,
+    volume,
+    provenance: dict,
+    modulus: np.ndarray,
+    mask: np.ndarray | None,
+    geometry: dict,
+    roi: tuple[int, int, int, int] | None,
+    binning: int,
+    preprocess: dict | None,
+    quantity: str,
+) -> None:
+    """A 3D reconstruction to ``path``: CXI (one volume) or OUT.h5 (a stack of one: object (1, D, H, W));
+    ``quantity``: what INPUT held."""
+    import h5py
+    import numpy as np
+
+    from ..cxi import write_cxi
+
+    obj = volume.object.cpu().numpy()
+    support = volume.support.cpu().numpy()
+    spread = {
+        "chi2_starts": volume.chi2_starts.numpy(),
+        "kept": volume.kept.numpy(),
+        "spread_amplitude": np.float64(volume.spread_amplitude),
+        "spread_phase": np.float64(volume.spread_phase),
+    }
+    if _is_cxi(Path(args.out)):
+        write_cxi(
+            path,
+            data=modulus**2,
+            mask=mask,
+            object=obj,
+            support=support,
+            chi2=volume.chi2,
+            ndim=3,
+            geometry=geometry,
+            process={"configuration": provenance},
+            results=spread,
+        )
+        return
+    with h5py.File(path, "w") as f:
+        f.create_dataset("object", data=obj[None], compression="gzip")
+        f.create_dataset("amplitude", data=np.abs(obj)[None], compression="gzip")
+        f.create_dataset("phase", data=np.angle(obj)[None].astype(np.float32), compression="gzip")
+        f.create_dataset("support", data=support[None], compression="gzip")
+        f["chi2"] = np.asarray([volume.chi2], np.float64)
+        for name, value in spread.items():
+            f[name] = np.asarray(value)[None]
+        f.create_dataset("modulus", data=modulus[None], compression="gzip")
+        f["roi"] = np.asarray(roi, dtype=np.int64)
+        f["binning"] = np.int64(binning)
+        if preprocess is not None:
+            f.attrs["preprocess"] = json.dumps(preprocess)
+        f.attrs["config"] = json.dumps(provenance["config"])
+        f.attrs["provenance"] = json.dumps(provenance)
+        f.attrs["fft_convention"] = provenance["fft_convention"]
+        f.attrs["input"] = str(args.input)
+        f.attrs["quantity"] = quantity
+        f.attrs["ndim"] = 3
