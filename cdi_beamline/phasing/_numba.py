@@ -216,7 +216,7 @@ class _VolumeBoxDFT:
 
     def __init__(self, shape: tuple[int, int, int, int], box: tuple[slice, slice, slice]):
         B, D, H, W = shape
-        self.box = box
+        self.box: tuple[slice, slice, slice] = box
         d, r, c = box
         h, w = r.stop - r.start, c.stop - c.start
         # zero outside the box for good: only the box is ever written
@@ -228,12 +228,12 @@ class _VolumeBoxDFT:
         """The object's box (B, d, h, w), a view: write it, then call :meth:`forward`."""
         return self.depth[:, self.box[0]]
 
-    def forward(self) -> torch.Tensor:
-        """DFT (B, D, H, W) of the object in :meth:`inside`."""
+    def forward(self, out: torch.Tensor) -> None:
+        """DFT (B, D, H, W) of the object in :meth:`inside` into ``out`` (contiguous)."""
         _, r, c = self.box
         self.rows[:, :, r] = torch.fft.fft(self.depth, dim=1)
         self.full[..., c] = torch.fft.fft(self.rows, dim=2)
-        return torch.fft.fft(self.full, dim=3)
+        torch.fft.fft(self.full, dim=3, out=out)
 
     def inverse(self, F: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) spectrum -> (B, d, h, w) box of its inverse DFT (no 1/N)."""
@@ -245,8 +245,10 @@ class _VolumeBoxDFT:
 
 def _run_volume(p: Problem):
     """Volumes (B, D, H, W): the Fourier-space iterate of :func:`_run_box_pruned` through
-    :class:`_VolumeBoxDFT` (real space centred, as there; no transposed layout), chi² sums
-    in the step's pass; with positivity, the torch loop with the kernels' modulus projection."""
+    :class:`_VolumeBoxDFT`, one per frame with its own box (the starts of a batch find their
+    objects at different places: the union of their boxes would prune little); real space
+    centred, as there; no transposed layout; chi² sums in the step's pass. With positivity,
+    the torch loop with the kernels' modulus projection."""
     dims = p.dims
     Mr, Ur = p.Mr, p.unmeasured_r
     if p.config.positivity:
@@ -269,34 +271,47 @@ def _run_volume(p: Problem):
     sums = torch.empty((T + 1, B, 2), dtype=torch.float64)  # row n: the object after n iterations
     best = _VolumeBest(p, N) if p.config.keep == "best" else None
 
-    def reset(S, x):  # after a change of S: box, buffers, S as complex on the box, F[S x]
-        dft = _VolumeBoxDFT(tuple(x.shape), _volume_box(S))
-        S_box = S[(slice(None), *dft.box)].to(torch.complex64)
-        torch.mul(x[(slice(None), *dft.box)], S_box, out=dft.inside())
-        return dft, S_box, dft.forward()
+    G = torch.empty_like(x)
+
+    def reset(S, x):  # after a change of S: per frame its box, buffers, S as complex on the box; G = F[S x]
+        dfts, S_boxes = [], []
+        for f in range(B):
+            dft = _VolumeBoxDFT((1, *x.shape[1:]), _volume_box(S[f : f + 1]))
+            S_box = S[(slice(f, f + 1), *dft.box)].to(torch.complex64)
+            torch.mul(x[(slice(f, f + 1), *dft.box)], S_box, out=dft.inside())
+            dft.forward(G[f : f + 1])
+            dfts.append(dft)
+            S_boxes.append(S_box)
+        return dfts, S_boxes
 
     X = torch.fft.fftn(x, dim=dims)
     P = torch.empty_like(X)
-    dft, S_box, G = reset(S, x)
+    dfts, S_boxes = reset(S, x)
     kernels.project_modulus_to(X, P, Mr, Ur)
     kernels.chi2_sums(G, Mr, measured, sums[0].numpy())
     if best is not None and p.candidates[0]:
-        best.consider(0, sums[0], dft, S)
+        best.consider(0, sums[0], dfts, S)
     E = X.sub_(G)
     for it, (alg, beta) in enumerate(p.steps):
         if p.shrinkwrap_due(it):
             X = E.add_(G)
             x = torch.fft.ifftn(X, dim=dims)
             S = p.new_support(x, S, support2, kernels.modulus)
-            dft, S_box, G = reset(S, x)
+            dfts, S_boxes = reset(S, x)
             E = X.sub_(G)
-        # P = P_M(X_n) is ready; S·y_n = S·x_{n+1} (P carries the 1/N)
-        torch.mul(dft.inverse(P), S_box, out=dft.inside())
-        G = dft.forward()
         a, b = outside_coefficients(alg, step_beta(beta, p.config))
-        kernels.advance_project(E, P, G, (a, b * N, 1.0 - b), Mr, Ur, measured, sums[it + 1].numpy())
+        # frame by frame, so that one frame's arrays stay in cache through the step
+        for f, (dft, S_box) in enumerate(zip(dfts, S_boxes, strict=True)):
+            one = slice(f, f + 1)
+            # P = P_M(X_n) is ready; S·y_n = S·x_{n+1} (P carries the 1/N)
+            torch.mul(dft.inverse(P[one]), S_box, out=dft.inside())
+            dft.forward(G[one])
+            kernels.advance_project(
+                E[one], P[one], G[one], (a, b * N, 1.0 - b), Mr[one],
+                None if Ur is None else Ur[one], None if measured is None else measured[one], sums[it + 1, one].numpy(),
+            )  # fmt: skip
         if best is not None and p.candidates[it + 1]:
-            best.consider(it + 1, sums[it + 1], dft, S)
+            best.consider(it + 1, sums[it + 1], dfts, S)
         p.report(it)
 
     history = _history(sums[:T], N, p.smm)
@@ -304,7 +319,8 @@ def _run_volume(p: Problem):
         obj, S, iterations = best.obj, best.S, best.iteration
     else:
         obj = torch.zeros_like(x)
-        obj[(slice(None), *dft.box)] = dft.inside()  # inside S, x_T = y_{T-1}
+        for f, dft in enumerate(dfts):
+            obj[(slice(f, f + 1), *dft.box)] = dft.inside()  # inside S, x_T = y_{T-1}
         iterations = torch.full((B,), T, dtype=torch.int64)
     return to_fft_order(obj, 3), to_fft_order(S, 3), history, iterations
 
@@ -321,15 +337,14 @@ class _VolumeBest:
         self._smm = p.smm.double()
         self._root_n = math.sqrt(N)
 
-    def consider(self, it: int, sums: torch.Tensor, dft: _VolumeBoxDFT, S: torch.Tensor) -> None:
-        """The object after ``it`` iterations, in ``dft``'s box (:meth:`_VolumeBoxDFT.inside`),
-        with support S (B, D, H, W) and chi² sums ``sums`` (B, 2)."""
+    def consider(self, it: int, sums: torch.Tensor, dfts: list[_VolumeBoxDFT], S: torch.Tensor) -> None:
+        """The object after ``it`` iterations, frame f in ``dfts[f]``'s box
+        (:meth:`_VolumeBoxDFT.inside`), with support S (B, D, H, W) and chi² sums ``sums`` (B, 2)."""
         chi = chi2_closed_form(sums[:, 0] * self._root_n, sums[:, 1], self._smm)
         better = chi <= self.chi2 + CHI2_RESOLUTION  # NaN: never
-        inside = dft.inside()
         for f in better.nonzero().flatten().tolist():
             self.obj[f].zero_()
-            self.obj[f][dft.box] = inside[f]
+            self.obj[f][dfts[f].box] = dfts[f].inside()[0]
             self.S[f] = S[f]
             self.iteration[f] = it
         self.chi2 = torch.where(better, torch.minimum(chi, self.chi2), self.chi2)
