@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _harness import Ratio, Row, main
+from phasing import COHERE_SEQUENCE, cohere_params, run_cohere
 
 from cdi_beamline import resources
 from cdi_beamline.config import RefineConfig
@@ -46,13 +47,14 @@ from cdi_beamline.physics import simulate_batch
 CORES = resources.cpu_count()
 NAME = "scale"
 TITLE = "Scale: threads and workers on {cores} cores, {n} patterns 64×64, 600 iterations"
-COHERE_SEQUENCE = "4*(130*HIO+20*ER)"  # == RefineConfig's default "(HIO**130 * ER**20)**4"
 
 ROWS = [
     Row("rec_default", "`reconstruct` whole process, default (1 torch thread × {cores} workers)", "s", 2),
     Row("rec_t1", "`reconstruct --threads 1` whole process", "s", 2),
     Row("rec_tn", "`reconstruct --threads {cores}` whole process (torch's own count, one batch)", "s", 2),
     Row("cohere_whole", "cohere-core numpy whole process, {n} patterns one at a time", "s", 2),
+    Row("rec_fixed", "`reconstruct --iterations 0` whole process (start-up, CNN, files: the fixed cost)", "s", 2),
+    Row("cohere_pp", "cohere-core numpy in this process, {cohere_n} patterns after a warm-up", "ms/pattern", 1),
     Row("batch_tn", "refine, one batch, torch {cores} threads", "ms/pattern", 1),
     Row("batch_t1", "refine, one batch, torch 1 thread", "ms/pattern", 1),
     Row("batch_split", "refine, batch split over {cores} Python threads × 1 torch thread", "ms/pattern", 1),
@@ -64,6 +66,7 @@ RATIOS = [
     Ratio("`--threads 1` / default (whole process; ≥ 1: default not slower)", "rec_t1", "rec_default", 2),
     Ratio("`--threads {cores}` / default (whole process)", "rec_tn", "rec_default", 2),
     Ratio("cohere-core numpy / default (whole process)", "cohere_whole", "rec_default", 2),
+    Ratio("cohere-core numpy per pattern / split over {cores} threads (in process)", "cohere_pp", "batch_split", 2),
     Ratio("torch 1 thread / {cores} threads (one batch)", "batch_tn", "batch_t1", 2),
     Ratio("one batch 1 thread / split over {cores} threads", "batch_t1", "batch_split", 2),
     Ratio("one batch 1 thread / split over {cores} processes", "batch_t1", "batch_procs", 2),
@@ -92,7 +95,8 @@ COHERE_PROCESS = textwrap.dedent(
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=64, help="patterns in the stack and in the batch (default 64)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the simulated patterns")
-    ap.add_argument("--skip-cohere", action="store_true", help="no cohere-core process")
+    ap.add_argument("--cohere-n", type=int, default=8, help="patterns of the in-process cohere-core row (default 8)")
+    ap.add_argument("--skip-cohere", action="store_true", help="no cohere-core rows")
     ap.add_argument("--skip-batch", action="store_true", help="no in-process batch rows")
     ap.add_argument("--skip-fft3d", action="store_true", help="no 3D FFT rows")
     ap.set_defaults(cores=CORES)
@@ -113,19 +117,6 @@ def params(args: argparse.Namespace) -> dict:
 def _user_env() -> dict[str, str]:
     """This environment less what a pip user would not have set (``./run`` exports them)."""
     return {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-
-
-def _cohere_params() -> dict:
-    cfg = RefineConfig()
-    return {
-        "algorithm_sequence": COHERE_SEQUENCE,
-        "hio_beta": cfg.beta,
-        "shrink_wrap_trigger": [cfg.shrinkwrap_start, cfg.shrinkwrap_every],
-        "shrink_wrap_type": "GAUSS",
-        "shrink_wrap_threshold": cfg.shrinkwrap_threshold,
-        "shrink_wrap_gauss_sigma": cfg.shrinkwrap_sigma,
-        "initial_support_area": [cfg.init_support_size, cfg.init_support_size],
-    }
 
 
 def _warm_worker() -> None:
@@ -168,9 +159,10 @@ def measure_reconstruct(args: argparse.Namespace, state: dict) -> dict:
         "rec_default": _reconstruct(state, []),
         "rec_t1": _reconstruct(state, ["--threads", "1"]),
         "rec_tn": _reconstruct(state, ["--threads", str(CORES)]),
+        "rec_fixed": _reconstruct(state, ["--iterations", "0"]),
     }
     if not args.skip_cohere:
-        cmd = [sys.executable, "-c", COHERE_PROCESS, str(state["stack"]), json.dumps(_cohere_params())]
+        cmd = [sys.executable, "-c", COHERE_PROCESS, str(state["stack"]), json.dumps(cohere_params(RefineConfig()))]
         t0 = time.perf_counter()
         subprocess.run(cmd, env=_user_env(), check=True, stdout=subprocess.DEVNULL)
         out["cohere_whole"] = time.perf_counter() - t0
@@ -196,6 +188,8 @@ def measure_batch(args: argparse.Namespace, state: dict) -> dict:
         timed("batch_split", lambda: resources.split_batch(lambda s: _refine_chi2(moduli[s], 0), n, CORES))
         parts = [moduli[s] for s in resources.slices(n, CORES)]
         timed("batch_procs", lambda: list(state["pool"].map(_refine_chi2, parts, [0] * len(parts))))
+        if not args.skip_cohere:  # one thread, as numpy's FFT runs
+            per_pattern["cohere_pp"] = run_cohere(moduli[: args.cohere_n], "np", RefineConfig())[0] * 1e3
     finally:
         torch.set_num_threads(threads)
     return per_pattern

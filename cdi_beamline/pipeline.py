@@ -224,8 +224,9 @@ class Reconstructor:
         config: RefineConfig,
         seed: int,
     ) -> RefineResult:
-        """:func:`refine` of a (B, H, W) batch split into :meth:`workers` slices run in parallel
-        threads (:func:`cdi_beamline.resources.split_batch`), merged in order.
+        """:func:`refine` of a (B, H, W) batch split into :meth:`workers` slices (of at least
+        :data:`cdi_beamline.resources.MIN_SLICE` frames) run in parallel threads
+        (:func:`cdi_beamline.resources.split_batch`), merged in order.
 
         Random phases are drawn here for the whole batch (``seed``, on the CPU, as :func:`refine`
         draws them) and given as the start, so that a frame's start, and so its result, does
@@ -243,7 +244,7 @@ class Reconstructor:
             sub = InitialEstimate(object=obj[s], support=None if support is None else support[s])
             return refine(modulus[s], mask=None if mask is None else mask[s], init=sub, config=config, seed=seed)
 
-        parts = resources.split_batch(part, B, self.workers(config))
+        parts = resources.split_batch(part, B, self.workers(config), resources.MIN_SLICE)
         if len(parts) == 1:
             return parts[0]
         first = parts[0]

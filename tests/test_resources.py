@@ -65,6 +65,7 @@ def test_split_batch_runs_slices_in_threads_and_merges_in_order():
     assert [(s.start, s.stop) for s in resources.slices(10, 3)] == [(0, 4), (4, 7), (7, 10)]
     assert [(s.start, s.stop) for s in resources.slices(2, 4)] == [(0, 1), (1, 2)]
     assert [(s.start, s.stop) for s in resources.slices(0, 2)] == [(0, 0)]
+    assert [(s.start, s.stop) for s in resources.slices(40, 4, min_size=16)] == [(0, 20), (20, 40)]
     both = threading.Barrier(2, timeout=30)  # passes only if two slices run at the same time
 
     def work(s: slice):
@@ -90,7 +91,8 @@ def test_a_split_batch_gives_the_same_reconstruction(fresh, init):
     (CPU, same seed). Each frame's arithmetic is its own (per-frame sums, FFTs per frame; the
     numba backend prunes its DFTs to the batch's support box, which changes which values are
     computed, not how), and random phases are drawn for the whole batch before the split."""
-    frames = simulate_batch(5, seed=4, device="cpu").modulus.numpy() ** 2
+    n = 3 * resources.MIN_SLICE
+    frames = simulate_batch(n, seed=4, device="cpu").modulus.numpy() ** 2
     rec = Reconstructor(ReconstructorConfig.build(init=init, iterations=60), device="cpu")
     sizes: list[int] = []
     real = pipeline.refine
@@ -104,7 +106,7 @@ def test_a_split_batch_gives_the_same_reconstruction(fresh, init):
     one = rec.reconstruct(frames, seed=7)
     resources.apply(resources.plan(n_cores=3))
     split = rec.reconstruct(frames, seed=7)
-    assert sizes[0] == 5 and sorted(sizes[1:]) == [1, 2, 2]  # the slices start in any order
+    assert sizes == [n, *[resources.MIN_SLICE] * 3]
     assert rec.provenance()["resources"] == {"threads": 1, "workers": 3, "chosen_by": "cores"}
     for name in ("object", "support", "chi2", "chi2_history", "start_amplitude"):
         np.testing.assert_array_equal(getattr(one, name), getattr(split, name), err_msg=name)
