@@ -114,20 +114,26 @@ def run_cuda_variants(m: torch.Tensor, cfg: RefineConfig, batch: int) -> tuple[d
     return out, info
 
 
-def run_cohere(moduli: np.ndarray, pkg: str, cfg: RefineConfig) -> tuple[float, float, np.ndarray]:
-    """(s/pattern wall, s/pattern CPU, final chi² per pattern) of cohere-core's ``pkg`` backend
-    ("np" or "torch") over ``moduli`` (N, *spatial), 2-D or 3-D patterns, one at a time."""
-    import cohere_core.controller.phasing as ph
-
-    params = {
+def cohere_params(cfg: RefineConfig, ndim: int = 2) -> dict:
+    """cohere-core's parameters for our schedule, beta, shrink-wrap and initial support (JSON-able),
+    for ``ndim``-D patterns."""
+    return {
         "algorithm_sequence": COHERE_SEQUENCE,
         "hio_beta": cfg.beta,
         "shrink_wrap_trigger": [cfg.shrinkwrap_start, cfg.shrinkwrap_every],
         "shrink_wrap_type": "GAUSS",
         "shrink_wrap_threshold": cfg.shrinkwrap_threshold,
         "shrink_wrap_gauss_sigma": cfg.shrinkwrap_sigma,
-        "initial_support_area": (cfg.init_support_size,) * (moduli.ndim - 1),
+        "initial_support_area": [cfg.init_support_size] * ndim,
     }
+
+
+def run_cohere(moduli: np.ndarray, pkg: str, cfg: RefineConfig) -> tuple[float, float, np.ndarray]:
+    """(s/pattern wall, s/pattern CPU, final chi² per pattern) of cohere-core's ``pkg`` backend
+    ("np" or "torch") over ``moduli`` (N, *spatial), 2-D or 3-D patterns, one at a time."""
+    import cohere_core.controller.phasing as ph
+
+    params = cohere_params(cfg, moduli.ndim - 1)
     chis, wall, cpu = [], 0.0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         # Untimed warm-up (imports, first-call set-up), as ours gets: cohere's first

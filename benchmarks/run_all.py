@@ -52,7 +52,7 @@ from _harness import (  # noqa: E402  (after the path is set: this file runs as 
     versions,
 )
 
-BENCHMARKS = ["simulate", "phasing", "inference", "live", "preprocess", "aps", "accuracy", "devices", "nns"]
+BENCHMARKS = ["simulate", "phasing", "inference", "live", "preprocess", "aps", "accuracy", "devices", "nns", "scale"]
 """The whole set, in the order it runs (cheap and CPU-bound first)."""
 
 REPEATS_OF = {"accuracy": 1}

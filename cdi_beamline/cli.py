@@ -17,6 +17,9 @@ import sys
 
 from . import __version__
 from .errors import CDIError
+from .resources import passive_openmp
+
+passive_openmp()  # before any command imports torch: OpenMP reads OMP_WAIT_POLICY once, at start
 
 # (subcommand, module under cdi_beamline.commands)
 COMMANDS = [

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .config import ReconstructorConfig
+from . import __version__, resources
+from .config import ReconstructorConfig, RefineConfig
 from .device import resolve_device
 from .errors import CDIRuntimeError, CDIValueError
 from .fourier import (
@@ -33,7 +33,15 @@ from .fourier import (
     fourier_upsample,
 )
 from .frames import MAX_SIZE, MIN_SIZE, validate_frame
-from .phasing import InitialEstimate, NearestNeighbourIndex, chi2, refine, square_support
+from .phasing import (
+    InitialEstimate,
+    NearestNeighbourIndex,
+    RefineResult,
+    chi2,
+    random_initial_object,
+    refine,
+    square_support,
+)
 
 __all__ = ["MIN_SIZE", "MAX_SIZE", "Reconstructor", "ReconstructionBatch", "assess", "validate_frame"]
 
@@ -182,14 +190,9 @@ class Reconstructor:
                 history_k = torch.empty((len(idx), 0))
             else:
                 # cnn/nns fell back to random phases: a random start's schedule
-                unseeded = init is None and self.config.init in ("cnn", "nns") and self.config.random_refine is not None
-                res = refine(
-                    modulus,
-                    mask=m,
-                    init=init,
-                    config=self.config.random_refine if unseeded else self.config.refine,
-                    seed=(0 if seed is None else int(seed)) + k,
-                )
+                unseeded = init is None and self.config.init in ("cnn", "nns")
+                schedule = (unseeded and self.config.random_refine) or self.config.refine
+                res = self._refine(modulus, m, init, schedule, (0 if seed is None else int(seed)) + k)
                 obj, support_k, chi2_k, history_k = res.object, res.support, res.chi2, res.chi2_history
             obj = fix_global_phase(obj)
             out.object[idx] = obj.cpu().numpy()
@@ -205,6 +208,55 @@ class Reconstructor:
                 out.status[i], out.reason[i] = assess(self.config, float(out.chi2[i]), out.support[i], float(peak[j]))
         return out
 
+    def workers(self, config: RefineConfig | None = None) -> int:
+        """Slices a batch is refined in at once: :func:`cdi_beamline.resources.current`'s workers
+        on the CPU, 1 on CUDA and for the ``"compiled"`` backend (one graph, one thread)."""
+        backend = (config or self.config.refine).backend
+        if self.device.type != "cpu" or backend == "compiled":
+            return 1
+        return resources.current().workers
+
+    def _refine(
+        self,
+        modulus: torch.Tensor,
+        mask: torch.Tensor | None,
+        init: InitialEstimate | None,
+        config: RefineConfig,
+        seed: int,
+    ) -> RefineResult:
+        """:func:`refine` of a (B, H, W) batch split into :meth:`workers` slices (of at least
+        :data:`cdi_beamline.resources.MIN_SLICE` frames) run in parallel threads
+        (:func:`cdi_beamline.resources.split_batch`), merged in order.
+
+        Random phases are drawn here for the whole batch (``seed``, on the CPU, as :func:`refine`
+        draws them) and given as the start, so that a frame's start, and so its result, does
+        not depend on how many workers share the batch.
+        """
+        B, H, W = modulus.shape
+        obj = None if init is None else init.object
+        support = None if init is None else init.support
+        if obj is None:
+            inside = support if support is not None else square_support((H, W), config.init_support_size)
+            obj = random_initial_object(inside.cpu().expand(B, H, W), torch.Generator().manual_seed(seed))
+            obj = obj.to(modulus.device)
+
+        def part(s: slice) -> RefineResult:
+            sub = InitialEstimate(object=obj[s], support=None if support is None else support[s])
+            return refine(modulus[s], mask=None if mask is None else mask[s], init=sub, config=config, seed=seed)
+
+        parts = resources.split_batch(part, B, self.workers(config), resources.MIN_SLICE)
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return RefineResult(
+            **{
+                name: torch.cat([getattr(p, name) for p in parts])
+                for name in ("object", "support", "chi2", "chi2_history", "best_iteration")
+            },
+            schedule=first.schedule,
+            backend=first.backend,
+        )
+
     def provenance(self) -> dict[str, Any]:
         """What produced the results, JSON-able, for derived start documents and OUT.h5.
 
@@ -219,6 +271,7 @@ class Reconstructor:
             "device": str(self.device),
             "fft_convention": FFT_CONVENTION,
             "software": {"cdi_beamline": __version__, "torch": torch.__version__, "numpy": np.__version__},
+            "resources": {**resources.current().record(), "workers": self.workers()},
         }
         if self.config.init == "cnn":
             net = self.cnn()

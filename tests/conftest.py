@@ -54,6 +54,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def _process_resources(monkeypatch):
+    """A test that runs a command in-process (which applies :func:`cdi_beamline.resources.plan`
+    to the whole process) leaves torch's threads and the applied plan as it found them."""
+    import torch
+
+    from cdi_beamline import resources
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(resources, "_applied", resources._applied)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --- system fixtures: one real Tiled server per test session, a fresh RunEngine per test ---
 
 

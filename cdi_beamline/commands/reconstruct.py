@@ -155,7 +155,8 @@ def add_parser(subparsers) -> None:
         "--threads",
         type=int,
         metavar="N",
-        help="CPU threads for torch (default torch's; 1 avoids spin-waiting on a busy machine)",
+        help="torch CPU threads, the batch refined in one piece (default: one thread per core, the batch split "
+        "across the cores; OMP_NUM_THREADS, when set, counts as given; docs/phasing.md)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
     p.add_argument("--batch-size", type=int, help=f"frames refined together (default {default['batch_size']})")
@@ -224,14 +225,12 @@ def build_preprocess_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from .. import resources
     from ..io import split_dataset_path
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CDIValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)  # this process is ours: a global setting is fine
+    if args.threads is not None and args.threads < 1:
+        raise CDIValueError(f"--threads must be >= 1, got {args.threads}")
+    resources.apply(resources.plan(threads=args.threads))  # this process is ours: a global setting is fine
     out_path = Path(args.out).resolve()
     inputs = [args.input, args.mask, args.support, args.dark, args.flat]
     if any(spec and split_dataset_path(spec)[0].resolve() == out_path for spec in inputs):

@@ -101,12 +101,15 @@ def build_reconstructor(args: argparse.Namespace, recorded: dict | None = None):
     what a derived run recorded; then the ``--config`` file; then the options given).
 
     ``--init cnn`` falls back to random (with a note) when no CNN weights are installed and
-    ``--init`` was not given explicitly.
+    ``--init`` was not given explicitly. The process's threads and workers are set here, by
+    :func:`cdi_beamline.resources.plan` (the commands that build one own their process).
     """
+    from .. import resources
     from ..config import ReconstructorConfig, read_config_file
     from ..errors import CDIRuntimeError
     from ..pipeline import Reconstructor
 
+    resources.apply(resources.plan())
     values = dict(recorded or {})
     if args.config:
         values.update(read_config_file(args.config))

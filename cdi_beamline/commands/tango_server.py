@@ -78,6 +78,7 @@ def _properties(args: argparse.Namespace) -> dict[str, dict[str, object]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import resources
     from ..devices.tango import register, run_server
 
     properties = _properties(args)
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.register:
         register(args.instance, properties)
+    resources.apply(resources.plan())
     run_server(
         args.instance,
         nodb=args.nodb,

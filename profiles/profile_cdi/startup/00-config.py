@@ -13,6 +13,10 @@
 import os
 from pathlib import Path
 
+from cdi_beamline import resources
+
+resources.passive_openmp()  # before torch is imported: idle OpenMP threads sleep (unless OMP_WAIT_POLICY is set)
+
 from cdi_beamline.config import LIVE_ITERATIONS
 
 CDI_TILED_URI = os.environ.get("CDI_TILED_URI") or None

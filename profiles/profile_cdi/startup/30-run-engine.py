@@ -4,13 +4,16 @@ from bluesky import RunEngine
 from bluesky.plan_stubs import mv  # noqa: F401  (for the user)
 from bluesky.plans import count, rel_scan, scan  # noqa: F401  (for the user)
 
+from cdi_beamline import resources
 from cdi_beamline.callbacks import LiveSession
 from cdi_beamline.config import LiveConfig, ReconstructorConfig
 from cdi_beamline.pipeline import Reconstructor
 
 
 def _reconstructor() -> Reconstructor:
-    """CNN start when asked for or when weights are installed, else random starts."""
+    """CNN start when asked for or when weights are installed, else random starts; one torch
+    thread per core, each refining a slice of the batch (cdi_beamline.resources)."""
+    resources.apply(resources.plan())
     config = ReconstructorConfig.build(init=CDI_INIT or "cnn", iterations=CDI_ITERATIONS)
     rec = Reconstructor(config, device=CDI_DEVICE)
     if CDI_INIT is None:
