@@ -16,6 +16,15 @@ A derived run (one per raw run) is
   per raw frame;
 - a stop document with the counts (:data:`COUNTS`), the chi² summary and, phased from raw
   counts, the preprocessing record with the run's ROI (:data:`PREPROCESS`).
+
+A rocking scan also gets a 3D derived run (:data:`VOLUME_KIND`), in the same container and
+linked the same way (``parent_uid``):
+
+- a start document with ``cdi_kind`` = :data:`VOLUME_KIND`, the rocking record
+  :data:`ROCKING` (motor, step, frames used, config) and the geometry given :data:`GEOMETRY`;
+- one event of the stream :data:`STREAM`: the arrays :data:`VOLUME_ARRAY_DTYPES` in an HDF5
+  file, the scalars :data:`VOLUME_SCALAR_DTYPES` in the event (no event when phasing failed);
+- a stop document with :data:`VOLUME_SUMMARY`: status (``ok`` or ``error``), reason, chi².
 """
 
 from __future__ import annotations
@@ -50,11 +59,18 @@ __all__ = [
     "REPROCESSED",
     "RESULT_KEYS",
     "ResultRows",
+    "ROCKING",
     "SCALAR_DTYPES",
     "STATUSES",
     "STREAM",
     "SUPERSEDES",
     "Status",
+    "GEOMETRY",
+    "VOLUME_ARRAY_DTYPES",
+    "VOLUME_KIND",
+    "VOLUME_SCALAR_DTYPES",
+    "VOLUME_SUMMARY",
+    "volume_data_keys",
     "counts",
     "data_keys",
     "decimate_history",
@@ -186,6 +202,56 @@ RESULT_KEYS: tuple[str, ...] = (*ARRAY_DTYPES, *SCALAR_DTYPES)
 these (plus ``start`` and ``stop``)."""
 
 _EVENT_DTYPE = {"<f8": "number", "<i8": "integer", "<U": "string"}
+
+# --- the 3D run of a rocking scan ---------------------------------------------------------------
+
+VOLUME_KIND = "cdi_volume"
+"""Value of ``start[KIND]`` (and the plan name) of the 3D derived run of a rocking scan; it
+tells a 3D run from the 2D per-frame runs (:data:`DERIVED_KIND`)."""
+
+ROCKING = "rocking"
+"""Start key of a 3D run: ``{"motor", "step_deg", "depth", "frames_received", "brightest_seq_num",
+"missing_seq_nums", "postprocess", "config"}``: the rocking axis, the angle step (median of the
+readings), frames in the volume and received, the brightest frame (the volume's centre), the
+seq_nums of the window with no frame (masked planes), what post-processing the phase had,
+and the ``RockingConfig`` dump."""
+
+GEOMETRY = "geometry"
+"""Start key of a 3D run: the geometry fields the raw run's start document gave
+(``RockingConfig.geometry_keys``: energy, detector distance, pixel size, detector angles)."""
+
+VOLUME_SUMMARY = "cdi_volume"
+"""Stop key of a 3D run: ``{"status", "reason", "chi2", "seconds"}``: ``ok`` or ``error`` (and
+why), the chi² of the averaged object (NaN on error), the phasing's wall time."""
+
+VOLUME_ARRAY_DTYPES: dict[str, str] = {
+    "amplitude": "<f4",
+    "phase": "<f4",
+    "support": "|u1",
+    "chi2_starts": "<f4",
+    "rocking_angle": "<f8",
+    "raw_seq_num": "<i8",
+}
+"""Arrays of the 3D run's one event, in its HDF5 file: ``amplitude``, ``phase``, ``support``
+(D, H, W) on the detector-conjugate grid (D along the rocking axis; ``phase`` post-processed
+when :data:`ROCKING` ``["postprocess"]`` says so); ``chi2_starts`` (N,) chi² of every start;
+``rocking_angle`` (D,) degrees (NaN where not read) and ``raw_seq_num`` (D,) of each plane."""
+
+VOLUME_SCALAR_DTYPES: dict[str, str] = {"chi2": "<f8", "spread_amplitude": "<f8", "spread_phase": "<f8"}
+"""Scalars of the 3D run's event: chi² (eq. 5) of the averaged object, and the rms spread of
+the kept starts about their mean over the support (amplitude relative to the mean amplitude,
+phase in radians)."""
+
+
+def volume_data_keys(shapes: Mapping[str, Sequence[int]], source: str = "cdi_beamline") -> dict[str, dict]:
+    """The descriptor's data keys of a 3D run whose arrays have ``shapes`` (key -> shape)."""
+    keys = {
+        key: {"source": source, "dtype": "array", "dtype_numpy": dt, "shape": list(shapes[key]), "external": "STREAM:"}
+        for key, dt in VOLUME_ARRAY_DTYPES.items()
+    }
+    for key, dt in VOLUME_SCALAR_DTYPES.items():
+        keys[key] = {"source": source, "dtype": _EVENT_DTYPE[dt], "shape": [], "dtype_numpy": dt}
+    return keys
 
 
 def row_shapes(shape: tuple[int, int]) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,196 @@
+"""3D at the end of a rocking scan: detection, the stack, and the 3D derived run through a real
+RunEngine and a real Tiled server."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from bluesky.plans import count, scan
+from helpers import engine
+
+from cdi_beamline.callbacks import LiveReconstruction, PhasedVolume, Volume, VolumeStack, rocking_motor
+from cdi_beamline.config import ConfigError, LiveConfig, RefineConfig, RockingConfig
+from cdi_beamline.devices import FrameSource, ReplayDetector, RockingMotor
+from cdi_beamline.results import GEOMETRY, PARENT_UID, ROCKING, VOLUME_KIND, VOLUME_SUMMARY
+from cdi_beamline.tiled import derived_runs, load_results, load_volume, make_writer, processed, volume_runs
+
+N = 32  # frames of the simulated scan, and their side
+
+
+def crystal(n: int = N) -> np.ndarray:
+    """(n, n, n) complex64: a faceted crystal (a box with two cut corners, ~n/3 wide) with a
+    smooth strain-like phase, centred; oversampled ~3 per axis."""
+    z, y, x = np.mgrid[:n, :n, :n] - n // 2
+    inside = (abs(z) <= 5) & (abs(y) <= 6) & (abs(x) <= 4) & (x + y <= 7) & (z - x <= 7)
+    phase = 0.8 * np.sin(np.pi * (z + y) / 14.0) * np.cos(np.pi * x / 12.0)
+    return (inside * np.exp(1j * phase)).astype(np.complex64)
+
+
+def diffraction(obj: np.ndarray) -> np.ndarray:
+    """|centred unitary FFT|^2 of a 3D object, scaled to a peak of 1e5 counts (float32)."""
+    field = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(obj), norm="ortho"))
+    intensity = np.abs(field) ** 2
+    return (intensity * (1e5 / intensity.max())).astype(np.float32)
+
+
+class RockingSource(FrameSource):
+    """The slices of a 3D diffraction pattern along its first axis, one per rocking angle."""
+
+    def __init__(self, volume: np.ndarray, angles: np.ndarray):
+        self.frames = volume
+        self.angles = angles
+        self.n_frames = len(volume)
+        self.shape = (int(volume.shape[1]), int(volume.shape[2]))
+
+    def _frame(self, i):
+        return self.frames[i].copy()
+
+    def provenance(self):
+        return {"source": "simulated rocking scan"}
+
+
+ANGLES = np.round(np.linspace(10.0, 10.31, N), 4)  # degrees, step 0.01
+
+
+@pytest.fixture(scope="module")
+def source():
+    return RockingSource(diffraction(crystal()), ANGLES)
+
+
+@pytest.fixture()
+def client(tiled_server):
+    return tiled_server.client()
+
+
+def _live(tiled_server, client, rocking: RockingConfig, **kw):
+    writer = make_writer(processed(client), tiled_server.spool_dir)
+    config = LiveConfig(data_dir=tiled_server.data_dir, max_wait_s=60, rocking=rocking)
+    return LiveReconstruction(engine(8), writer, config, **kw)
+
+
+def _scan(source, n=N):
+    th = RockingMotor("th")
+    det = ReplayDetector(source, name="det", motor=th)
+    return scan([det], th, float(source.angles[0]), float(source.angles[n - 1]), n)
+
+
+# --- which runs are rocking scans --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("start", "motor"),
+    [
+        ({"motors": ["th"], "detectors": ["det"], "plan_name": "scan"}, "th"),
+        ({"motors": ["sample_Theta"], "detectors": ["det"], "plan_name": "rel_scan"}, "sample_Theta"),
+        ({"motors": ["eta"], "detectors": ["det"], "plan_name": "list_scan"}, "eta"),
+        ({"motors": ["x"], "detectors": ["det"], "plan_name": "scan"}, None),  # not an angle
+        ({"motors": ["th", "x"], "detectors": ["det"], "plan_name": "grid_scan"}, None),  # two motors
+        ({"motors": ["th"], "detectors": [], "plan_name": "scan"}, None),  # no detector
+        ({"detectors": ["det"], "plan_name": "count"}, None),
+    ],
+)
+def test_rocking_motor_from_the_start_document(start, motor):
+    assert rocking_motor(start, RockingConfig()) == motor
+
+
+def test_rocking_motor_names_are_configurable_and_the_3d_job_can_be_turned_off():
+    start = {"motors": ["chi"], "detectors": ["det"]}
+    assert rocking_motor(start, RockingConfig()) is None
+    assert rocking_motor(start, RockingConfig(motors=("chi",))) == "chi"
+    assert rocking_motor({"motors": ["th"], "detectors": ["det"]}, RockingConfig(enabled=False)) is None
+    with pytest.raises(ConfigError, match="keep"):
+        RockingConfig.build(starts=2, keep=3)
+
+
+# --- the stack ----------------------------------------------------------------------------------
+
+
+def test_stack_takes_the_depth_around_the_brightest_frame_and_masks_gaps():
+    rng = np.random.default_rng(0)
+    seqs = np.arange(1, 41)
+    modulus = rng.random((40, 8, 8)).astype(np.float32)
+    modulus[24] *= 10  # seq 25 is the brightest
+    stack = VolumeStack({"uid": "raw"}, "th", RockingConfig(depth=16, min_frames=4))
+    mask = np.ones((8, 8), bool)
+    mask[0, 0] = False
+    stack.add(seqs[:20], modulus[:20], mask)
+    stack.add(np.array([21]), np.full((1, 8, 8), np.nan, np.float32), mask)  # not finite: a gap
+    stack.add(seqs[21:], modulus[21:], mask)
+    volume = stack.volume({int(s): 10 + 0.01 * s for s in seqs})
+    assert isinstance(volume, Volume)
+    np.testing.assert_array_equal(volume.seq_nums, np.arange(17, 33))
+    assert volume.brightest == 25 and volume.missing == (21,) and volume.received == 39
+    np.testing.assert_array_equal(volume.modulus[8], modulus[24])  # plane of seq 25
+    assert not volume.mask[21 - 17].any() and (volume.mask[0] == mask).all()
+    np.testing.assert_allclose(volume.angles, 10 + 0.01 * np.arange(17, 33))
+    assert volume.step == pytest.approx(0.01)
+
+    edge = VolumeStack({"uid": "raw"}, "th", RockingConfig(depth=16, min_frames=4))
+    edge.add(seqs, modulus[::-1].copy(), None)  # brightest at seq 16: the window stays in the scan
+    np.testing.assert_array_equal(edge.volume({}).seq_nums, np.arange(8, 24))  # type: ignore[union-attr]
+    assert np.isnan(edge.volume({}).angles).all()  # type: ignore[union-attr]
+
+    few = VolumeStack({"uid": "raw"}, "th", RockingConfig(min_frames=16))
+    few.add(seqs[:10], modulus[:10], None)
+    assert few.volume({}) == "10 frames with data, 16 needed for a 3D reconstruction (RockingConfig.min_frames)"
+
+
+# --- through the RunEngine and Tiled ------------------------------------------------------------
+
+
+def _fake_phased(volume: Volume) -> PhasedVolume:
+    """A phased volume of the right shapes, for the tests about scheduling and failure."""
+    obj = np.ones(volume.modulus.shape, np.complex64)
+    return PhasedVolume(obj, np.ones(obj.shape, bool), 0.5, np.array([0.5, 0.6], np.float32), 0.1, 0.2, "ER**1", "test")
+
+
+def test_a_failing_3d_job_gives_an_error_run_and_the_next_scan_goes_on(source, tiled_server, client, run_engine):
+    def failing(volume, config, seed):
+        raise RuntimeError("the 3D engine broke")
+
+    cb = _live(tiled_server, client, RockingConfig(min_frames=4), phase_volume=failing)
+    run_engine.subscribe(cb)
+    first = run_engine(_scan(source, 8)).run_start_uids[0]
+    second = run_engine(_scan(source, 8)).run_start_uids[0]
+    assert cb.flush(timeout=120)
+    cb.close()
+    for raw_uid in (first, second):
+        (run,) = volume_runs(client, raw_uid)
+        vol = load_volume(client, run.metadata["start"]["uid"])
+        assert vol["stop"][VOLUME_SUMMARY]["status"] == "error"
+        assert vol["stop"][VOLUME_SUMMARY]["reason"] == "3D phasing failed: RuntimeError: the 3D engine broke"
+        assert vol["stop"]["exit_status"] == "fail" and "amplitude" not in vol
+        (derived,) = derived_runs(client, raw_uid)  # the 2D previews are all there
+        assert derived.metadata["stop"]["cdi_counts"]["received"] == 8
+    assert cb.worker.stats["volume_errors"] == 2 and cb.worker.stats["worker_errors"] == 0
+
+
+def test_next_scan_is_not_delayed_by_the_3d_job_and_a_count_gets_none(source, tiled_server, client, run_engine):
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(volume, config, seed):
+        entered.set()
+        release.wait(120)
+        return _fake_phased(volume)
+
+    cb = _live(tiled_server, client, RockingConfig(min_frames=4), phase_volume=slow)
+    second_rows = threading.Event()
+    raw: dict[str, str] = {}
+    cb.add_listener(lambda uid, rows: second_rows.set() if uid == raw.get("count") else None)
+    run_engine.subscribe(cb)
+    raw["rocking"] = run_engine(_scan(source, 8)).run_start_uids[0]
+    assert entered.wait(60)  # the 3D job of the rocking scan is running ...
+    det = ReplayDetector(RockingSource(source.frames[:4], ANGLES[:4]), name="det")
+    raw["count"] = run_engine(count([det], 4)).run_start_uids[0]
+    assert second_rows.wait(120)  # ... and the next scan's frames are reconstructed meanwhile
+    assert not release.is_set()
+    release.set()
+    assert cb.flush(timeout=120)
+    cb.close()
+    (run,) = volume_runs(client, raw["rocking"])
+    vol = load_volume(client, run.metadata["start"]["uid"])
+    assert vol["stop"][VOLUME_SUMMARY]["status"] == "ok" and vol["amplitude"].shape == (8, N, N)
+    assert volume_runs(client, raw["count"]) == [] and cb.volume_uid(raw["count"]) is None
+    assert load_results(client, cb.derived_uid(raw["count"]))["status"].shape == (4,)
