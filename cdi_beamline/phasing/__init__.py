@@ -1,11 +1,13 @@
 """Phase retrieval: projections and algorithms (ER, HIO, RAAR), shrink-wrap, schedules,
 chi², alignment of solutions, nearest-neighbour search and phase unwrapping.
 
-All arrays are centred (see :mod:`cdi_beamline.fourier`), shaped (B, H, W).
+All arrays are centred (see :mod:`cdi_beamline.fourier`), shaped (B, *spatial): the number
+of spatial axes follows the data, (H, W) for 2-D patterns, (D, H, W) for 3-D ones.
 """
 
 from ..config.schedule import ER, HIO, RAAR, Schedule, Step, parse_schedule
 from .align import AlignedPair, align, invert, twin, unwrap
+from .multistart import MultiStartResult, multistart
 from .nns import NearestNeighbourIndex, NeighbourMatch
 from .refine import InitialEstimate, RefineResult, chi2, random_initial_object, refine, square_support
 
@@ -21,10 +23,12 @@ __all__ = [
     "HIO",
     "RAAR",
     "InitialEstimate",
+    "MultiStartResult",
     "RefineResult",
     "Schedule",
     "Step",
     "chi2",
+    "multistart",
     "parse_schedule",
     "random_initial_object",
     "refine",

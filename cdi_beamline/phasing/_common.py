@@ -22,14 +22,24 @@ EPS = 1e-12
 CHI2_RESOLUTION = 1e-7
 
 
-def to_fft_order(x: torch.Tensor) -> torch.Tensor:
-    """Centred (origin at (H//2, W//2)) -> FFT order (origin at (0, 0)), last two axes."""
-    return torch.fft.ifftshift(x, dim=(-2, -1))
+def spatial_dims(ndim: int) -> tuple[int, ...]:
+    """The last ``ndim`` axes, ``(-ndim, ..., -1)``: the spatial axes of (B, *spatial) arrays."""
+    return tuple(range(-ndim, 0))
 
 
-def from_fft_order(x: torch.Tensor) -> torch.Tensor:
+def to_fft_order(x: torch.Tensor, ndim: int = 2) -> torch.Tensor:
+    """Centred (origin at N//2 per axis) -> FFT order (origin at 0), the last ``ndim`` axes."""
+    return torch.fft.ifftshift(x, dim=spatial_dims(ndim))
+
+
+def from_fft_order(x: torch.Tensor, ndim: int = 2) -> torch.Tensor:
     """Inverse of :func:`to_fft_order`."""
-    return torch.fft.fftshift(x, dim=(-2, -1))
+    return torch.fft.fftshift(x, dim=spatial_dims(ndim))
+
+
+def per_frame(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A (B,) tensor viewed as (B, 1, ...) to broadcast over (B, *spatial) with ``ndim`` spatial axes."""
+    return v.view(-1, *([1] * ndim))
 
 
 def abs2(z: torch.Tensor) -> torch.Tensor:
@@ -69,12 +79,15 @@ def coefficients(alg: str, beta: float, s: torch.Tensor) -> tuple[torch.Tensor, 
     return a_out * out, s + b_out * out
 
 
-def gaussian_transfer(shape: tuple[int, int], sigma: float, device) -> torch.Tensor:
-    """rfft2 of a unit-sum periodic Gaussian of std ``sigma`` px: (H, W//2+1) real."""
-    H, W = shape
-    fy = torch.fft.fftfreq(H, device=device)[:, None]
-    fx = torch.fft.rfftfreq(W, device=device)[None, :]
-    return torch.exp(-2.0 * (math.pi * sigma) ** 2 * (fy**2 + fx**2)).to(torch.float32)
+def gaussian_transfer(shape: tuple[int, ...], sigma: float, device) -> torch.Tensor:
+    """rfftn of a unit-sum periodic Gaussian of std ``sigma`` px over ``shape`` (2 or 3 axes):
+    (..., W//2+1) real, e.g. (H, W//2+1) or (D, H, W//2+1)."""
+    n = len(shape)
+    f2 = torch.zeros((), device=device)
+    for axis, size in enumerate(shape):
+        f = torch.fft.rfftfreq(size, device=device) if axis == n - 1 else torch.fft.fftfreq(size, device=device)
+        f2 = f2 + (f**2).view(*([1] * axis), -1, *([1] * (n - 1 - axis)))
+    return torch.exp(-2.0 * (math.pi * sigma) ** 2 * f2).to(torch.float32)
 
 
 def shrinkwrap_due(it: int, config: RefineConfig) -> bool:
@@ -86,20 +99,22 @@ def shrinkwrap_due(it: int, config: RefineConfig) -> bool:
 def shrinkwrap(x, blur, threshold, support2, previous, modulus: Callable | None = None):
     """Marchesini shrink-wrap: blurred |x| above ``threshold``·max, inside Support 2.
 
-    x : (B, H, W) complex64; blur : :func:`gaussian_transfer`; support2 : (H, W) bool;
-    previous : (B, H, W) bool, kept by frames whose new support would be empty.
+    x : (B, *spatial) complex64, spatial (H, W) or (D, H, W); blur : :func:`gaussian_transfer`;
+    support2 : (*spatial) bool; previous : (B, *spatial) bool, kept by frames whose new
+    support would be empty.
     modulus : |x| for complex64 (the CPU kernels': torch's complex abs is slow there), or None.
     """
-    B, H, W = x.shape
+    B, *spatial = x.shape
+    dims = spatial_dims(len(spatial))
     amp = abs2(x).sqrt_() if modulus is None else modulus(x)
-    smooth = torch.fft.irfft2(torch.fft.rfft2(amp) * blur, s=(H, W))
-    peak = smooth.amax((-2, -1), keepdim=True)
+    smooth = torch.fft.irfftn(torch.fft.rfftn(amp, dim=dims) * blur, s=spatial, dim=dims)
+    peak = smooth.amax(dims, keepdim=True)
     new = (smooth > threshold * peak) & support2
     # (a uint8 max: bool any() over two axes costs as much as the blur's multiply)
     empty = new.view(torch.uint8).view(B, -1).amax(1) == 0
     if not empty.any():
         return new
-    return torch.where(empty[:, None, None], previous, new)
+    return torch.where(per_frame(empty, len(spatial)), previous, new)
 
 
 def candidates(steps: list, config: RefineConfig, support_given: bool) -> list[bool]:
@@ -125,14 +140,15 @@ def candidates(steps: list, config: RefineConfig, support_given: bool) -> list[b
 
 @dataclass
 class Problem:
-    """What a backend needs, built by :func:`.refine.refine`; arrays in FFT order.
+    """What a backend needs, built by :func:`.refine.refine`; arrays in FFT order, shaped
+    (B, *spatial) with spatial (H, W) or (D, H, W) (N pixels per frame).
 
-    x : (B, H, W) complex64, the start on the normalised scale
-    S : (B, H, W) bool, the start support; support2 : (H, W) bool
-    Mm : (B, H, W) float32, the normalised data, zero on unmeasured pixels
-    Mr : ``Mm / sqrt(HW)``: the data in the units of the unscaled FFT, / HW
-    measured : (B, H, W) bool, or None (all measured)
-    unmeasured_r : ``(1 - measured) / HW`` float32, or None
+    x : (B, *spatial) complex64, the start on the normalised scale
+    S : (B, *spatial) bool, the start support; support2 : (*spatial) bool
+    Mm : (B, *spatial) float32, the normalised data, zero on unmeasured pixels
+    Mr : ``Mm / sqrt(N)``: the data in the units of the unscaled FFT, / N
+    measured : (B, *spatial) bool, or None (all measured)
+    unmeasured_r : ``(1 - measured) / N`` float32, or None
     smm : (B,) float32, ``Σ Mm²``
     steps : [(algorithm, beta or None)] per iteration
     blur : :func:`gaussian_transfer` or None (no shrink-wrap)
@@ -153,6 +169,16 @@ class Problem:
     blur: torch.Tensor | None
     candidates: list[bool]
     progress: Callable[[int, int], None] | None
+
+    @property
+    def ndim(self) -> int:
+        """The number of spatial axes, 2 or 3."""
+        return self.x.ndim - 1
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The spatial axes (:func:`spatial_dims`)."""
+        return spatial_dims(self.ndim)
 
     def report(self, it: int) -> None:
         """Call ``progress`` after iteration ``it`` if it ends a schedule step."""

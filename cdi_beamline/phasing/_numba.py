@@ -53,6 +53,8 @@ def _history(sums: torch.Tensor, HW: int, smm: torch.Tensor) -> torch.Tensor:
 def run(p: Problem):
     """Returns (object, S, chi² history (T, B) float32, iterations behind the object (B,)
     int64), FFT order (see :func:`._torch.loop`)."""
+    if p.ndim != 2:
+        return _run_volume(p)
     data: _Data = (
         p.Mr.mT.contiguous(),
         None if p.unmeasured_r is None else p.unmeasured_r.mT.contiguous(),
@@ -186,3 +188,84 @@ def _run_box_pruned(p: Problem, data: _Data):
         obj[:, dft.r0 : dft.r1, dft.c0 : dft.c1] = dft.box()  # inside S, x_T = y_{T-1}
         iterations = torch.full((B,), T, dtype=torch.int64)
     return to_fft_order(obj), to_fft_order(S), history, iterations
+
+
+def _run_volume(p: Problem):
+    """3-D frames (B, D, H, W): the Fourier-space iterate of :func:`_run_box_pruned` with full
+    n-D FFTs (no pruning, no transposed layout), two FFTs per iteration, chi² sums in the
+    step's pass; with positivity, the torch loop with the kernels' modulus projection."""
+    dims = p.dims
+    Mr, Ur = p.Mr, p.unmeasured_r
+    if p.config.positivity:
+
+        def step(it, x, ca, cb, s, er, outside):
+            F = torch.fft.fftn(x, dim=dims)
+            kernels.project_modulus(F, Mr, Ur)
+            x_next = _torch.update(x, torch.fft.ifftn(F, dim=dims, norm="forward"), ca, cb, er, outside)
+            obj = x_next * s
+            return x_next, obj, _torch.object_chi2(obj, p.Mm, p.measured, p.smm)
+
+        return _torch.loop(p, step, complex_maps=True, modulus=kernels.modulus)
+
+    x, S = p.x, p.S
+    B = x.shape[0]
+    N = x[0].numel()
+    T = len(p.steps)
+    measured = None if p.measured is None else p.measured.to(torch.float32)
+    sums = torch.empty((T + 1, B, 2), dtype=torch.float64)  # row n: the object after n iterations
+    best = _VolumeBest(p, N) if p.config.keep == "best" else None
+
+    X = torch.fft.fftn(x, dim=dims)
+    P = torch.empty_like(X)
+    kernels.project_modulus_to(X, P, Mr, Ur)
+    S_c = S.to(torch.complex64)
+    obj = x * S_c
+    G = torch.fft.fftn(obj, dim=dims)
+    kernels.chi2_sums(G, Mr, measured, sums[0].numpy())
+    if best is not None and p.candidates[0]:
+        best.consider(0, sums[0], obj, S)
+    E = X.sub_(G)
+    for it, (alg, beta) in enumerate(p.steps):
+        if p.shrinkwrap_due(it):
+            X = E.add_(G)
+            x = torch.fft.ifftn(X, dim=dims)
+            S = p.new_support(x, S, p.support2, kernels.modulus)
+            S_c = S.to(torch.complex64)
+            G = torch.fft.fftn(x.mul_(S_c), dim=dims)
+            E = X.sub_(G)
+        # P = P_M(X_n) is ready; S·y_n = S·x_{n+1} (P carries the 1/N)
+        obj = torch.fft.ifftn(P, dim=dims, norm="forward").mul_(S_c)
+        G = torch.fft.fftn(obj, dim=dims)
+        a, b = outside_coefficients(alg, step_beta(beta, p.config))
+        kernels.advance_project(E, P, G, (a, b * N, 1.0 - b), Mr, Ur, measured, sums[it + 1].numpy())
+        if best is not None and p.candidates[it + 1]:
+            best.consider(it + 1, sums[it + 1], obj, S)
+        p.report(it)
+
+    history = _history(sums[:T], N, p.smm)
+    if best is not None:
+        return best.obj, best.S, history, best.iteration
+    return obj, S, history, torch.full((B,), T, dtype=torch.int64)
+
+
+class _VolumeBest:
+    """Per frame, the object of lowest chi² met so far in :func:`_run_volume` (a later one
+    within :data:`._common.CHI2_RESOLUTION` of it replaces it), from the kernels' chi² sums."""
+
+    def __init__(self, p: Problem, N: int):
+        self.obj = torch.zeros_like(p.x)
+        self.S = torch.zeros(p.x.shape, dtype=torch.bool)
+        self.chi2 = torch.full((p.x.shape[0],), math.inf, dtype=torch.float64)
+        self.iteration = torch.zeros(p.x.shape[0], dtype=torch.int64)
+        self._smm = p.smm.double()
+        self._root_n = math.sqrt(N)
+
+    def consider(self, it: int, sums: torch.Tensor, obj: torch.Tensor, S: torch.Tensor) -> None:
+        """The object after ``it`` iterations, ``obj`` (B, *spatial) with support S and chi² sums ``sums`` (B, 2)."""
+        chi = chi2_closed_form(sums[:, 0] * self._root_n, sums[:, 1], self._smm)
+        better = chi <= self.chi2 + CHI2_RESOLUTION  # NaN: never
+        for f in better.nonzero().flatten().tolist():
+            self.obj[f] = obj[f]
+            self.S[f] = S[f]
+            self.iteration[f] = it
+        self.chi2 = torch.where(better, torch.minimum(chi, self.chi2), self.chi2)

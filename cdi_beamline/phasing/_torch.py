@@ -20,6 +20,8 @@ from ._common import (
     chi2_closed_form,
     coefficients,
     outside_coefficients,
+    per_frame,
+    spatial_dims,
     step_beta,
 )
 
@@ -34,7 +36,7 @@ def _times_real_(z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 def update(x, y, ca, cb, er: bool, outside=None):
     """The update ``a·x + b·y`` (ER: ``b·y``, x unused) for real maps a = ca, b = cb.
 
-    x, y : (B, H, W) complex64 (y is overwritten in eager); ca, cb : (B, H, W), float32 or
+    x, y : (B, *spatial) complex64 (y is overwritten in eager); ca, cb : (B, *spatial), float32 or
     complex64 with zero imaginary part. outside : None, or with positivity the (2,) (a, b)
     outside the support: y is projected onto real values and its non-positive pixels are
     treated as outside the support.
@@ -61,12 +63,13 @@ def masked(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 def object_chi2(obj: torch.Tensor, Mm, measured, smm) -> torch.Tensor:
-    """chi² (eq. 5) of an object in FFT order (B, H, W) complex64 against ``Mm``: (B,) float64."""
-    amp2 = abs2(torch.fft.fft2(obj, norm="backward"))  # unscaled: chi² is scale invariant
+    """chi² (eq. 5) of an object in FFT order (B, *spatial) complex64 against ``Mm``: (B,) float64."""
+    dims = spatial_dims(obj.ndim - 1)
+    amp2 = abs2(torch.fft.fftn(obj, dim=dims, norm="backward"))  # unscaled: chi² is scale invariant
     amp = amp2.sqrt()
     # float64 sums: at chi² ~ 1e-3 the cancellation in 1 - c² costs three digits
-    spm = (amp * Mm).sum((-2, -1), dtype=torch.float64)
-    spp = (amp2 if measured is None else amp2 * measured).sum((-2, -1), dtype=torch.float64)
+    spm = (amp * Mm).sum(dims, dtype=torch.float64)
+    spp = (amp2 if measured is None else amp2 * measured).sum(dims, dtype=torch.float64)
     return chi2_closed_form(spm, spp, smm)
 
 
@@ -79,27 +82,28 @@ def iteration(x, ca, cb, s, Mm, Mr, measured, unmeasured_r, smm, er: bool, outsi
 
     Parameters
     ----------
-    x : (B, H, W) complex64, the iterate in FFT order
-    ca, cb : (B, H, W) maps (a, b) of the update (:func:`._common.coefficients`),
+    x : (B, *spatial) complex64, the iterate in FFT order, spatial (H, W) or (D, H, W)
+    ca, cb : (B, *spatial) maps (a, b) of the update (:func:`._common.coefficients`),
         float32 or complex64 with zero imaginary part (faster in eager on the CPU)
-    s : (B, H, W) the support S as a map of the same dtype
+    s : (B, *spatial) the support S as a map of the same dtype
     Mm, Mr, measured, unmeasured_r, smm : as in :class:`._common.Problem`
     er : ER's update (``b·y``; x is not read)
     outside : None, or with positivity the (2,) float32 (a, b) outside the support (see :func:`update`)
 
     Returns
     -------
-    x_next : (B, H, W) complex64
-    obj : (B, H, W) complex64, ``x_next·S``, the object after this iteration
+    x_next : (B, *spatial) complex64
+    obj : (B, *spatial) complex64, ``x_next·S``, the object after this iteration
     chi2 : (B,) float32, chi² of obj (eq. 5)
     """
-    F = torch.fft.fft2(x, norm="backward")  # unscaled: sqrt(HW) x the unitary transform
+    dims = spatial_dims(x.ndim - 1)
+    F = torch.fft.fftn(x, dim=dims, norm="backward")  # unscaled: sqrt(N) x the unitary transform
     amp = abs2(F).sqrt_()
-    # Modulus projection: F *= M/|F| on measured pixels, 1 elsewhere; the 1/(HW) of the
+    # Modulus projection: F *= M/|F| on measured pixels, 1 elsewhere; the 1/N of the
     # unscaled inverse FFT is folded into the ratio (one pass instead of three).
     amp.add_(EPS)
     ratio = Mr / amp if unmeasured_r is None else torch.addcmul(Mr, unmeasured_r, amp).div_(amp)
-    y = torch.fft.ifft2(_times_real_(F, ratio), norm="forward")  # unscaled
+    y = torch.fft.ifftn(_times_real_(F, ratio), dim=dims, norm="forward")  # unscaled
     x_next = update(x, y, ca, cb, er, outside)
     obj = masked(x_next, s)
     return x_next, obj, object_chi2(obj, Mm, measured, smm)
@@ -124,7 +128,7 @@ class Best:
     def consider(self, n: int, obj: torch.Tensor, S: torch.Tensor, chi2: torch.Tensor) -> None:
         """Keep ``obj`` (the object after ``n`` iterations) for frames whose chi² is lower."""
         better = chi2 <= self.chi2 + CHI2_RESOLUTION  # NaN: never
-        b3 = better[:, None, None]
+        b3 = per_frame(better, obj.ndim - 1)
         self.obj = torch.where(b3, obj, self.obj)
         self.S = torch.where(b3, S, self.S)
         self.chi2 = torch.where(better, torch.minimum(chi2, self.chi2), self.chi2)

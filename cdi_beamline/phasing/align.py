@@ -1,7 +1,8 @@
 """Comparing solutions up to the ambiguities of phase retrieval, and phase unwrapping.
 
 A Fourier modulus cannot tell ``o(r)`` from ``o(r - t)``, ``o(r)·e^{ic}`` or the twin
-``conj(o(-r))``. :func:`align` removes all three before measuring errors.
+``conj(o(-r))``. :func:`align` removes all three before measuring errors, in 2-D (H, W) or
+3-D (D, H, W).
 
 With the centred convention (origin at pixel N//2), the inversion ``r -> -r`` maps
 index ``i`` to ``(2·(N//2) - i) mod N``: for even N that is ``(-i) mod N``, for odd N a
@@ -17,26 +18,27 @@ import numpy as np
 __all__ = ["AlignedPair", "align", "invert", "twin", "unwrap"]
 
 
-def invert(x: np.ndarray) -> np.ndarray:
-    """``x(-r)`` about the centre pixel (N//2) on the last two axes."""
-    for axis in (-2, -1):
+def invert(x: np.ndarray, ndim: int = 2) -> np.ndarray:
+    """``x(-r)`` about the centre pixel (N//2) on the last ``ndim`` axes."""
+    for axis in range(-ndim, 0):
         n = x.shape[axis]
         idx = (2 * (n // 2) - np.arange(n)) % n
         x = np.take(x, idx, axis=axis)
     return x
 
 
-def twin(x: np.ndarray) -> np.ndarray:
-    """The twin image ``conj(x(-r))``: same Fourier modulus."""
-    return np.conj(invert(x))
+def twin(x: np.ndarray, ndim: int = 2) -> np.ndarray:
+    """The twin image ``conj(x(-r))`` on the last ``ndim`` axes: same Fourier modulus."""
+    return np.conj(invert(x, ndim))
 
 
 @dataclass
 class AlignedPair:
     """``recon`` aligned onto ``reference`` and the errors after alignment.
 
-    recon, reference : (H, W) complex
-    shift : (dy, dx) integer roll applied to the (possibly twinned) reconstruction
+    recon, reference : (*spatial) complex, spatial (H, W) or (D, H, W)
+    shift : integer roll per axis applied to the (possibly twinned) reconstruction, (dy, dx)
+        or (dz, dy, dx)
     global_phase : radians multiplied in (``e^{i·global_phase}``)
     twin : whether the twin was taken
     chi2_amplitude : ``Σ (s|recon| - |ref|)² / Σ |ref|²`` with the optimal scale s
@@ -46,22 +48,27 @@ class AlignedPair:
 
     recon: np.ndarray
     reference: np.ndarray
-    shift: tuple[int, int]
+    shift: tuple[int, ...]
     global_phase: float
     twin: bool
     chi2_amplitude: float
     chi2_phase: float
 
+    def move(self, x: np.ndarray) -> np.ndarray:
+        """The inversion (if :attr:`twin`) and the shift that aligned ``recon``, applied to
+        another array on its grid, e.g. its support (no conjugation, no phase)."""
+        nd = len(self.shift)
+        x = invert(x, nd) if self.twin else x
+        return np.roll(x, self.shift, axis=tuple(range(-nd, 0)))
 
-def _best_shift(a: np.ndarray, ref: np.ndarray) -> tuple[float, tuple[int, int], complex]:
+
+def _best_shift(a: np.ndarray, ref: np.ndarray) -> tuple[float, tuple[int, ...], complex]:
     """Peak of the complex cross-correlation of ``ref`` with ``a``: (|peak|, shift, peak)."""
-    xc = np.fft.ifft2(np.fft.fft2(ref) * np.conj(np.fft.fft2(a)))
+    xc = np.fft.ifftn(np.fft.fftn(ref) * np.conj(np.fft.fftn(a)))
     k = int(np.argmax(np.abs(xc)))
-    dy, dx = np.unravel_index(k, xc.shape)
-    H, W = xc.shape
-    dy = dy - H if dy > H // 2 else dy
-    dx = dx - W if dx > W // 2 else dx
-    return float(np.abs(xc.flat[k])), (int(dy), int(dx)), complex(xc.flat[k])
+    peak = np.unravel_index(k, xc.shape)
+    shift = tuple(int(d - n if d > n // 2 else d) for d, n in zip(peak, xc.shape, strict=True))
+    return float(np.abs(xc.flat[k])), shift, complex(xc.flat[k])
 
 
 def align(recon, reference, support=None) -> AlignedPair:
@@ -69,8 +76,9 @@ def align(recon, reference, support=None) -> AlignedPair:
 
     Parameters
     ----------
-    recon, reference : (H, W) complex arrays (numpy or torch), same shape
-    support : (H, W) bool where the phase error is measured; default
+    recon, reference : (*spatial) complex arrays (numpy or torch), same shape, spatial
+        (H, W) or (D, H, W)
+    support : (*spatial) bool where the phase error is measured; default
         ``|reference| > 0.1 max|reference|``
 
     Returns
@@ -79,18 +87,21 @@ def align(recon, reference, support=None) -> AlignedPair:
     """
     rec = _numpy(recon).astype(np.complex128)
     ref = _numpy(reference).astype(np.complex128)
-    if rec.ndim != 2 or rec.shape != ref.shape:
-        raise ValueError(f"align needs two (H, W) arrays of one shape, got {rec.shape} and {ref.shape}")
+    # (1, H, W) is a stack of one frame, not a volume
+    if rec.ndim not in (2, 3) or rec.shape != ref.shape or (rec.ndim == 3 and rec.shape[0] < 2):
+        raise ValueError(
+            f"align needs two (H, W) arrays of one shape, or two (D, H, W) volumes, got {rec.shape} and {ref.shape}"
+        )
     if not (np.isfinite(rec).all() and np.isfinite(ref).all()):
         raise ValueError("align: inputs contain NaN or inf")
     best = None
-    for is_twin, cand in ((False, rec), (True, twin(rec))):
+    for is_twin, cand in ((False, rec), (True, twin(rec, rec.ndim))):
         peak, shift, value = _best_shift(cand, ref)
         if best is None or peak > best[0] * (1 + 1e-9):
             best = (peak, shift, value, is_twin, cand)
     assert best is not None  # the first candidate always wins over None
     _, shift, value, is_twin, cand = best
-    cand = np.roll(cand, shift, axis=(0, 1))
+    cand = np.roll(cand, shift, axis=tuple(range(rec.ndim)))
     phase = float(np.angle(value))
     cand = cand * np.exp(1j * phase)
 

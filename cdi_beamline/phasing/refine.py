@@ -64,7 +64,18 @@ from ..config import RefineConfig
 from ..config.schedule import parse_schedule
 from ..errors import CDIRuntimeError, CDIValueError
 from . import _compiled, _torch
-from ._common import EPS, Problem, abs2, candidates, chi2_closed_form, from_fft_order, gaussian_transfer, to_fft_order
+from ._common import (
+    EPS,
+    Problem,
+    abs2,
+    candidates,
+    chi2_closed_form,
+    from_fft_order,
+    gaussian_transfer,
+    per_frame,
+    spatial_dims,
+    to_fft_order,
+)
 
 __all__ = [
     "InitialEstimate",
@@ -80,8 +91,10 @@ __all__ = [
 class InitialEstimate:
     """A starting point for :func:`refine`, on the pattern's grid (centred).
 
-    object : (B, H, W) complex64, or None for random phases (amplitude 1 in the support)
-    support : (B, H, W) bool, or None for the rectangular initial support
+    object : (B, *spatial) complex64, or None for random phases (amplitude 1 in the support)
+    support : (B, *spatial) bool, or None for the rectangular initial support
+
+    spatial is (H, W) or (D, H, W), that of the patterns.
     """
 
     object: torch.Tensor | None = None
@@ -92,8 +105,8 @@ class InitialEstimate:
 class RefineResult:
     """Result of :func:`refine`, centred, on the device of the input.
 
-    object : (B, H, W) complex64, zero outside the support, on the data's scale
-    support : (B, H, W) bool
+    object : (B, *spatial) complex64, zero outside the support, on the data's scale
+    support : (B, *spatial) bool
     chi2 : (B,) float32, chi² (eq. 5) of ``|to_detector(object)|`` against the data
     chi2_history : (B, T) float32, chi² of the object after n = 0 … T-1 iterations
         (n = 0: the start restricted to its support)
@@ -112,7 +125,9 @@ class RefineResult:
     backend: str
 
 
-def chi2(pred_modulus: torch.Tensor, modulus: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def chi2(
+    pred_modulus: torch.Tensor, modulus: torch.Tensor, mask: torch.Tensor | None = None, *, ndim: int = 2
+) -> torch.Tensor:
     """Scale-invariant chi² of eq. 5 per frame.
 
     ``Σ_m (s·pred - M)² / Σ_m M²`` with the optimal scale ``s`` (closed form), over
@@ -120,12 +135,13 @@ def chi2(pred_modulus: torch.Tensor, modulus: torch.Tensor, mask: torch.Tensor |
 
     Parameters
     ----------
-    pred_modulus, modulus : (B, H, W) or (H, W) real tensors
+    pred_modulus, modulus : (B, *spatial) or (*spatial) real tensors
     mask : bool, broadcastable to ``modulus``, True = measured
+    ndim : the number of spatial axes summed over, 2 (H, W) or 3 (D, H, W)
 
     Returns
     -------
-    (B,) tensor (a 0-d tensor for 2-D input)
+    (B,) tensor (a 0-d tensor for input of ``ndim`` axes)
     """
     if pred_modulus.shape != modulus.shape:
         raise CDIValueError(
@@ -136,25 +152,25 @@ def chi2(pred_modulus: torch.Tensor, modulus: torch.Tensor, mask: torch.Tensor |
     if mask is not None:
         w = mask.to(p.dtype).expand_as(m)
         p, m = p * w, m * w
-    dims = (-2, -1)
+    dims = spatial_dims(ndim)
     spm = (p * m).sum(dims)
     spp = (p * p).sum(dims)
     smm = (m * m).sum(dims)
     return chi2_closed_form(spm, spp, smm, 1e-300).clamp_min(0.0).to(torch.float32)
 
 
-def square_support(shape: tuple[int, int], size: float, device=None) -> torch.Tensor:
-    """Centred square (rectangle for non-square frames) of side ``size·min(H, W)``, (H, W) bool."""
-    H, W = shape
-    side = max(1, int(round(size * min(H, W))))
-    out = torch.zeros((H, W), dtype=torch.bool, device=device)
-    r0, c0 = H // 2 - side // 2, W // 2 - side // 2
-    out[max(r0, 0) : r0 + side, max(c0, 0) : c0 + side] = True
+def square_support(shape: tuple[int, ...], size: float, device=None) -> torch.Tensor:
+    """Centred square or cube of side ``size·min(shape)`` (clipped to the frame), shape
+    (H, W) or (D, H, W) -> bool of that shape."""
+    side = max(1, int(round(size * min(shape))))
+    out = torch.zeros(tuple(shape), dtype=torch.bool, device=device)
+    box = tuple(slice(max(n // 2 - side // 2, 0), n // 2 - side // 2 + side) for n in shape)
+    out[box] = True
     return out
 
 
 def random_initial_object(support: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Unit amplitude with uniformly random phase inside ``support`` (B, H, W) -> complex64.
+    """Unit amplitude with uniformly random phase inside ``support`` (B, *spatial) -> complex64.
 
     Drawn on the CPU with ``generator`` so that a seed gives the same start on any device.
     """
@@ -164,27 +180,29 @@ def random_initial_object(support: torch.Tensor, generator: torch.Generator) -> 
 
 
 def _check_inputs(modulus, mask, init):
-    if modulus.ndim != 3:
+    if modulus.ndim < 3:  # one frame without its batch axis
         raise CDIValueError(f"modulus must be (B, H, W), got shape {tuple(modulus.shape)}")
+    if modulus.ndim > 4:
+        raise CDIValueError(f"modulus must be (B, H, W) or (B, D, H, W), got shape {tuple(modulus.shape)}")
     if modulus.is_complex() or not modulus.is_floating_point():
         raise CDIValueError(f"modulus must be a real floating tensor, got {modulus.dtype}")
     if not torch.isfinite(modulus).all():
         raise CDIValueError("modulus contains NaN or inf")
     if (modulus < 0).any():
         raise CDIValueError("modulus contains negative values (pass sqrt(intensity))")
-    B, H, W = modulus.shape
+    frames, spatial = tuple(modulus.shape), tuple(modulus.shape[1:])
     if mask is not None:
         if mask.dtype != torch.bool:
             raise CDIValueError(f"mask must be bool (True = measured), got {mask.dtype}")
-        if mask.shape not in ((H, W), (B, H, W)):
+        if tuple(mask.shape) not in (spatial, frames):
             raise CDIValueError(
-                f"mask shape {tuple(mask.shape)} does not match the frames: expected {(H, W)} or {(B, H, W)}"
+                f"mask shape {tuple(mask.shape)} does not match the frames: expected {spatial} or {frames}"
             )
     if init is not None:
         for name in ("object", "support"):
             t = getattr(init, name)
-            if t is not None and tuple(t.shape) != (B, H, W):
-                raise CDIValueError(f"initial {name} shape {tuple(t.shape)} != frames {(B, H, W)}")
+            if t is not None and tuple(t.shape) != frames:
+                raise CDIValueError(f"initial {name} shape {tuple(t.shape)} != frames {frames}")
 
 
 def _numba_backend():
@@ -226,10 +244,13 @@ def refine(
 ) -> RefineResult:
     """Refine a batch of objects against measured Fourier moduli.
 
+    The number of spatial axes follows the data: 2 for (B, H, W) patterns, 3 for
+    (B, D, H, W) volumes; every array below has the patterns' spatial shape.
+
     Parameters
     ----------
-    modulus : (B, H, W) float tensor, centred sqrt(intensity), on the device to run on
-    mask : (H, W) or (B, H, W) bool, True = measured; unmeasured pixels keep the
+    modulus : (B, *spatial) float tensor, centred sqrt(intensity), on the device to run on
+    mask : (*spatial) or (B, *spatial) bool, True = measured; unmeasured pixels keep the
         current estimate's Fourier value. None = all measured.
     init : starting object and/or support; missing parts are random phases (seeded)
         and the rectangular support of ``config.init_support_size``.
@@ -254,51 +275,54 @@ def refine(
     backend = _backend(config, device)
     _check_inputs(modulus, mask, init)
     schedule = parse_schedule(config.schedule)
-    B, H, W = modulus.shape
+    B, spatial = modulus.shape[0], tuple(modulus.shape[1:])
+    nd = len(spatial)
+    dims = spatial_dims(nd)
+    N = math.prod(spatial)
     gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
 
     # Data in FFT order, normalised per frame (scale restored on exit).
-    M = to_fft_order(modulus.to(torch.float32))
-    measured = None if mask is None else to_fft_order(mask.to(device).expand(B, H, W)).contiguous()
+    M = to_fft_order(modulus.to(torch.float32), nd)
+    measured = None if mask is None else to_fft_order(mask.to(device).expand(B, *spatial), nd).contiguous()
     Mm = M if measured is None else M * measured
-    scale = Mm.square().sum((-2, -1)).sqrt().clamp_min(EPS)  # (B,)
-    Mm = (Mm / scale[:, None, None]).contiguous()
+    scale = Mm.square().sum(dims).sqrt().clamp_min(EPS)  # (B,)
+    Mm = (Mm / per_frame(scale, nd)).contiguous()
 
     if init is not None and init.support is not None:
-        S = to_fft_order(init.support.to(device=device, dtype=torch.bool))
+        S = to_fft_order(init.support.to(device=device, dtype=torch.bool), nd)
     else:
-        S = to_fft_order(square_support((H, W), config.init_support_size, device)).expand(B, H, W)
+        S = to_fft_order(square_support(spatial, config.init_support_size, device), nd).expand(B, *spatial)
     if init is not None and init.object is not None:
-        x = to_fft_order(init.object.to(device=device, dtype=torch.complex64)).clone()
+        x = to_fft_order(init.object.to(device=device, dtype=torch.complex64), nd).clone()
         # Put the given object on the data's scale with the optimal factor.
-        a = abs2(torch.fft.fft2(x, norm="ortho")).sqrt_()
+        a = abs2(torch.fft.fftn(x, dim=dims, norm="ortho")).sqrt_()
         w = 1.0 if measured is None else measured
-        s = (a * Mm * w).sum((-2, -1)) / (a.square() * w).sum((-2, -1)).clamp_min(EPS)
-        x *= s[:, None, None]
+        s = (a * Mm * w).sum(dims) / (a.square() * w).sum(dims).clamp_min(EPS)
+        x *= per_frame(s, nd)
     else:
-        x = to_fft_order(random_initial_object(from_fft_order(S), gen)).contiguous()
-        x *= (1.0 / x.abs().square().sum((-2, -1)).sqrt().clamp_min(EPS))[:, None, None]
+        x = to_fft_order(random_initial_object(from_fft_order(S, nd), gen), nd).contiguous()
+        x *= per_frame(1.0 / x.abs().square().sum(dims).sqrt().clamp_min(EPS), nd)
 
     problem = Problem(
         x=x,
         S=S.contiguous(),
-        support2=to_fft_order(square_support((H, W), config.support2_size, device)),
+        support2=to_fft_order(square_support(spatial, config.support2_size, device), nd),
         Mm=Mm,
-        Mr=Mm * (1.0 / math.sqrt(H * W)),
+        Mr=Mm * (1.0 / math.sqrt(N)),
         measured=measured,
-        unmeasured_r=None if measured is None else (~measured).to(torch.float32) * (1.0 / (H * W)),
-        smm=Mm.square().sum((-2, -1)),
+        unmeasured_r=None if measured is None else (~measured).to(torch.float32) * (1.0 / N),
+        smm=Mm.square().sum(dims),
         steps=list(schedule),
         config=config,
-        blur=gaussian_transfer((H, W), config.shrinkwrap_sigma, device) if config.shrinkwrap else None,
+        blur=gaussian_transfer(spatial, config.shrinkwrap_sigma, device) if config.shrinkwrap else None,
         candidates=candidates(list(schedule), config, init is not None and init.support is not None),
         progress=progress,
     )
     obj, S, history, iterations, *ran = backend.run(problem)
-    final = chi2(abs2(torch.fft.fft2(obj, norm="ortho")).sqrt_(), Mm, measured)
+    final = chi2(abs2(torch.fft.fftn(obj, dim=dims, norm="ortho")).sqrt_(), Mm, measured, ndim=nd)
     return RefineResult(
-        object=from_fft_order(obj * scale[:, None, None]),
-        support=from_fft_order(S),
+        object=from_fft_order(obj * per_frame(scale, nd), nd),
+        support=from_fft_order(S, nd),
         chi2=final,
         chi2_history=history.T.clamp_min(0.0).contiguous(),
         best_iteration=iterations.to(device),
