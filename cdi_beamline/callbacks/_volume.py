@@ -29,6 +29,7 @@ from event_model import compose_run
 from .. import __version__
 from ..config import RockingConfig
 from ..fourier import FFT_CONVENTION
+from ..phasing import multistart
 from ..results import (
     GEOMETRY,
     INHERITED_START_KEYS,
@@ -183,8 +184,6 @@ def phase_volume(volume: Volume, config: RockingConfig, seed: int | None, device
     """Phase ``volume`` with ``config.starts`` random starts in one batch, keeping the
     ``config.keep`` of lowest chi² aligned and averaged (``cdi_beamline.phasing.multistart``),
     on ``device``."""
-    from ..phasing import multistart  # type: ignore[attr-defined]  # TODO engine3d merge: import at the top
-
     result = multistart(
         torch.from_numpy(volume.modulus).to(device),
         mask=torch.from_numpy(volume.mask).to(device),
@@ -197,7 +196,7 @@ def phase_volume(volume: Volume, config: RockingConfig, seed: int | None, device
         object=result.object.cpu().numpy(),
         support=result.support.cpu().numpy().astype(bool),
         chi2=float(result.chi2),
-        chi2_starts=np.asarray(result.chi2_starts.cpu() if torch.is_tensor(result.chi2_starts) else result.chi2_starts),
+        chi2_starts=result.chi2_starts.numpy(),
         spread_amplitude=float(result.spread_amplitude),
         spread_phase=float(result.spread_phase),
         schedule=str(result.schedule),
