@@ -35,6 +35,7 @@ __all__ = [
     "plot_start_images",
     "plot_loss_curves",
     "plot_predictions",
+    "orthogonal_slices",
 ]
 
 
@@ -564,3 +565,82 @@ def plot_predictions(
             axes[0, j].set_title(f"χ² modulus {chi2[j]:.3f}", fontsize=9)
     fig.suptitle(title, fontsize=11)
     return _save(fig, out, dpi=100)
+
+
+# --- 3D Bragg CDI ---------------------------------------------------------------------------
+
+
+def orthogonal_slices(
+    obj: np.ndarray,
+    support: np.ndarray | None = None,
+    *,
+    title: str = "",
+    axis_names: Sequence[str] = ("axis 0", "axis 1", "axis 2"),
+    voxel_nm: float | None = None,
+    axes: np.ndarray | None = None,
+) -> Figure:
+    """Amplitude (top row) and phase (bottom row, cyclic colormap, in the support) of a 3D
+    object on three orthogonal slices through the centre of mass of its amplitude, each
+    zoomed on the support with a margin; one colour bar per row.
+
+    Parameters
+    ----------
+    obj : (D, H, W) complex; for an unwrapped phase pass ``amplitude·e^{i·phase}``
+    support : (D, H, W) bool; default ``|obj| > 0.1 max|obj|``
+    axis_names : names of the three array axes, e.g. ``("z", "y", "x")`` on lab axes
+    voxel_nm : voxel edge (nm) of a cubic grid: axes in nm instead of voxels
+    axes : (2, 3) matplotlib Axes to draw into; default a new Figure
+
+    Returns
+    -------
+    Figure
+        The figure drawn on (the caller saves it).
+    """
+    o = np.asarray(obj)
+    if o.ndim != 3:
+        raise ValueError(f"orthogonal_slices needs a (D, H, W) object, got shape {o.shape}")
+    amp = np.abs(o)
+    sup = amp > 0.1 * amp.max() if support is None else np.asarray(support, dtype=bool)
+    if not sup.any():
+        sup = np.ones(o.shape, dtype=bool)
+    w = np.where(sup, amp, 0.0) if (amp * sup).any() else sup.astype(float)
+    centre = [int(round(float((np.indices(o.shape)[a] * w).sum() / w.sum()))) for a in range(3)]
+    if axes is None:
+        fig = Figure(figsize=(11, 6.4), layout="constrained")
+        axes = np.asarray(fig.subplots(2, 3, squeeze=False))
+    else:
+        axes = np.asarray(axes).reshape(2, 3)
+        fig = axes[0, 0].figure
+    nz = np.nonzero(sup)
+    lo = [max(int(i.min()) - 3, 0) for i in nz]
+    hi = [min(int(i.max()) + 4, n) for i, n in zip(nz, o.shape)]
+    scale = voxel_nm if voxel_nm is not None else 1.0
+    unit = "nm" if voxel_nm is not None else "voxel"
+    images = []
+    for cut in range(3):
+        shown = [a for a in range(3) if a != cut]
+        index: list[Any] = [slice(lo[a], hi[a]) for a in range(3)]
+        index[cut] = centre[cut]
+        sl = tuple(index)
+        r, c = shown
+        extent = (
+            (lo[c] - 0.5 - o.shape[c] // 2) * scale,
+            (hi[c] - 0.5 - o.shape[c] // 2) * scale,
+            (hi[r] - 0.5 - o.shape[r] // 2) * scale,
+            (lo[r] - 0.5 - o.shape[r] // 2) * scale,
+        )
+        a_ax, p_ax = axes[0, cut], axes[1, cut]
+        images.append(a_ax.imshow(amp[sl], cmap="gray", vmin=0, vmax=float(amp.max()) or 1.0, extent=extent))
+        p_ax.set_facecolor("black")
+        phase = np.ma.masked_where(~sup[sl], np.angle(o[sl]))
+        images.append(p_ax.imshow(phase, cmap="twilight", vmin=-math.pi, vmax=math.pi, extent=extent))
+        a_ax.set_title(f"{axis_names[cut]} = {(centre[cut] - o.shape[cut] // 2) * scale:g} {unit}", fontsize=9)
+        for ax in (a_ax, p_ax):
+            ax.set_xlabel(f"{axis_names[c]} ({unit})", fontsize=8)
+            ax.set_ylabel(f"{axis_names[r]} ({unit})", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.colorbar(images[0], ax=list(axes[0]), fraction=0.02, pad=0.01, label="amplitude")
+    fig.colorbar(images[1], ax=list(axes[1]), fraction=0.02, pad=0.01, label="phase (rad)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -8,6 +8,8 @@ reproduced from Tiled alone. This package imports nothing else of ours but
 """
 
 from ._base import ConfigError, FrozenModel, load_config, read_config_file
+from .geometry import *  # noqa: F401,F403
+from .geometry import __all__ as _geometry
 from .live import *  # noqa: F401,F403
 from .live import __all__ as _live
 from .model import *  # noqa: F401,F403
@@ -32,4 +34,5 @@ __all__ = [
     *_pipeline,
     *_preprocess,
     *_live,
+    *_geometry,
 ]
