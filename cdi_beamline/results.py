@@ -211,18 +211,19 @@ tells a 3D run from the 2D per-frame runs (:data:`DERIVED_KIND`)."""
 
 ROCKING = "rocking"
 """Start key of a 3D run: ``{"motor", "step_deg", "depth", "frames_received", "brightest_seq_num",
-"missing_seq_nums", "postprocess", "config"}``: the rocking axis, the angle step (median of the
-readings), frames in the volume and received, the brightest frame (the volume's centre), the
-seq_nums of the window with no frame (masked planes), what post-processing the phase had,
-and the ``RockingConfig`` dump."""
+"missing_seq_nums", "config"}``: the rocking axis, the angle step (median of the readings),
+frames in the volume and received, the brightest frame (the volume's centre), the seq_nums of
+the window with no frame (masked planes), and the ``RockingConfig`` dump."""
 
 GEOMETRY = "geometry"
 """Start key of a 3D run: the geometry fields the raw run's start document gave
 (``RockingConfig.geometry_keys``: energy, detector distance, pixel size, detector angles)."""
 
 VOLUME_SUMMARY = "cdi_volume"
-"""Stop key of a 3D run: ``{"status", "reason", "chi2", "seconds"}``: ``ok`` or ``error`` (and
-why), the chi² of the averaged object (NaN on error), the phasing's wall time."""
+"""Stop key of a 3D run: ``{"status", "reason", "chi2", "seconds", "postprocess"}``: ``ok`` or
+``error`` (and why), the chi² of the phased object (NaN on error), the phasing's wall time,
+and what post-processing the arrays had (``twinned``, ``ramp_rad_per_voxel``, ``offset``,
+``unwrapped``, ``lab``: the lab axes or why not, ``lab_voxel_nm``; or ``{"error"}``)."""
 
 VOLUME_ARRAY_DTYPES: dict[str, str] = {
     "amplitude": "<f4",
@@ -231,11 +232,18 @@ VOLUME_ARRAY_DTYPES: dict[str, str] = {
     "chi2_starts": "<f4",
     "rocking_angle": "<f8",
     "raw_seq_num": "<i8",
+    "lab_amplitude": "<f4",
+    "lab_phase": "<f4",
+    "lab_support": "|u1",
 }
 """Arrays of the 3D run's one event, in its HDF5 file: ``amplitude``, ``phase``, ``support``
-(D, H, W) on the detector-conjugate grid (D along the rocking axis; ``phase`` post-processed
-when :data:`ROCKING` ``["postprocess"]`` says so); ``chi2_starts`` (N,) chi² of every start;
-``rocking_angle`` (D,) degrees (NaN where not read) and ``raw_seq_num`` (D,) of each plane."""
+(D, H, W) on the detector-conjugate grid (D along the rocking axis, frames in scan order;
+``phase`` post-processed as :data:`VOLUME_SUMMARY` ``["postprocess"]`` says: twin, ramp
+removed, 0 at the crystal's centre, unwrapped); ``chi2_starts`` (N,) chi² of every start;
+``rocking_angle`` (D,) degrees (NaN where not read) and ``raw_seq_num`` (D,) of each plane;
+only with a whole geometry (:data:`GEOMETRY`): ``lab_amplitude``, ``lab_phase``,
+``lab_support`` (Z, Y, X) on orthogonal lab axes, cubic voxels of
+``postprocess["lab_voxel_nm"]``."""
 
 VOLUME_SCALAR_DTYPES: dict[str, str] = {"chi2": "<f8", "spread_amplitude": "<f8", "spread_phase": "<f8"}
 """Scalars of the 3D run's event: chi² (eq. 5) of the averaged object, and the rms spread of
@@ -244,10 +252,17 @@ phase in radians)."""
 
 
 def volume_data_keys(shapes: Mapping[str, Sequence[int]], source: str = "cdi_beamline") -> dict[str, dict]:
-    """The descriptor's data keys of a 3D run whose arrays have ``shapes`` (key -> shape)."""
+    """The descriptor's data keys of a 3D run whose arrays (keys of :data:`VOLUME_ARRAY_DTYPES`)
+    have ``shapes`` (key -> shape)."""
     keys = {
-        key: {"source": source, "dtype": "array", "dtype_numpy": dt, "shape": list(shapes[key]), "external": "STREAM:"}
-        for key, dt in VOLUME_ARRAY_DTYPES.items()
+        key: {
+            "source": source,
+            "dtype": "array",
+            "dtype_numpy": VOLUME_ARRAY_DTYPES[key],
+            "shape": list(shape),
+            "external": "STREAM:",
+        }
+        for key, shape in shapes.items()
     }
     for key, dt in VOLUME_SCALAR_DTYPES.items():
         keys[key] = {"source": source, "dtype": _EVENT_DTYPE[dt], "shape": [], "dtype_numpy": dt}

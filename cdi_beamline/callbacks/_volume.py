@@ -27,9 +27,9 @@ import torch
 from event_model import compose_run
 
 from .. import __version__
-from ..config import RockingConfig
+from ..config import BraggGeometry, ConfigError, RockingConfig
 from ..fourier import FFT_CONVENTION
-from ..phasing import multistart
+from ..phasing import multistart, postprocess
 from ..results import (
     GEOMETRY,
     INHERITED_START_KEYS,
@@ -281,8 +281,8 @@ class VolumeJobs:
                 self._queue.task_done()
 
     def run(self, stack: VolumeStack, positions: Mapping[int, float], metadata: Mapping[str, Any]) -> str | None:
-        """Build, phase and write the 3D run of one stopped rocking scan, in the caller's
-        thread; returns its uid, or None when there are too few frames (logged)."""
+        """Build, phase, post-process and write the 3D run of one stopped rocking scan, in
+        the caller's thread; returns its uid, or None when there are too few frames (logged)."""
         raw_uid = str(stack.raw_start["uid"])
         volume = stack.volume(positions)
         if isinstance(volume, str):
@@ -290,7 +290,7 @@ class VolumeJobs:
             self.skipped[raw_uid] = volume
             self.stats["volumes_skipped"] += 1
             return None
-        geometry = {
+        given = {
             field: stack.raw_start[key] for field, key in self.config.geometry_keys.items() if key in stack.raw_start
         }
         rocking = {
@@ -300,12 +300,9 @@ class VolumeJobs:
             "frames_received": volume.received,
             "brightest_seq_num": volume.brightest,
             "missing_seq_nums": list(volume.missing),
-            "postprocess": None,
             "config": self.config.model_dump(mode="json"),
         }
-        run = _VolumeRun(
-            stack.raw_start, self.emit, self.results_dir, {ROCKING: rocking, GEOMETRY: geometry, **metadata}
-        )
+        run = _VolumeRun(stack.raw_start, self.emit, self.results_dir, {ROCKING: rocking, GEOMETRY: given, **metadata})
         self.uids[raw_uid] = run.uid
         t0 = time.perf_counter()
         try:
@@ -313,24 +310,66 @@ class VolumeJobs:
         except Exception as exc:  # noqa: BLE001 - recorded in the 3D run, the session goes on
             logger.exception("3D phasing of rocking scan %s failed", raw_uid)
             self.stats["volume_errors"] += 1
-            run.close("error", f"3D phasing failed: {type(exc).__name__}: {exc}", time.perf_counter() - t0)
+            run.close({"status": "error", "reason": f"3D phasing failed: {type(exc).__name__}: {exc}"})
             return run.uid
         seconds = time.perf_counter() - t0
+        arrays, done = _postprocessed(volume, phased, given)
+        summary = {"status": "ok", "reason": "", "chi2": phased.chi2, "seconds": seconds, "postprocess": done}
         try:
-            run.write(volume, phased)
+            run.write(arrays, phased)
         except Exception as exc:  # noqa: BLE001 - as above
             logger.exception("writing the 3D run of rocking scan %s failed", raw_uid)
             self.stats["volume_errors"] += 1
-            run.close("error", f"3D result write failed: {type(exc).__name__}: {exc}", seconds)
+            summary.update(status="error", reason=f"3D result write failed: {type(exc).__name__}: {exc}")
+            run.close(summary)
             return run.uid
         self.stats["volumes"] += 1
-        run.close("ok", "", seconds, phased.chi2)
+        run.close(summary)
         return run.uid
 
 
+def _postprocessed(volume: Volume, phased: PhasedVolume, given: Mapping[str, Any]) -> tuple[dict, dict]:
+    """The 3D run's arrays (:data:`~cdi_beamline.results.VOLUME_ARRAY_DTYPES`) and what
+    post-processing they had: twin, phase ramp, offset at the crystal's centre, unwrapping
+    (``cdi_beamline.phasing.postprocess``), and orthogonal lab axes when ``given`` holds a
+    whole :class:`~cdi_beamline.config.BraggGeometry` (the rocking step from the readings).
+    A post-processing that fails leaves the phase as phased and says why."""
+    arrays: dict[str, np.ndarray] = {
+        "amplitude": np.abs(phased.object),
+        "phase": np.angle(phased.object),
+        "support": phased.support,
+        "chi2_starts": phased.chi2_starts,
+        "rocking_angle": volume.angles,
+        "raw_seq_num": volume.seq_nums,
+    }
+    geometry, why_not = None, "no geometry given"
+    if given:
+        try:
+            geometry = BraggGeometry.build(**given, rocking_step_deg=volume.step)
+        except ConfigError as exc:
+            why_not = " ".join(str(exc).split())
+    try:
+        pp = postprocess(phased.object, phased.support, geometry=geometry)
+    except Exception as exc:  # noqa: BLE001 - the phased object is still stored
+        logger.exception("3D post-processing failed")
+        return arrays, {"error": f"{type(exc).__name__}: {exc}"}
+    arrays.update(amplitude=pp.amplitude, phase=pp.phase, support=pp.support)
+    done: dict[str, Any] = {
+        "twinned": pp.twinned,
+        "ramp_rad_per_voxel": [float(r) for r in pp.ramp],
+        "offset": pp.offset,
+        "unwrapped": True,
+        "lab_voxel_nm": pp.lab_voxel_nm,
+        "lab": why_not if geometry is None else "orthogonal lab axes (z, y, x)",
+    }
+    if pp.lab_amplitude is not None and pp.lab_phase is not None and pp.lab_support is not None:
+        arrays.update(lab_amplitude=pp.lab_amplitude, lab_phase=pp.lab_phase, lab_support=pp.lab_support)
+    return arrays, done
+
+
 class _VolumeRun:
-    """The documents of one 3D run: start at construction, then one event (arrays in
-    ``<uid>.h5`` through StreamResource/StreamDatum) and the stop."""
+    """The documents of one 3D run: start at construction, then (:meth:`write`) one event
+    whose arrays are in ``<uid>.h5`` (StreamResource/StreamDatum), and the stop."""
 
     def __init__(self, raw_start: Mapping[str, Any], emit: Emit, results_dir: Path, metadata: Mapping[str, Any]):
         self.emit = emit
@@ -348,15 +387,7 @@ class _VolumeRun:
         self.path = results_dir.resolve() / f"{self.uid}.h5"
         self.emit("start", self._bundle.start_doc)
 
-    def write(self, volume: Volume, phased: PhasedVolume) -> None:
-        arrays = {
-            "amplitude": np.abs(phased.object),
-            "phase": np.angle(phased.object),
-            "support": phased.support,
-            "chi2_starts": phased.chi2_starts,
-            "rocking_angle": volume.angles,
-            "raw_seq_num": volume.seq_nums,
-        }
+    def write(self, arrays: Mapping[str, np.ndarray], phased: PhasedVolume) -> None:
         scalars = {
             "chi2": phased.chi2,
             "spread_amplitude": phased.spread_amplitude,
@@ -365,12 +396,12 @@ class _VolumeRun:
         shapes = {key: tuple(np.shape(a)) for key, a in arrays.items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(self.path, "w", libver="latest", locking=False) as f:
-            for key, dt in VOLUME_ARRAY_DTYPES.items():
-                f.create_dataset(key, data=np.asarray(arrays[key]).astype(dt)[np.newaxis], chunks=(1, *shapes[key]))
+            for key, a in arrays.items():
+                f.create_dataset(key, data=np.asarray(a).astype(VOLUME_ARRAY_DTYPES[key])[np.newaxis])
         desc = self._bundle.compose_descriptor(name=STREAM, data_keys=volume_data_keys(shapes))
         self.emit("descriptor", desc.descriptor_doc)
         datums = []
-        for key in VOLUME_ARRAY_DTYPES:
+        for key in arrays:
             bundle = self._bundle.compose_stream_resource(
                 mimetype="application/x-hdf5",
                 uri=self.path.as_uri(),
@@ -391,11 +422,13 @@ class _VolumeRun:
                 ),
             )
 
-    def close(self, status: str, reason: str, seconds: float, chi2: float = float("nan")) -> None:
+    def close(self, summary: Mapping[str, Any]) -> None:
+        """Emit the stop: ``summary`` (status, reason, chi2...) under :data:`VOLUME_SUMMARY`."""
+        ok = summary["status"] == "ok"
         stop: dict[str, Any] = dict(
             self._bundle.compose_stop(
-                exit_status="success" if status == "ok" else "fail", reason=reason, validate=False
+                exit_status="success" if ok else "fail", reason=summary.get("reason", ""), validate=False
             )
         )
-        stop[VOLUME_SUMMARY] = {"status": status, "reason": reason, "chi2": float(chi2), "seconds": float(seconds)}
+        stop[VOLUME_SUMMARY] = {"chi2": float("nan"), **summary}
         self.emit("stop", stop)

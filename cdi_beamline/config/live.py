@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ._base import FrozenModel
+from .geometry import BraggGeometry
 from .preprocess import PreprocessConfig
 from .refine import RefineConfig
 
@@ -54,14 +55,21 @@ class RockingConfig(FrozenModel):
         "pixel_size_m": "detector_pixel_size_m",
         "delta_deg": "delta_deg",
         "gamma_deg": "gamma_deg",
+        "rocking_axis": "rocking_axis",
     }
-    """Geometry field -> start-document key it is read from; the fields the raw start gives
-    are recorded in the 3D run (and orthogonalise it when they suffice)."""
+    """:class:`BraggGeometry` field -> the raw start-document key it is read from. The fields
+    the start gives are recorded in the 3D run; when they make a whole ``BraggGeometry``
+    (the rocking step comes from the motor's readings), the volume is also put on
+    orthogonal lab axes. Give the pixel size after any binning."""
 
     @model_validator(mode="after")
-    def _keep_at_most_starts(self) -> RockingConfig:
+    def _consistent(self) -> RockingConfig:
         if self.keep > self.starts:
             raise ValueError(f"keep ({self.keep}) must be at most starts ({self.starts})")
+        fields = set(BraggGeometry.model_fields) - {"rocking_step_deg"}
+        unknown = sorted(set(self.geometry_keys) - fields)
+        if unknown:
+            raise ValueError(f"geometry_keys: {unknown} are not BraggGeometry fields ({sorted(fields)})")
         return self
 
 

@@ -146,7 +146,8 @@ def load_volume(client, volume_uid: str) -> dict[str, Any]:
     dict
         ``amplitude``, ``phase`` (D, H, W) float32, ``support`` (D, H, W) bool,
         ``chi2_starts`` (N,) float32, ``rocking_angle`` (D,) float64, ``raw_seq_num`` (D,)
-        int64, ``chi2``, ``spread_amplitude``, ``spread_phase`` floats (keys of
+        int64, with a geometry ``lab_amplitude``, ``lab_phase`` (Z, Y, X) float32 and
+        ``lab_support`` bool, ``chi2``, ``spread_amplitude``, ``spread_phase`` floats (keys of
         :data:`~cdi_beamline.results.VOLUME_ARRAY_DTYPES` and
         :data:`~cdi_beamline.results.VOLUME_SCALAR_DTYPES`; absent when the phasing failed),
         and ``start``, ``stop``: the run's documents (``stop[VOLUME_SUMMARY]``: status, reason).
@@ -164,7 +165,8 @@ def load_volume(client, volume_uid: str) -> dict[str, Any]:
     if STREAM in run:
         table = run[STREAM].read()
         for key, dt in VOLUME_ARRAY_DTYPES.items():
-            out[key] = np.asarray(table[key])[0].astype(bool if key == "support" else dt)
+            if key in table:
+                out[key] = np.asarray(table[key])[0].astype(bool if dt == "|u1" else dt)
         for key in VOLUME_SCALAR_DTYPES:
             out[key] = float(np.asarray(table[key])[0])
     return out
