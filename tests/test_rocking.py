@@ -241,3 +241,27 @@ def test_next_scan_is_not_delayed_by_the_3d_job_and_a_count_gets_none(source, ti
     assert vol["stop"][VOLUME_SUMMARY]["status"] == "ok" and vol["amplitude"].shape == (8, N, N)
     assert volume_runs(client, raw["count"]) == [] and cb.volume_uid(raw["count"]) is None
     assert load_results(client, cb.derived_uid(raw["count"]))["status"].shape == (4,)
+
+
+def test_scan_overview_gains_the_slices_of_the_3d_run(tmp_path):
+    import matplotlib.image
+
+    from cdi_beamline.plotting import plot_scan_overview
+
+    obj = crystal(16)
+    res = {
+        "status": np.array(["ok"] * 4),
+        "amplitude": np.abs(obj[4:8]),
+        "phase": np.angle(obj[4:8]),
+        "support": np.abs(obj[4:8]) > 0,
+        "chi2": np.full(4, 0.01),
+        "raw_seq_num": np.arange(1, 5),
+    }
+    volume = {"amplitude": np.abs(obj), "phase": np.angle(obj), "support": np.abs(obj) > 0, "chi2": 0.006}
+    assert plot_scan_overview(res, tmp_path / "frames.png")
+    assert plot_scan_overview(res, tmp_path / "both.png", volume=volume)
+    assert plot_scan_overview(res, tmp_path / "failed.png", volume={"stop": {}})  # a 3D run without arrays
+    frames, both = (matplotlib.image.imread(tmp_path / f"{name}.png") for name in ("frames", "both"))
+    assert (
+        both.shape[0] > 2 * frames.shape[0] and matplotlib.image.imread(tmp_path / "failed.png").shape == frames.shape
+    )
