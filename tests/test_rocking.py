@@ -10,7 +10,7 @@ import pytest
 from bluesky.plans import count, scan
 from helpers import engine
 
-from cdi_beamline.callbacks import LiveReconstruction, PhasedVolume, Volume, VolumeStack, rocking_motor
+from cdi_beamline.callbacks import LiveReconstruction, PhasedVolume, Volume, VolumeStack, reprocess, rocking_motor
 from cdi_beamline.config import ConfigError, LiveConfig, RefineConfig, RockingConfig
 from cdi_beamline.devices import FrameSource, ReplayDetector, RockingMotor
 from cdi_beamline.phasing import align
@@ -185,6 +185,16 @@ def test_rocking_scan_gives_a_3d_run_linked_to_the_raw_run(source, tiled_server,
     assert np.ptp(vol["phase"][strong]) < 2.2
     (derived,) = derived_runs(client, raw_uid)  # the per-frame 2D previews stay
     assert derived.metadata["stop"]["cdi_counts"]["received"] == N
+
+    # offline: reprocess rebuilds the 3D run too, its angles read back from the raw stream
+    writer = make_writer(processed(client), tiled_server.spool_dir)
+    reprocess(client, raw_uid, engine(8), writer, LiveConfig(data_dir=tiled_server.data_dir, rocking=rocking))
+    assert writer.flush(60)
+    live, again = volume_runs(client, raw_uid)
+    redo = load_volume(client, again.metadata["start"]["uid"])
+    assert again.metadata["start"]["reprocessed"] is True and live.metadata["start"]["uid"] == start["uid"]
+    np.testing.assert_allclose(redo["rocking_angle"], ANGLES, atol=1e-9)
+    assert redo["chi2"] == pytest.approx(vol["chi2"], rel=1e-5)  # same seed, same machine
 
 
 def _fake_phased(volume: Volume) -> PhasedVolume:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import LiveConfig
-from ..results import LIVE, RAW_IMAGE_KEY, RAW_STREAM, RECONSTRUCTOR, ResultRows
+from ..results import LIVE, RAW_IMAGE_KEY, RAW_STREAM, RECONSTRUCTOR, REPROCESSED, ResultRows
 from ._assembler import Engine, RunAssembler
 from ._derived import DerivedRun, Emit
 from ._external import UnreadableFrames, read_stream_datum
@@ -251,6 +251,8 @@ class ReconstructionWorker:
         )
         if run.volume is not None:
             metadata = {RAW_IMAGE_KEY: run.image_key, **run.assembler.metadata()}
+            if REPROCESSED in self.metadata:
+                metadata[REPROCESSED] = self.metadata[REPROCESSED]
             self.volumes.submit(run.volume, item.positions, metadata)
 
     # -- helpers -------------------------------------------------------------------------------
