@@ -115,6 +115,8 @@ def run_cuda_variants(m: torch.Tensor, cfg: RefineConfig, batch: int) -> tuple[d
 
 
 def run_cohere(moduli: np.ndarray, pkg: str, cfg: RefineConfig) -> tuple[float, float, np.ndarray]:
+    """(s/pattern wall, s/pattern CPU, final chi² per pattern) of cohere-core's ``pkg`` backend
+    ("np" or "torch") over ``moduli`` (N, *spatial), 2-D or 3-D patterns, one at a time."""
     import cohere_core.controller.phasing as ph
 
     params = {
@@ -124,7 +126,7 @@ def run_cohere(moduli: np.ndarray, pkg: str, cfg: RefineConfig) -> tuple[float, 
         "shrink_wrap_type": "GAUSS",
         "shrink_wrap_threshold": cfg.shrinkwrap_threshold,
         "shrink_wrap_gauss_sigma": cfg.shrinkwrap_sigma,
-        "initial_support_area": (cfg.init_support_size, cfg.init_support_size),
+        "initial_support_area": (cfg.init_support_size,) * (moduli.ndim - 1),
     }
     chis, wall, cpu = [], 0.0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,9 +149,9 @@ def run_cohere(moduli: np.ndarray, pkg: str, cfg: RefineConfig) -> tuple[float, 
             img = np.asarray(rec.ds_image if pkg == "np" else rec.ds_image.cpu().numpy())
             sup = np.asarray(rec.support if pkg == "np" else rec.support.cpu().numpy())
             # cohere keeps data with the origin in the corner and compares |ifft(image)| with it.
-            pred = np.abs(np.fft.ifft2(img * sup))
+            pred = np.abs(np.fft.ifftn(img * sup))
             data = np.fft.fftshift(m)
-            chis.append(chi2(torch.from_numpy(pred[None]).float(), torch.from_numpy(data[None])).item())
+            chis.append(chi2(torch.from_numpy(pred[None]).float(), torch.from_numpy(data[None]), ndim=m.ndim).item())
     return wall / len(moduli), cpu / len(moduli), np.asarray(chis)
 
 

@@ -1,6 +1,6 @@
 """Plain numpy reference of the phasing maths, written from the equations, not from the code.
 
-Slow (one frame, float64, no tricks) and meant to be obviously right:
+Slow (one frame, 2-D or 3-D, float64, no tricks) and meant to be obviously right:
 
 - the transform is the package's convention (:mod:`cdi_beamline.fourier`): centred, unitary;
 - the modulus projection P_M replaces |F| by the measured modulus on measured pixels
@@ -28,11 +28,11 @@ import numpy as np
 
 
 def fft(o):
-    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(o), norm="ortho"))
+    return np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(o), norm="ortho"))
 
 
 def ifft(F):
-    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(F), norm="ortho"))
+    return np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(F), norm="ortho"))
 
 
 def optimal_scale(pred, data, mask):
@@ -72,19 +72,16 @@ def step(x, S, alg, beta, data, mask, positivity=False):
 
 
 def square(shape, size):
-    """Centred square of side round(size * min(H, W)), its centre pixel at (H//2, W//2)."""
-    H, W = shape
-    side = max(1, int(round(size * min(H, W))))
+    """Centred square (cube in 3-D) of side round(size * min(shape)), its centre pixel at N//2 per axis."""
+    side = max(1, int(round(size * min(shape))))
     out = np.zeros(shape, bool)
-    r0, c0 = H // 2 - side // 2, W // 2 - side // 2
-    out[max(r0, 0) : r0 + side, max(c0, 0) : c0 + side] = True
+    out[tuple(slice(max(n // 2 - side // 2, 0), n // 2 - side // 2 + side) for n in shape)] = True
     return out
 
 
 def blur(a, sigma):
-    fy = np.fft.fftfreq(a.shape[0])[:, None]
-    fx = np.fft.fftfreq(a.shape[1])[None, :]
-    return np.fft.ifft2(np.fft.fft2(a) * np.exp(-2 * np.pi**2 * sigma**2 * (fy**2 + fx**2))).real
+    f2 = sum(f**2 for f in np.meshgrid(*(np.fft.fftfreq(n) for n in a.shape), indexing="ij"))
+    return np.fft.ifftn(np.fft.fftn(a) * np.exp(-2 * np.pi**2 * sigma**2 * f2)).real
 
 
 def shrinkwrap(x, previous, sigma, threshold, support2):

@@ -3,7 +3,9 @@
 Without positivity the iterate is kept in Fourier space and only S·y crosses to real
 space, through DFTs pruned to the supports' box (:func:`_run_box_pruned`); with positivity
 the torch backend's loop runs with the kernels' modulus projection (:func:`_run_positivity`).
-Fourier space is transposed on both (:func:`_fft2_t`), and so are the data. Imports numba:
+Fourier space is transposed on both (:func:`_fft2_t`), and so are the data. Volumes
+(B, D, H, W) run the same Fourier-space iterate with pruned 3-D DFTs (:func:`_run_volume`).
+Imports numba:
 :mod:`.refine` imports this module only when the backend is asked for.
 """
 
@@ -190,10 +192,63 @@ def _run_box_pruned(p: Problem, data: _Data):
     return to_fft_order(obj), to_fft_order(S), history, iterations
 
 
+def _volume_box(S: torch.Tensor) -> tuple[slice, slice, slice]:
+    """The slices (depth, rows, columns) of the box spanned by the supports of the whole
+    batch (B, D, H, W); the whole volume where every support is empty."""
+    union = S.view(torch.uint8).amax(0)
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = union.amax(other).nonzero().flatten().tolist()
+        box.append(slice(hit[0], hit[-1] + 1) if hit else slice(0, union.shape[axis]))
+    return box[0], box[1], box[2]
+
+
+class _VolumeBoxDFT:
+    """Pruned unscaled 3-D DFTs for volumes (B, D, H, W) that vanish outside a box.
+
+    One 1-D FFT per axis, in the order that prunes most: the forward transform runs the depth
+    pass on the box's (rows, columns) only, the row pass on its columns only, then the full
+    (contiguous) column pass; the inverse runs them the other way round and returns the box.
+    With the box of Support 2 (half of each axis) that is 7/12 of the full transform's work
+    (about 20 % less CPU time than ``fftn`` for 64³, measured).
+    """
+
+    def __init__(self, shape: tuple[int, int, int, int], box: tuple[slice, slice, slice]):
+        B, D, H, W = shape
+        self.box: tuple[slice, slice, slice] = box
+        d, r, c = box
+        h, w = r.stop - r.start, c.stop - c.start
+        # zero outside the box for good: only the box is ever written
+        self.depth = torch.zeros((B, D, h, w), dtype=torch.complex64)
+        self.rows = torch.zeros((B, D, H, w), dtype=torch.complex64)
+        self.full = torch.zeros((B, D, H, W), dtype=torch.complex64)
+
+    def inside(self) -> torch.Tensor:
+        """The object's box (B, d, h, w), a view: write it, then call :meth:`forward`."""
+        return self.depth[:, self.box[0]]
+
+    def forward(self, out: torch.Tensor) -> None:
+        """DFT (B, D, H, W) of the object in :meth:`inside` into ``out`` (contiguous)."""
+        _, r, c = self.box
+        self.rows[:, :, r] = torch.fft.fft(self.depth, dim=1)
+        self.full[..., c] = torch.fft.fft(self.rows, dim=2)
+        torch.fft.fft(self.full, dim=3, out=out)
+
+    def inverse(self, F: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W) spectrum -> (B, d, h, w) box of its inverse DFT (no 1/N)."""
+        d, r, c = self.box
+        a = torch.fft.ifft(F, dim=3, norm="forward")[..., c]
+        a = torch.fft.ifft(a, dim=2, norm="forward")[:, :, r]
+        return torch.fft.ifft(a, dim=1, norm="forward")[:, d]
+
+
 def _run_volume(p: Problem):
-    """3-D frames (B, D, H, W): the Fourier-space iterate of :func:`_run_box_pruned` with full
-    n-D FFTs (no pruning, no transposed layout), two FFTs per iteration, chi² sums in the
-    step's pass; with positivity, the torch loop with the kernels' modulus projection."""
+    """Volumes (B, D, H, W): the Fourier-space iterate of :func:`_run_box_pruned` through
+    :class:`_VolumeBoxDFT`, one per frame with its own box (the starts of a batch find their
+    objects at different places: the union of their boxes would prune little); real space
+    centred, as there; no transposed layout; chi² sums in the step's pass. With positivity,
+    the torch loop with the kernels' modulus projection."""
     dims = p.dims
     Mr, Ur = p.Mr, p.unmeasured_r
     if p.config.positivity:
@@ -207,7 +262,8 @@ def _run_volume(p: Problem):
 
         return _torch.loop(p, step, complex_maps=True, modulus=kernels.modulus)
 
-    x, S = p.x, p.S
+    x, S = from_fft_order(p.x, 3), from_fft_order(p.S, 3).contiguous()
+    support2 = from_fft_order(p.support2, 3)
     B = x.shape[0]
     N = x[0].numel()
     T = len(p.steps)
@@ -215,37 +271,53 @@ def _run_volume(p: Problem):
     sums = torch.empty((T + 1, B, 2), dtype=torch.float64)  # row n: the object after n iterations
     best = _VolumeBest(p, N) if p.config.keep == "best" else None
 
+    G = torch.empty_like(x)
+
+    def reset(S, x):  # after a change of S: per frame its box, buffers, S as complex on the box; G = F[S x]
+        dfts, S_boxes = [], []
+        for f in range(B):
+            dft = _VolumeBoxDFT((1, *x.shape[1:]), _volume_box(S[f : f + 1]))
+            S_box = S[(slice(f, f + 1), *dft.box)].to(torch.complex64)
+            torch.mul(x[(slice(f, f + 1), *dft.box)], S_box, out=dft.inside())
+            dft.forward(G[f : f + 1])
+            dfts.append(dft)
+            S_boxes.append(S_box)
+        return dfts, S_boxes
+
     X = torch.fft.fftn(x, dim=dims)
     P = torch.empty_like(X)
+    dfts, S_boxes = reset(S, x)
     kernels.project_modulus_to(X, P, Mr, Ur)
-    S_c = S.to(torch.complex64)
-    obj = x * S_c
-    G = torch.fft.fftn(obj, dim=dims)
     kernels.chi2_sums(G, Mr, measured, sums[0].numpy())
     if best is not None and p.candidates[0]:
-        best.consider(0, sums[0], obj, S)
+        best.consider(0, sums[0], dfts, S)
     E = X.sub_(G)
     for it, (alg, beta) in enumerate(p.steps):
         if p.shrinkwrap_due(it):
             X = E.add_(G)
             x = torch.fft.ifftn(X, dim=dims)
-            S = p.new_support(x, S, p.support2, kernels.modulus)
-            S_c = S.to(torch.complex64)
-            G = torch.fft.fftn(x.mul_(S_c), dim=dims)
+            S = p.new_support(x, S, support2, kernels.modulus)
+            dfts, S_boxes = reset(S, x)
             E = X.sub_(G)
         # P = P_M(X_n) is ready; S·y_n = S·x_{n+1} (P carries the 1/N)
-        obj = torch.fft.ifftn(P, dim=dims, norm="forward").mul_(S_c)
-        G = torch.fft.fftn(obj, dim=dims)
+        for f, (dft, S_box) in enumerate(zip(dfts, S_boxes, strict=True)):
+            torch.mul(dft.inverse(P[f : f + 1]), S_box, out=dft.inside())
+            dft.forward(G[f : f + 1])
         a, b = outside_coefficients(alg, step_beta(beta, p.config))
         kernels.advance_project(E, P, G, (a, b * N, 1.0 - b), Mr, Ur, measured, sums[it + 1].numpy())
         if best is not None and p.candidates[it + 1]:
-            best.consider(it + 1, sums[it + 1], obj, S)
+            best.consider(it + 1, sums[it + 1], dfts, S)
         p.report(it)
 
     history = _history(sums[:T], N, p.smm)
     if best is not None:
-        return best.obj, best.S, history, best.iteration
-    return obj, S, history, torch.full((B,), T, dtype=torch.int64)
+        obj, S, iterations = best.obj, best.S, best.iteration
+    else:
+        obj = torch.zeros_like(x)
+        for f, dft in enumerate(dfts):
+            obj[(slice(f, f + 1), *dft.box)] = dft.inside()  # inside S, x_T = y_{T-1}
+        iterations = torch.full((B,), T, dtype=torch.int64)
+    return to_fft_order(obj, 3), to_fft_order(S, 3), history, iterations
 
 
 class _VolumeBest:
@@ -260,12 +332,14 @@ class _VolumeBest:
         self._smm = p.smm.double()
         self._root_n = math.sqrt(N)
 
-    def consider(self, it: int, sums: torch.Tensor, obj: torch.Tensor, S: torch.Tensor) -> None:
-        """The object after ``it`` iterations, ``obj`` (B, *spatial) with support S and chi² sums ``sums`` (B, 2)."""
+    def consider(self, it: int, sums: torch.Tensor, dfts: list[_VolumeBoxDFT], S: torch.Tensor) -> None:
+        """The object after ``it`` iterations, frame f in ``dfts[f]``'s box
+        (:meth:`_VolumeBoxDFT.inside`), with support S (B, D, H, W) and chi² sums ``sums`` (B, 2)."""
         chi = chi2_closed_form(sums[:, 0] * self._root_n, sums[:, 1], self._smm)
         better = chi <= self.chi2 + CHI2_RESOLUTION  # NaN: never
         for f in better.nonzero().flatten().tolist():
-            self.obj[f] = obj[f]
+            self.obj[f].zero_()
+            self.obj[f][dfts[f].box] = dfts[f].inside()[0]
             self.S[f] = S[f]
             self.iteration[f] = it
         self.chi2 = torch.where(better, torch.minimum(chi, self.chi2), self.chi2)

@@ -118,8 +118,7 @@ def multistart(
         supports.append(pair.move(result.support[i].cpu().numpy()))
     stack = torch.from_numpy(np.stack(objects)).to(device)  # (keep, *spatial)
     support = torch.from_numpy(np.logical_or.reduce(supports)).to(device)
-    # fix_global_phase sums over the last two axes: one row of all pixels
-    mean = fix_global_phase(stack.mean(0).reshape(1, -1)).reshape(modulus.shape)
+    mean = stack.mean(0)
 
     amp, mean_amp = stack.abs(), mean.abs()
     inside = support.expand_as(amp)
@@ -131,6 +130,8 @@ def multistart(
     dphi2 = torch.angle(stack * mean.conj())[inside].square()
     spread_phase = float(((weight * dphi2).sum() / weight.sum().clamp_min(1e-30)).sqrt())
 
+    # fix_global_phase sums over the last two axes: one row of all pixels
+    mean = fix_global_phase(mean.reshape(1, -1)).reshape(modulus.shape)
     dims = spatial_dims(nd)
     predicted = abs2(torch.fft.fftn(to_fft_order(mean, nd), dim=dims, norm="ortho")).sqrt_()
     measured = None if mask is None else to_fft_order(mask.to(device), nd)
