@@ -168,21 +168,22 @@ def test_rocking_scan_gives_a_3d_run_linked_to_the_raw_run(source, tiled_server,
     assert vol["support"].dtype == bool and vol["chi2_starts"].shape == (2,)
     np.testing.assert_allclose(vol["rocking_angle"], ANGLES, atol=1e-9)  # the motor's readings
     np.testing.assert_array_equal(vol["raw_seq_num"], np.arange(1, N + 1))
-    # 2 starts x 200 iterations: chi² 1.0e-4, support 2164 voxels for a 1182-voxel crystal (2-core x86-64, 2026-12-03)
-    assert vol["chi2"] < 3e-4 and vol["chi2"] == pytest.approx(vol["stop"][VOLUME_SUMMARY]["chi2"])
+    # 2 starts x 200 iterations: chi² 2.8e-4 (1.0e-4 with the multistart of an hour before), support ~2200
+    # voxels for a 1182-voxel crystal (2-core x86-64 CPU, 2026-12-03)
+    assert vol["chi2"] < 1e-3 and vol["chi2"] == pytest.approx(vol["stop"][VOLUME_SUMMARY]["chi2"])
     truth = np.abs(crystal()) > 0
     assert truth.sum() <= vol["support"].sum() < 3 * truth.sum()
     done = vol["stop"][VOLUME_SUMMARY]["postprocess"]  # twin, ramp, offset, unwrapping; lab axes from the geometry
     assert done["unwrapped"] and done["offset"] == "centre" and done["lab"] == "orthogonal lab axes (z, y, x)"
     assert done["lab_voxel_nm"] > 0 and vol["lab_amplitude"].ndim == 3
     assert vol["lab_amplitude"].shape == vol["lab_phase"].shape == vol["lab_support"].shape
-    # the crystal comes back: aligned amplitude rms error 0.21 (of 1), phase over the strong part spans 1.08 rad
+    # the crystal comes back: aligned amplitude rms error 0.15 (of 1), phase over the strong part spans 1.44 rad
     # once unwrapped and its ramp removed (the true field spans 1.6 rad) (2-core x86-64 CPU, 2026-12-03)
     pair = align(vol["amplitude"] * np.exp(1j * vol["phase"]), crystal(), support=truth)
     amplitude = np.abs(pair.recon) / np.abs(pair.recon)[truth].mean()
     assert np.sqrt(np.mean((amplitude - 1)[truth] ** 2)) < 0.4
     strong = vol["amplitude"] > 0.5 * vol["amplitude"].max()
-    assert np.ptp(vol["phase"][strong]) < 2.2
+    assert np.ptp(vol["phase"][strong]) < 2.5
     (derived,) = derived_runs(client, raw_uid)  # the per-frame 2D previews stay
     assert derived.metadata["stop"]["cdi_counts"]["received"] == N
 
