@@ -70,7 +70,10 @@ __all__ = [
     "VOLUME_KIND",
     "VOLUME_SCALAR_DTYPES",
     "VOLUME_SUMMARY",
+    "VolumeResult",
+    "VolumeStatus",
     "volume_data_keys",
+    "volume_summary",
     "counts",
     "data_keys",
     "decimate_history",
@@ -249,6 +252,80 @@ VOLUME_SCALAR_DTYPES: dict[str, str] = {"chi2": "<f8", "spread_amplitude": "<f8"
 """Scalars of the 3D run's event: chi² (eq. 5) of the averaged object, and the rms spread of
 the kept starts about their mean over the support (amplitude relative to the mean amplitude,
 phase in radians)."""
+
+
+VolumeStatus = Literal["ok", "error"]
+"""Outcome of a 3D job: ``ok`` (phased and written) or ``error`` (with a reason)."""
+
+
+def volume_summary(
+    status: VolumeStatus,
+    reason: str = "",
+    chi2: float = float("nan"),
+    seconds: float = float("nan"),
+    postprocess: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The value of :data:`VOLUME_SUMMARY` in a 3D run's stop document."""
+    return {
+        "status": status,
+        "reason": reason,
+        "chi2": float(chi2),
+        "seconds": float(seconds),
+        "postprocess": dict(postprocess or {}),
+    }
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeResult:
+    """The one event of a 3D run, numpy (keys :data:`VOLUME_ARRAY_DTYPES`,
+    :data:`VOLUME_SCALAR_DTYPES`).
+
+    Attributes
+    ----------
+    amplitude, phase : (D, H, W) float32;  support : (D, H, W) bool
+    chi2_starts : (N,) float32;  rocking_angle : (D,) float64;  raw_seq_num : (D,) int64
+    chi2, spread_amplitude, spread_phase : float
+    lab_amplitude, lab_phase : (Z, Y, X) float32, lab_support : (Z, Y, X) bool, or None
+    """
+
+    amplitude: np.ndarray
+    phase: np.ndarray
+    support: np.ndarray
+    chi2_starts: np.ndarray
+    rocking_angle: np.ndarray
+    raw_seq_num: np.ndarray
+    chi2: float
+    spread_amplitude: float
+    spread_phase: float
+    lab_amplitude: np.ndarray | None = None
+    lab_phase: np.ndarray | None = None
+    lab_support: np.ndarray | None = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays it holds, key -> array in the file's dtype (``support`` as bool)."""
+        out = {}
+        for key, dt in VOLUME_ARRAY_DTYPES.items():
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = np.asarray(value, bool if dt == "|u1" else dt)
+        return out
+
+    def event_data(self) -> dict[str, list]:
+        """The scalars as EventPage columns of one row."""
+        return {key: [float(getattr(self, key))] for key in VOLUME_SCALAR_DTYPES}
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any]) -> VolumeResult:
+        """The result from the columns of the 3D run's stream (a table read from Tiled: one row)."""
+        values: dict[str, Any] = {key: float(np.asarray(columns[key])[0]) for key in VOLUME_SCALAR_DTYPES}
+        for key, dt in VOLUME_ARRAY_DTYPES.items():
+            if key in columns:
+                values[key] = np.asarray(columns[key])[0].astype(bool if dt == "|u1" else dt)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{key: value}`` of every array it holds and every scalar."""
+        return {**self.arrays(), **{key: float(getattr(self, key)) for key in VOLUME_SCALAR_DTYPES}}
 
 
 def volume_data_keys(shapes: Mapping[str, Sequence[int]], source: str = "cdi_beamline") -> dict[str, dict]:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,11 @@ from ..results import (
     STREAM,
     VOLUME_ARRAY_DTYPES,
     VOLUME_KIND,
-    VOLUME_SCALAR_DTYPES,
     VOLUME_SUMMARY,
+    VolumeResult,
+    VolumeStatus,
     volume_data_keys,
+    volume_summary,
 )
 from ._derived import Emit
 
@@ -310,38 +312,41 @@ class VolumeJobs:
         except Exception as exc:  # noqa: BLE001 - recorded in the 3D run, the session goes on
             logger.exception("3D phasing of rocking scan %s failed", raw_uid)
             self.stats["volume_errors"] += 1
-            run.close({"status": "error", "reason": f"3D phasing failed: {type(exc).__name__}: {exc}"})
+            why = f"3D phasing failed: {type(exc).__name__}: {exc}"
+            run.close("error", why, seconds=time.perf_counter() - t0)
             return run.uid
         seconds = time.perf_counter() - t0
-        arrays, done = _postprocessed(volume, phased, given)
-        summary = {"status": "ok", "reason": "", "chi2": phased.chi2, "seconds": seconds, "postprocess": done}
+        result, done = _postprocessed(volume, phased, given)
         try:
-            run.write(arrays, phased)
+            run.write(result)
         except Exception as exc:  # noqa: BLE001 - as above
             logger.exception("writing the 3D run of rocking scan %s failed", raw_uid)
             self.stats["volume_errors"] += 1
-            summary.update(status="error", reason=f"3D result write failed: {type(exc).__name__}: {exc}")
-            run.close(summary)
+            why = f"3D result write failed: {type(exc).__name__}: {exc}"
+            run.close("error", why, phased.chi2, seconds, done)
             return run.uid
         self.stats["volumes"] += 1
-        run.close(summary)
+        run.close("ok", "", phased.chi2, seconds, done)
         return run.uid
 
 
-def _postprocessed(volume: Volume, phased: PhasedVolume, given: Mapping[str, Any]) -> tuple[dict, dict]:
-    """The 3D run's arrays (:data:`~cdi_beamline.results.VOLUME_ARRAY_DTYPES`) and what
-    post-processing they had: twin, phase ramp, offset at the crystal's centre, unwrapping
-    (``cdi_beamline.phasing.postprocess``), and orthogonal lab axes when ``given`` holds a
-    whole :class:`~cdi_beamline.config.BraggGeometry` (the rocking step from the readings).
-    A post-processing that fails leaves the phase as phased and says why."""
-    arrays: dict[str, np.ndarray] = {
-        "amplitude": np.abs(phased.object),
-        "phase": np.angle(phased.object),
-        "support": phased.support,
-        "chi2_starts": phased.chi2_starts,
-        "rocking_angle": volume.angles,
-        "raw_seq_num": volume.seq_nums,
-    }
+def _postprocessed(volume: Volume, phased: PhasedVolume, given: Mapping[str, Any]) -> tuple[VolumeResult, dict]:
+    """The 3D run's event and what post-processing its arrays had: twin, phase ramp, offset
+    at the crystal's centre, unwrapping (``cdi_beamline.phasing.postprocess``), and orthogonal
+    lab axes when ``given`` holds a whole :class:`~cdi_beamline.config.BraggGeometry` (the
+    rocking step from the readings). A post-processing that fails leaves the phase as phased
+    and says why."""
+    result = VolumeResult(
+        amplitude=np.abs(phased.object),
+        phase=np.angle(phased.object),
+        support=phased.support,
+        chi2_starts=phased.chi2_starts,
+        rocking_angle=volume.angles,
+        raw_seq_num=volume.seq_nums,
+        chi2=phased.chi2,
+        spread_amplitude=phased.spread_amplitude,
+        spread_phase=phased.spread_phase,
+    )
     geometry, why_not = None, "no geometry given"
     if given:
         try:
@@ -352,8 +357,7 @@ def _postprocessed(volume: Volume, phased: PhasedVolume, given: Mapping[str, Any
         pp = postprocess(phased.object, phased.support, geometry=geometry)
     except Exception as exc:  # noqa: BLE001 - the phased object is still stored
         logger.exception("3D post-processing failed")
-        return arrays, {"error": f"{type(exc).__name__}: {exc}"}
-    arrays.update(amplitude=pp.amplitude, phase=pp.phase, support=pp.support)
+        return result, {"error": f"{type(exc).__name__}: {exc}"}
     done: dict[str, Any] = {
         "twinned": pp.twinned,
         "ramp_rad_per_voxel": [float(r) for r in pp.ramp],
@@ -362,9 +366,16 @@ def _postprocessed(volume: Volume, phased: PhasedVolume, given: Mapping[str, Any
         "lab_voxel_nm": pp.lab_voxel_nm,
         "lab": why_not if geometry is None else "orthogonal lab axes (z, y, x)",
     }
-    if pp.lab_amplitude is not None and pp.lab_phase is not None and pp.lab_support is not None:
-        arrays.update(lab_amplitude=pp.lab_amplitude, lab_phase=pp.lab_phase, lab_support=pp.lab_support)
-    return arrays, done
+    result = replace(
+        result,
+        amplitude=pp.amplitude,
+        phase=pp.phase,
+        support=pp.support,
+        lab_amplitude=pp.lab_amplitude,
+        lab_phase=pp.lab_phase,
+        lab_support=pp.lab_support,
+    )
+    return result, done
 
 
 class _VolumeRun:
@@ -387,17 +398,13 @@ class _VolumeRun:
         self.path = results_dir.resolve() / f"{self.uid}.h5"
         self.emit("start", self._bundle.start_doc)
 
-    def write(self, arrays: Mapping[str, np.ndarray], phased: PhasedVolume) -> None:
-        scalars = {
-            "chi2": phased.chi2,
-            "spread_amplitude": phased.spread_amplitude,
-            "spread_phase": phased.spread_phase,
-        }
-        shapes = {key: tuple(np.shape(a)) for key, a in arrays.items()}
+    def write(self, result: VolumeResult) -> None:
+        arrays = result.arrays()
+        shapes = {key: tuple(a.shape) for key, a in arrays.items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(self.path, "w", libver="latest", locking=False) as f:
             for key, a in arrays.items():
-                f.create_dataset(key, data=np.asarray(a).astype(VOLUME_ARRAY_DTYPES[key])[np.newaxis])
+                f.create_dataset(key, data=a.astype(VOLUME_ARRAY_DTYPES[key])[np.newaxis])
         desc = self._bundle.compose_descriptor(name=STREAM, data_keys=volume_data_keys(shapes))
         self.emit("descriptor", desc.descriptor_doc)
         datums = []
@@ -411,7 +418,7 @@ class _VolumeRun:
             self.emit("stream_resource", bundle.stream_resource_doc)
             datums.append(bundle.compose_stream_datum)
         now = time.time()
-        data = {key: [float(scalars[key])] for key in VOLUME_SCALAR_DTYPES}
+        data = result.event_data()
         page = desc.compose_event_page(data=data, timestamps={k: [now] for k in data}, time=[now])
         self.emit("event_page", page)
         for compose in datums:
@@ -422,13 +429,17 @@ class _VolumeRun:
                 ),
             )
 
-    def close(self, summary: Mapping[str, Any]) -> None:
-        """Emit the stop: ``summary`` (status, reason, chi2...) under :data:`VOLUME_SUMMARY`."""
-        ok = summary["status"] == "ok"
-        stop: dict[str, Any] = dict(
-            self._bundle.compose_stop(
-                exit_status="success" if ok else "fail", reason=summary.get("reason", ""), validate=False
-            )
-        )
-        stop[VOLUME_SUMMARY] = {"chi2": float("nan"), **summary}
+    def close(
+        self,
+        status: VolumeStatus,
+        reason: str = "",
+        chi2: float = float("nan"),
+        seconds: float = float("nan"),
+        postprocess: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Emit the stop: :func:`~cdi_beamline.results.volume_summary` of these under
+        :data:`VOLUME_SUMMARY`, the exit status ``fail`` unless ``status`` is ``ok``."""
+        exit_status = "success" if status == "ok" else "fail"
+        stop: dict[str, Any] = dict(self._bundle.compose_stop(exit_status=exit_status, reason=reason, validate=False))
+        stop[VOLUME_SUMMARY] = volume_summary(status, reason, chi2, seconds, postprocess)
         self.emit("stop", stop)

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import CDIRuntimeError, CDIValueError
     from ..phasing import unwrap
     from ..plotting import plot_scan_overview
-    from ..results import PREPROCESS, ROCKING, VOLUME_SUMMARY, format_counts
+    from ..results import PREPROCESS, RAW_SEQ_NUM, ROCKING, VOLUME_SUMMARY, format_counts
     from ..results import counts as count_frames
     from ..tiled import load_results, load_volume
 
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             starts = volume["chi2_starts"]
             print(
                 f"3D run       {volume_uid}  {'x'.join(map(str, volume['amplitude'].shape))} "
-                f"(frames {volume['raw_seq_num'][0]}-{volume['raw_seq_num'][-1]} around {rocking['brightest_seq_num']}, "
+                f"(frames {volume[RAW_SEQ_NUM][0]}-{volume[RAW_SEQ_NUM][-1]} around {rocking['brightest_seq_num']}, "
                 f"{rocking['motor']} step {rocking['step_deg']:.4g} deg)"
             )
             print(

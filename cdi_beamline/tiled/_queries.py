@@ -20,10 +20,9 @@ from ..results import (
     PARENT_UID,
     PROCESSED,
     STREAM,
-    VOLUME_ARRAY_DTYPES,
     VOLUME_KIND,
-    VOLUME_SCALAR_DTYPES,
     ResultRows,
+    VolumeResult,
     find_image_key,
 )
 
@@ -161,15 +160,8 @@ def load_volume(client, volume_uid: str) -> dict[str, Any]:
     md = run.metadata
     if md["start"].get(KIND) != VOLUME_KIND:
         raise CDIValueError(f"run {volume_uid!r} is not a 3D run of a rocking scan")
-    out: dict[str, Any] = {"start": dict(md["start"]), "stop": dict(md.get("stop") or {})}
-    if STREAM in run:
-        table = run[STREAM].read()
-        for key, dt in VOLUME_ARRAY_DTYPES.items():
-            if key in table:
-                out[key] = np.asarray(table[key])[0].astype(bool if dt == "|u1" else dt)
-        for key in VOLUME_SCALAR_DTYPES:
-            out[key] = float(np.asarray(table[key])[0])
-    return out
+    result = VolumeResult.from_columns(run[STREAM].read()).to_dict() if STREAM in run else {}
+    return {**result, "start": dict(md["start"]), "stop": dict(md.get("stop") or {})}
 
 
 def load_raw_frames(
