@@ -223,10 +223,11 @@ GEOMETRY = "geometry"
 (``RockingConfig.geometry_keys``: energy, detector distance, pixel size, detector angles)."""
 
 VOLUME_SUMMARY = "cdi_volume"
-"""Stop key of a 3D run: ``{"status", "reason", "chi2", "seconds", "postprocess"}``: ``ok`` or
-``error`` (and why), the chi² of the phased object (NaN on error), the phasing's wall time,
-and what post-processing the arrays had (``twinned``, ``ramp_rad_per_voxel``, ``offset``,
-``unwrapped``, ``lab``: the lab axes or why not, ``lab_voxel_nm``; or ``{"error"}``)."""
+"""Stop key of a 3D run: ``{"status", "reason", "chi2", "seconds", "postprocess", "engine"}``:
+``ok`` or ``error`` (and why), the chi² of the phased object (NaN on error), the phasing's wall
+time, what post-processing the arrays had (``twinned``, ``ramp_rad_per_voxel``, ``offset``,
+``unwrapped``, ``lab``: the lab axes or why not, ``lab_voxel_nm``; or ``{"error"}``), and the
+schedule and backend that ran (:func:`volume_summary`)."""
 
 VOLUME_ARRAY_DTYPES: dict[str, str] = {
     "amplitude": "<f4",
@@ -264,6 +265,7 @@ def volume_summary(
     chi2: float = float("nan"),
     seconds: float = float("nan"),
     postprocess: Mapping[str, Any] | None = None,
+    engine: str = "",
 ) -> dict[str, Any]:
     """The value of :data:`VOLUME_SUMMARY` in a 3D run's stop document."""
     return {
@@ -272,6 +274,7 @@ def volume_summary(
         "chi2": float(chi2),
         "seconds": float(seconds),
         "postprocess": dict(postprocess or {}),
+        "engine": engine,
     }
 
 

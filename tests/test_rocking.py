@@ -164,6 +164,7 @@ def test_rocking_scan_gives_a_3d_run_linked_to_the_raw_run(source, tiled_server,
     assert start["raw_image_key"] == "det_image" and start[ROCKING]["config"]["starts"] == 2
     vol = load_volume(client, start["uid"])
     assert vol["stop"][VOLUME_SUMMARY]["status"] == "ok" and vol["stop"][VOLUME_SUMMARY]["reason"] == ""
+    assert vol["stop"][VOLUME_SUMMARY]["engine"].startswith("(HIO**80 * ER**20)**2 on ")
     assert vol["amplitude"].shape == vol["phase"].shape == vol["support"].shape == (N, N, N)
     assert vol["support"].dtype == bool and vol["chi2_starts"].shape == (2,)
     np.testing.assert_allclose(vol["rocking_angle"], ANGLES, atol=1e-9)  # the motor's readings

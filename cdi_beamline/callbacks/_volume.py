@@ -317,16 +317,17 @@ class VolumeJobs:
             return run.uid
         seconds = time.perf_counter() - t0
         result, done = _postprocessed(volume, phased, given)
+        engine = f"{phased.schedule} on {phased.backend}"
         try:
             run.write(result)
         except Exception as exc:  # noqa: BLE001 - as above
             logger.exception("writing the 3D run of rocking scan %s failed", raw_uid)
             self.stats["volume_errors"] += 1
             why = f"3D result write failed: {type(exc).__name__}: {exc}"
-            run.close("error", why, phased.chi2, seconds, done)
+            run.close("error", why, phased.chi2, seconds, done, engine)
             return run.uid
         self.stats["volumes"] += 1
-        run.close("ok", "", phased.chi2, seconds, done)
+        run.close("ok", "", phased.chi2, seconds, done, engine)
         return run.uid
 
 
@@ -436,10 +437,11 @@ class _VolumeRun:
         chi2: float = float("nan"),
         seconds: float = float("nan"),
         postprocess: Mapping[str, Any] | None = None,
+        engine: str = "",
     ) -> None:
         """Emit the stop: :func:`~cdi_beamline.results.volume_summary` of these under
         :data:`VOLUME_SUMMARY`, the exit status ``fail`` unless ``status`` is ``ok``."""
         exit_status = "success" if status == "ok" else "fail"
         stop: dict[str, Any] = dict(self._bundle.compose_stop(exit_status=exit_status, reason=reason, validate=False))
-        stop[VOLUME_SUMMARY] = volume_summary(status, reason, chi2, seconds, postprocess)
+        stop[VOLUME_SUMMARY] = volume_summary(status, reason, chi2, seconds, postprocess, engine)
         self.emit("stop", stop)
