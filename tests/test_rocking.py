@@ -169,7 +169,7 @@ def test_rocking_scan_gives_a_3d_run_linked_to_the_raw_run(source, tiled_server,
     assert vol["support"].dtype == bool and vol["chi2_starts"].shape == (2,)
     np.testing.assert_allclose(vol["rocking_angle"], ANGLES, atol=1e-9)  # the motor's readings
     np.testing.assert_array_equal(vol["raw_seq_num"], np.arange(1, N + 1))
-    # 2 starts x 200 iterations: chi² 2.8e-4 (1.0e-4 with the multistart of an hour before), support ~2200
+    # 2 starts x 200 iterations: chi² 2.8e-4, support ~2200
     # voxels for a 1182-voxel crystal (2-core x86-64 CPU, 2026-12-03)
     assert vol["chi2"] < 1e-3 and vol["chi2"] == pytest.approx(vol["stop"][VOLUME_SUMMARY]["chi2"])
     truth = np.abs(crystal()) > 0
