@@ -49,12 +49,12 @@ def truth():
 SW = dict(shrinkwrap_start=2, shrinkwrap_every=3, shrinkwrap_sigma=1.5, shrinkwrap_threshold=0.15, support2_size=0.6)
 
 
+@pytest.mark.parametrize("shape", [(16, 16, 16), (15, 16, 18)], ids=["cube", "odd-non-cubic"])
 @pytest.mark.parametrize("masked", [False, True], ids=["all-measured", "masked"])
 @pytest.mark.parametrize("backend", ["numba", "torch"])
-def test_volume_backends_match_the_oracle(backend, masked):
+def test_volume_backends_match_the_oracle(backend, masked, shape):
     g = torch.Generator().manual_seed(5)
-    n = 16
-    obj = torch.zeros(2, n, n, n, dtype=torch.complex64)
+    obj = torch.zeros(2, *shape, dtype=torch.complex64)
     obj[:, 5:11, 6:11, 5:12] = torch.polar(
         torch.rand(2, 6, 5, 7, generator=g) + 0.5, torch.rand(2, 6, 5, 7, generator=g)
     )
@@ -64,8 +64,8 @@ def test_volume_backends_match_the_oracle(backend, masked):
     S0[:, 4:12, 4:12, 4:13] = True
     mask = None
     if masked:
-        mask = torch.rand(n, n, n, generator=g) > 0.15
-        mask[n // 2 - 1 : n // 2 + 2, n // 2 - 1 : n // 2 + 2, n // 2 - 1 : n // 2 + 2] = False  # a beamstop
+        mask = torch.rand(shape, generator=g) > 0.15
+        mask[tuple(slice(n // 2 - 1, n // 2 + 2) for n in shape)] = False  # a beamstop
     config = RefineConfig(schedule="HIO(0.7)**3 * RAAR(0.8)**3 * ER**2", beta=0.6, keep="last", backend=backend, **SW)
     res = refine(modulus, mask=mask, init=InitialEstimate(object=x0, support=S0), config=config)
     assert res.backend == backend and res.object.shape == obj.shape and res.support.shape == obj.shape
@@ -140,19 +140,25 @@ def test_multistart_keeps_the_lowest_chi2_and_averages_the_aligned_starts(truth)
 
 
 def test_multistart_of_one_kept_start_is_that_start():
+    # a 2-D pattern with a beamstop: the average of one start is that start
     g = torch.Generator().manual_seed(2)
     obj = torch.zeros(32, 32, dtype=torch.complex64)
     obj[12:20, 11:21] = torch.polar(torch.rand(8, 10, generator=g) + 0.5, torch.rand(8, 10, generator=g))
-    modulus = detector_modulus(obj[None]).squeeze(0)  # a 2-D pattern (the transform over its 3 axes of (1, H, W))
+    modulus = detector_modulus(obj[None]).squeeze(0)  # (the transform over the 3 axes of (1, H, W): a 2-D one)
+    mask = torch.ones(32, 32, dtype=torch.bool)
+    mask[15:18, 15:18] = False
     config = RefineConfig(schedule="HIO**40 * ER**10")
-    res = multistart(modulus, config=config, starts=3, keep=1, seed=7)
-    best = refine(modulus.expand(3, 32, 32), config=config, seed=7)
+    res = multistart(modulus, mask=mask, config=config, starts=3, keep=1, seed=7)
+    best = refine(modulus.expand(3, 32, 32), mask=mask, config=config, seed=7)
     k = int(best.chi2.argmin())
     assert res.kept.tolist() == [k]
     c = best.object[k].sum()
     torch.testing.assert_close(res.object, best.object[k] * (c.abs() / c))  # only the global phase fixed
     assert torch.equal(res.support, best.support[k])
     assert res.spread_amplitude == 0 and res.spread_phase == 0
+    # chi² over the measured pixels only: that of the start refine returned
+    assert res.chi2 == pytest.approx(best.chi2[k].item(), rel=1e-4)
+    assert res.chi2 != pytest.approx(chi2(detector_modulus(res.object[None])[0], modulus).item(), rel=1e-4)
 
 
 def test_align_undoes_a_known_shift_twin_and_phase_in_3d(truth):

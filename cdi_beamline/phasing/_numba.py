@@ -299,12 +299,17 @@ def _run_volume(p: Problem):
             S = p.new_support(x, S, support2, kernels.modulus)
             dfts, S_boxes = reset(S, x)
             E = X.sub_(G)
-        # P = P_M(X_n) is ready; S·y_n = S·x_{n+1} (P carries the 1/N)
-        for f, (dft, S_box) in enumerate(zip(dfts, S_boxes, strict=True)):
-            torch.mul(dft.inverse(P[f : f + 1]), S_box, out=dft.inside())
-            dft.forward(G[f : f + 1])
         a, b = outside_coefficients(alg, step_beta(beta, p.config))
-        kernels.advance_project(E, P, G, (a, b * N, 1.0 - b), Mr, Ur, measured, sums[it + 1].numpy())
+        # frame by frame, so that one frame's arrays stay in cache through the step
+        for f, (dft, S_box) in enumerate(zip(dfts, S_boxes, strict=True)):
+            one = slice(f, f + 1)
+            # P = P_M(X_n) is ready; S·y_n = S·x_{n+1} (P carries the 1/N)
+            torch.mul(dft.inverse(P[one]), S_box, out=dft.inside())
+            dft.forward(G[one])
+            kernels.advance_project(
+                E[one], P[one], G[one], (a, b * N, 1.0 - b), Mr[one],
+                None if Ur is None else Ur[one], None if measured is None else measured[one], sums[it + 1, one].numpy(),
+            )  # fmt: skip
         if best is not None and p.candidates[it + 1]:
             best.consider(it + 1, sums[it + 1], dfts, S)
         p.report(it)

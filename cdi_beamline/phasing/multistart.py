@@ -110,8 +110,9 @@ def multistart(
     chi2_starts = result.chi2.cpu()
     kept = torch.argsort(chi2_starts, stable=True)[:keep]
 
-    reference = result.object[kept[0]]
-    objects, supports = [reference.cpu().numpy()], [result.support[kept[0]].cpu().numpy()]
+    first = int(kept[0])
+    reference = result.object[first]
+    objects, supports = [reference.cpu().numpy()], [result.support[first].cpu().numpy()]
     for i in kept[1:].tolist():
         pair = align(result.object[i], reference, support=supports[0])
         objects.append(pair.recon)
