@@ -132,8 +132,9 @@ class LabGrid(NamedTuple):
 
     def resample(self, array: np.ndarray, order: int = 1) -> np.ndarray:
         """``array`` (D, H, W) (real or complex) on the lab grid (Z, Y, X); 0 outside it.
-        Complex arrays are interpolated by real and imaginary part; ``order`` is the spline
-        order of :func:`scipy.ndimage.map_coordinates` (1 = trilinear)."""
+        Complex arrays are interpolated by real and imaginary part, bool and integer arrays
+        come back float64; ``order`` is the spline order of
+        :func:`scipy.ndimage.map_coordinates` (1 = trilinear)."""
         from scipy.ndimage import map_coordinates
 
         def one(real: np.ndarray) -> np.ndarray:
@@ -142,7 +143,7 @@ class LabGrid(NamedTuple):
         a = np.asarray(array)
         if np.iscomplexobj(a):
             return (one(a.real) + 1j * one(a.imag)).astype(np.result_type(a.dtype, np.complex64))
-        return one(a.astype(np.float64 if a.dtype == bool else a.dtype))
+        return one(a if a.dtype.kind == "f" else a.astype(np.float64))
 
 
 def lab_grid(
