@@ -10,7 +10,15 @@ import pytest
 from bluesky.plans import count, scan
 from helpers import engine
 
-from cdi_beamline.callbacks import LiveReconstruction, PhasedVolume, Volume, VolumeStack, reprocess, rocking_motor
+from cdi_beamline.callbacks import (
+    LiveReconstruction,
+    PhasedVolume,
+    Volume,
+    VolumeJobs,
+    VolumeStack,
+    reprocess,
+    rocking_motor,
+)
 from cdi_beamline.config import ConfigError, LiveConfig, RefineConfig, RockingConfig
 from cdi_beamline.devices import FrameSource, ReplayDetector, RockingMotor
 from cdi_beamline.phasing import align
@@ -203,6 +211,40 @@ def _fake_phased(volume: Volume) -> PhasedVolume:
     """A phased volume of the right shapes, for the tests about scheduling and failure."""
     obj = np.ones(volume.modulus.shape, np.complex64)
     return PhasedVolume(obj, np.ones(obj.shape, bool), 0.5, np.array([0.5, 0.6], np.float32), 0.1, 0.2, "ER**1", "test")
+
+
+def test_3d_job_documents_validate_and_too_few_frames_give_none(tmp_path, caplog):
+    from event_model import DocumentNames, schema_validators
+
+    documents: list = []
+    jobs = VolumeJobs(
+        lambda name, doc: documents.append((name, doc)),
+        tmp_path,
+        RockingConfig(min_frames=6),
+        phase=lambda volume, config, seed: _fake_phased(volume),
+    )
+    start = {"uid": "raw-1", "motors": ["th"], "detectors": ["det"], "scan_id": 7, "energy_kev": 9.0}
+    stack = jobs.stack(start)
+    assert stack is not None and jobs.stack({**start, "motors": ["x"]}) is None
+    stack.add(np.arange(1, 5), np.ones((4, 8, 8), np.float32), None)
+    with caplog.at_level("WARNING"):
+        assert jobs.run(stack, {}, {}) is None  # 4 frames, 6 needed
+    assert documents == [] and "rocking scan raw-1: no 3D reconstruction: 4 frames with data, 6 needed" in caplog.text
+    assert jobs.skipped == {"raw-1": "4 frames with data, 6 needed for a 3D reconstruction (RockingConfig.min_frames)"}
+
+    stack.add(np.arange(5, 9), np.ones((4, 8, 8), np.float32), None)
+    uid = jobs.run(stack, {i: 10 + 0.01 * i for i in range(1, 9)}, {})
+    names = [name for name, _ in documents]
+    keys = (
+        6  # amplitude, phase, support, chi2_starts, rocking_angle, raw_seq_num: no lab arrays without a whole geometry
+    )
+    assert names == ["start", "descriptor", *["stream_resource"] * keys, "event_page", *["stream_datum"] * keys, "stop"]
+    for name, doc in documents:
+        schema_validators[DocumentNames[name]].validate(doc)
+    start_doc, stop = documents[0][1], documents[-1][1]
+    assert start_doc["uid"] == uid and start_doc["scan_id"] == 7 and start_doc[GEOMETRY] == {"energy_kev": 9.0}
+    assert stop[VOLUME_SUMMARY]["postprocess"]["lab"].startswith("invalid configuration")  # why no lab axes
+    assert (tmp_path / f"{uid}.h5").is_file()
 
 
 def test_a_failing_3d_job_gives_an_error_run_and_the_next_scan_goes_on(source, tiled_server, client, run_engine):
