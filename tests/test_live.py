@@ -779,3 +779,6 @@ def test_demo_on_the_aps_rocking_scan_flags_the_tails(tmp_path, capsys):
     assert vol["amplitude"].shape == (64, 64, 64) and list(vol["raw_seq_num"][[0, -1]]) == [68, 131]
     # 4 starts x 600 iterations: chi² 0.0060 (2-core x86-64 CPU, 2026-12-03)
     assert vol["chi2"] < 0.01 and f"chi2 (3D)    {vol['chi2']:.4g}" in out and "3D run       " in out
+    (listed,) = run["volumes"]  # `results` lists it under the 2D run
+    assert listed["uid"] == volume.metadata["start"]["uid"] and listed["status"] == "ok"
+    assert listed["chi2"] == pytest.approx(vol["chi2"]) and listed["depth"] == 64
