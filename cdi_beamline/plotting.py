@@ -297,10 +297,13 @@ def plot_scan_overview(
     path: str | Path,
     n: int = 8,
     unwrap: Callable[..., np.ndarray] | None = None,
+    volume: Mapping[str, Any] | None = None,
 ) -> bool:
     """Amplitude (top) and phase in the support (bottom) of ``n`` reconstructed frames spread
     evenly over a derived run (a rocking scan then shows its weak tails and its peak), each
-    titled with its status, the figure with the run's frame count per status.
+    titled with its status, the figure with the run's frame count per status; below them,
+    with ``volume``, three orthogonal slices of the scan's 3D reconstruction
+    (:func:`orthogonal_slices`).
 
     Parameters
     ----------
@@ -312,6 +315,9 @@ def plot_scan_overview(
         Frames shown.
     unwrap : callable(phase (H, W), mask=(H, W) bool) -> (H, W), optional
         Phase unwrapping (``cdi_beamline.phasing.unwrap``); None shows the wrapped phase.
+    volume : mapping, optional
+        A 3D run (:func:`cdi_beamline.tiled.load_volume`): ``amplitude``, ``phase``,
+        ``support`` (D, H, W), ``chi2``; ignored when it holds no arrays (phasing failed).
 
     Returns
     -------
@@ -327,7 +333,24 @@ def plot_scan_overview(
     if good.size == 0:
         return False
     good = good[np.unique(np.linspace(0, good.size - 1, min(n, good.size)).round().astype(int))]
-    fig, axes = plt.subplots(2, len(good), figsize=(2.2 * len(good), 4.6), squeeze=False)
+    width = 2.2 * len(good)
+    if volume is None or "amplitude" not in volume:
+        fig = plt.figure(figsize=(width, 4.6))
+        frames: Any = fig
+    else:
+        fig = plt.figure(figsize=(max(width, 11.0), 4.6 + 6.4), layout="constrained")
+        parts: Any = fig.subfigures(2, 1, height_ratios=[4.6, 6.4])
+        frames, slices = parts[0], parts[1]
+        d, h, w = volume["amplitude"].shape
+        orthogonal_slices(
+            volume["amplitude"] * np.exp(1j * volume["phase"]),
+            volume["support"],
+            title=f"3D reconstruction of the rocking scan ({d}x{h}x{w}, chi² {volume['chi2']:.3g}): "
+            "slices through the crystal's centre",
+            axis_names=("frame", "row", "column"),
+            axes=slices.subplots(2, 3, squeeze=False),
+        )
+    axes = frames.subplots(2, len(good), squeeze=False)
     for col, i in enumerate(good):
         amp = res["amplitude"][i]
         # phase is meaningful where the object is: support and amplitude above 10 % of its peak
@@ -343,18 +366,19 @@ def plot_scan_overview(
         axes[0, col].imshow(amp[r0:r1, c0:c1], cmap="gray")
         axes[0, col].set_title(f"seq {res[RAW_SEQ_NUM][i]}: {res['status'][i]}\nchi² {res['chi2'][i]:.3g}", fontsize=8)
         im = axes[1, col].imshow(phase[r0:r1, c0:c1], cmap="twilight_shifted")
-        fig.colorbar(im, ax=axes[1, col], fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        frames.colorbar(im, ax=axes[1, col], fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
         for ax in axes[:, col]:
             ax.set_xticks([])
             ax.set_yticks([])
     axes[0, 0].set_ylabel("amplitude")
     axes[1, 0].set_ylabel(f"phase (rad{', unwrapped' if unwrap else ''})\nwhere amplitude > 10 %")
-    fig.suptitle(
+    frames.suptitle(
         f"live reconstructions across the scan: {len(res['status'])} frames, "
         f"{format_counts(status_counts(res['status']))}",
         fontsize=10,
     )
-    fig.tight_layout()
+    if frames is fig:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

@@ -16,6 +16,15 @@ A derived run (one per raw run) is
   per raw frame;
 - a stop document with the counts (:data:`COUNTS`), the chi² summary and, phased from raw
   counts, the preprocessing record with the run's ROI (:data:`PREPROCESS`).
+
+A rocking scan also gets a 3D derived run (:data:`VOLUME_KIND`), in the same container and
+linked the same way (``parent_uid``):
+
+- a start document with ``cdi_kind`` = :data:`VOLUME_KIND`, the rocking record
+  :data:`ROCKING` (motor, step, frames used, config) and the geometry given :data:`GEOMETRY`;
+- one event of the stream :data:`STREAM`: the arrays :data:`VOLUME_ARRAY_DTYPES` in an HDF5
+  file, the scalars :data:`VOLUME_SCALAR_DTYPES` in the event (no event when phasing failed);
+- a stop document with :data:`VOLUME_SUMMARY`: status (``ok`` or ``error``), reason, chi².
 """
 
 from __future__ import annotations
@@ -50,11 +59,21 @@ __all__ = [
     "REPROCESSED",
     "RESULT_KEYS",
     "ResultRows",
+    "ROCKING",
     "SCALAR_DTYPES",
     "STATUSES",
     "STREAM",
     "SUPERSEDES",
     "Status",
+    "GEOMETRY",
+    "VOLUME_ARRAY_DTYPES",
+    "VOLUME_KIND",
+    "VOLUME_SCALAR_DTYPES",
+    "VOLUME_SUMMARY",
+    "VolumeResult",
+    "VolumeStatus",
+    "volume_data_keys",
+    "volume_summary",
     "counts",
     "data_keys",
     "decimate_history",
@@ -186,6 +205,148 @@ RESULT_KEYS: tuple[str, ...] = (*ARRAY_DTYPES, *SCALAR_DTYPES)
 these (plus ``start`` and ``stop``)."""
 
 _EVENT_DTYPE = {"<f8": "number", "<i8": "integer", "<U": "string"}
+
+# --- the 3D run of a rocking scan ---------------------------------------------------------------
+
+VOLUME_KIND = "cdi_volume"
+"""Value of ``start[KIND]`` (and the plan name) of the 3D derived run of a rocking scan; it
+tells a 3D run from the 2D per-frame runs (:data:`DERIVED_KIND`)."""
+
+ROCKING = "rocking"
+"""Start key of a 3D run: ``{"motor", "step_deg", "depth", "frames_received", "brightest_seq_num",
+"missing_seq_nums", "config"}``: the rocking axis, the angle step (median of the readings),
+frames in the volume and received, the brightest frame (the volume's centre), the seq_nums of
+the window with no frame (masked planes), and the ``RockingConfig`` dump."""
+
+GEOMETRY = "geometry"
+"""Start key of a 3D run: the geometry fields the raw run's start document gave
+(``RockingConfig.geometry_keys``: energy, detector distance, pixel size, detector angles)."""
+
+VOLUME_SUMMARY = "cdi_volume"
+"""Stop key of a 3D run: ``{"status", "reason", "chi2", "seconds", "postprocess", "engine"}``:
+``ok`` or ``error`` (and why), the chi² of the phased object (NaN on error), the phasing's wall
+time, what post-processing the arrays had (``twinned``, ``ramp_rad_per_voxel``, ``offset``,
+``unwrapped``, ``lab``: the lab axes or why not, ``lab_voxel_nm``; or ``{"error"}``), and the
+schedule and backend that ran (:func:`volume_summary`)."""
+
+VOLUME_ARRAY_DTYPES: dict[str, str] = {
+    "amplitude": "<f4",
+    "phase": "<f4",
+    "support": "|u1",
+    "chi2_starts": "<f4",
+    "rocking_angle": "<f8",
+    "raw_seq_num": "<i8",
+    "lab_amplitude": "<f4",
+    "lab_phase": "<f4",
+    "lab_support": "|u1",
+}
+"""Arrays of the 3D run's one event, in its HDF5 file: ``amplitude``, ``phase``, ``support``
+(D, H, W) on the detector-conjugate grid (D along the rocking axis, frames in scan order;
+``phase`` post-processed as :data:`VOLUME_SUMMARY` ``["postprocess"]`` says: twin, ramp
+removed, 0 at the crystal's centre, unwrapped); ``chi2_starts`` (N,) chi² of every start;
+``rocking_angle`` (D,) degrees (NaN where not read) and ``raw_seq_num`` (D,) of each plane;
+only with a whole geometry (:data:`GEOMETRY`): ``lab_amplitude``, ``lab_phase``,
+``lab_support`` (Z, Y, X) on orthogonal lab axes, cubic voxels of
+``postprocess["lab_voxel_nm"]``."""
+
+VOLUME_SCALAR_DTYPES: dict[str, str] = {"chi2": "<f8", "spread_amplitude": "<f8", "spread_phase": "<f8"}
+"""Scalars of the 3D run's event: chi² (eq. 5) of the averaged object, and the rms spread of
+the kept starts about their mean over the support (amplitude relative to the mean amplitude,
+phase in radians)."""
+
+
+VolumeStatus = Literal["ok", "error"]
+"""Outcome of a 3D job: ``ok`` (phased and written) or ``error`` (with a reason)."""
+
+
+def volume_summary(
+    status: VolumeStatus,
+    reason: str = "",
+    chi2: float = float("nan"),
+    seconds: float = float("nan"),
+    postprocess: Mapping[str, Any] | None = None,
+    engine: str = "",
+) -> dict[str, Any]:
+    """The value of :data:`VOLUME_SUMMARY` in a 3D run's stop document."""
+    return {
+        "status": status,
+        "reason": reason,
+        "chi2": float(chi2),
+        "seconds": float(seconds),
+        "postprocess": dict(postprocess or {}),
+        "engine": engine,
+    }
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeResult:
+    """The one event of a 3D run, numpy (keys :data:`VOLUME_ARRAY_DTYPES`,
+    :data:`VOLUME_SCALAR_DTYPES`).
+
+    Attributes
+    ----------
+    amplitude, phase : (D, H, W) float32;  support : (D, H, W) bool
+    chi2_starts : (N,) float32;  rocking_angle : (D,) float64;  raw_seq_num : (D,) int64
+    chi2, spread_amplitude, spread_phase : float
+    lab_amplitude, lab_phase : (Z, Y, X) float32, lab_support : (Z, Y, X) bool, or None
+    """
+
+    amplitude: np.ndarray
+    phase: np.ndarray
+    support: np.ndarray
+    chi2_starts: np.ndarray
+    rocking_angle: np.ndarray
+    raw_seq_num: np.ndarray
+    chi2: float
+    spread_amplitude: float
+    spread_phase: float
+    lab_amplitude: np.ndarray | None = None
+    lab_phase: np.ndarray | None = None
+    lab_support: np.ndarray | None = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays it holds, key -> array in the file's dtype (``support`` as bool)."""
+        out = {}
+        for key, dt in VOLUME_ARRAY_DTYPES.items():
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = np.asarray(value, bool if dt == "|u1" else dt)
+        return out
+
+    def event_data(self) -> dict[str, list]:
+        """The scalars as EventPage columns of one row."""
+        return {key: [float(getattr(self, key))] for key in VOLUME_SCALAR_DTYPES}
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any]) -> VolumeResult:
+        """The result from the columns of the 3D run's stream (a table read from Tiled: one row)."""
+        values: dict[str, Any] = {key: float(np.asarray(columns[key])[0]) for key in VOLUME_SCALAR_DTYPES}
+        for key, dt in VOLUME_ARRAY_DTYPES.items():
+            if key in columns:
+                values[key] = np.asarray(columns[key])[0].astype(bool if dt == "|u1" else dt)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{key: value}`` of every array it holds and every scalar."""
+        return {**self.arrays(), **{key: float(getattr(self, key)) for key in VOLUME_SCALAR_DTYPES}}
+
+
+def volume_data_keys(shapes: Mapping[str, Sequence[int]], source: str = "cdi_beamline") -> dict[str, dict]:
+    """The descriptor's data keys of a 3D run whose arrays (keys of :data:`VOLUME_ARRAY_DTYPES`)
+    have ``shapes`` (key -> shape)."""
+    keys = {
+        key: {
+            "source": source,
+            "dtype": "array",
+            "dtype_numpy": VOLUME_ARRAY_DTYPES[key],
+            "shape": list(shape),
+            "external": "STREAM:",
+        }
+        for key, shape in shapes.items()
+    }
+    for key, dt in VOLUME_SCALAR_DTYPES.items():
+        keys[key] = {"source": source, "dtype": _EVENT_DTYPE[dt], "shape": [], "dtype_numpy": dt}
+    return keys
 
 
 def row_shapes(shape: tuple[int, int]) -> dict[str, tuple[int, ...]]:

@@ -116,6 +116,11 @@ DERIVED_ONLY_KEYS = {
     results.COUNTS,
     results.CHI2_SUMMARY,
     "raw_seq_num",
+    results.VOLUME_KIND,
+    results.VOLUME_SUMMARY,
+    results.ROCKING,
+    "rocking_angle",
+    "lab_amplitude",
 }
 
 

@@ -13,6 +13,7 @@ from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, 
 from ._live import LiveReconstruction
 from ._reprocess import reprocess
 from ._session import Finished, LiveSession
+from ._volume import PhasedVolume, PhaseVolume, Volume, VolumeJobs, VolumeStack, phase_volume, rocking_motor
 from ._worker import ReconstructionWorker
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "ImageSpec",
     "LiveReconstruction",
     "LiveSession",
+    "PhaseVolume",
+    "PhasedVolume",
     "Quit",
     "ReconstructionWorker",
     "RunAssembler",
@@ -32,7 +35,12 @@ __all__ = [
     "Sync",
     "Unreadable",
     "UnreadableFrames",
+    "Volume",
+    "VolumeJobs",
+    "VolumeStack",
     "WorkItem",
+    "phase_volume",
     "read_stream_datum",
     "reprocess",
+    "rocking_motor",
 ]

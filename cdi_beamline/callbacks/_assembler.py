@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -16,9 +17,12 @@ from ..preprocess import Preprocessor
 from ..results import PREPROCESS, ResultRows, Status
 from ._items import Frames
 
-__all__ = ["Engine", "RunAssembler"]
+__all__ = ["Engine", "KeepFrames", "RunAssembler"]
 
 logger = logging.getLogger(__name__)
+
+KeepFrames = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], object]
+"""``keep(seq_nums (B,), modulus (B, h, w), mask (h, w) or None)``: sees every frame that goes to the engine."""
 
 
 class Engine(Protocol):
@@ -65,6 +69,9 @@ class RunAssembler:
         Counts ``batches`` and ``reconstruct_errors`` here (shared with a worker).
     preprocess : PreprocessConfig, optional
         Raw counts to modulus, as above; None: frames go to the engine as they come.
+    keep : KeepFrames, optional
+        Called with the modulus of every batch before the engine phases it (the frames that
+        the preprocessing flags are not passed): a rocking scan's 3D stack.
     """
 
     def __init__(
@@ -76,8 +83,10 @@ class RunAssembler:
         seed: int | None = 0,
         stats: Counter | None = None,
         preprocess: PreprocessConfig | None = None,
+        keep: KeepFrames | None = None,
     ):
         self.reconstructor = reconstructor
+        self.keep = keep
         self.batch_size = int(reconstructor.config.batch_size)
         self.shape = shape
         self.mask = mask
@@ -176,7 +185,10 @@ class RunAssembler:
         return ResultRows.concat(parts).sorted()
 
     def _reconstruct(self, seqs: np.ndarray, frames: np.ndarray) -> ResultRows:
+        intensity = getattr(self.reconstructor.config, "quantity", "intensity") == "intensity"
         if self.preprocess is None:
+            if self.keep is not None:
+                self._keep(seqs, np.sqrt(np.clip(frames, 0, None)) if intensity else frames, self.mask)
             return self._engine(seqs, frames, self.mask)
         pre = self.preprocessor
         shape = self._row_shape
@@ -192,10 +204,20 @@ class RunAssembler:
         parts = [ResultRows.failed(seqs[flagged], shape, "bad", [reason[i] for i in flagged])]
         if len(good):
             modulus = out.modulus[good]
-            if getattr(self.reconstructor.config, "quantity", "intensity") == "intensity":
+            self._keep(seqs[good], modulus, out.mask)
+            if intensity:
                 modulus = np.square(modulus)
             parts.append(self._engine(seqs[good], modulus, out.mask))
         return ResultRows.concat(parts).sorted()
+
+    def _keep(self, seqs: np.ndarray, modulus: np.ndarray, mask: np.ndarray | None) -> None:
+        if self.keep is None:
+            return
+        try:
+            self.keep(seqs, modulus, mask)
+        except Exception as exc:  # noqa: BLE001 - the 2D rows go on
+            logger.exception("keeping frames for the 3D stack failed")
+            self.errors.append(f"3D stack: {type(exc).__name__}: {exc}")
 
     def _saturated(self, frames: np.ndarray, pre: Preprocessor, reason: list[str]) -> list[str]:
         """``reason`` with the frames that have a measured ROI pixel at the engine's

@@ -77,12 +77,14 @@ class Unreadable:
 
 @dataclass(frozen=True, eq=False)
 class RunStop:
-    """A raw run ended: its stop document, the seq_nums dropped on a full queue, a note."""
+    """A raw run ended: its stop document, the seq_nums dropped on a full queue, a note, and
+    the rocking motor's reading of each event (seq_num -> value) when it is a rocking scan."""
 
     raw_uid: str
     raw_stop: dict[str, Any]
     dropped: tuple[int, ...] = ()
     note: str = ""
+    positions: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,6 +19,7 @@ from ..results import find_image_key, image_shape
 from ._assembler import Engine
 from ._external import normalizer
 from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, Unreadable, WorkItem
+from ._volume import PhaseVolume, rocking_motor
 from ._worker import ReconstructionWorker, RowsListener
 
 __all__ = ["LiveReconstruction"]
@@ -41,6 +42,8 @@ class _RawRun:
     note: str = ""
     normalizer_error: str = ""
     warned: bool = False
+    motor: str | None = None  # the rocking motor of a rocking scan
+    positions: dict[int, float] = field(default_factory=dict)  # seq_num -> its reading
 
 
 class LiveReconstruction(DocumentRouter):
@@ -71,6 +74,11 @@ class LiveReconstruction(DocumentRouter):
         Image key, stream, max wait, queue size and policy, seed, data directory.
     mask : (H, W) bool array, optional
         True = measured pixel, applied to every frame.
+    phase_volume : PhaseVolume, optional
+        How a rocking scan's volume is phased (``LiveConfig.rocking``); default ``multistart``.
+
+    A rocking scan (``LiveConfig.rocking``) also gets a 3D derived run after its stop
+    document: the motor's readings are collected here and handed over with the stop.
 
     Examples
     --------
@@ -85,12 +93,13 @@ class LiveReconstruction(DocumentRouter):
         config: LiveConfig | None = None,
         *,
         mask: np.ndarray | None = None,
+        phase_volume: PhaseVolume | None = None,
     ):
         self.config = config or LiveConfig()
         self.reconstructor = reconstructor
         self.documents: list[tuple[str, dict]] = []
         self._writer = writer
-        self.worker = ReconstructionWorker(reconstructor, self._emit, self.config, mask=mask)
+        self.worker = ReconstructionWorker(reconstructor, self._emit, self.config, mask=mask, phase_volume=phase_volume)
         self.worker.start()
         self._runs: dict[str, _RawRun] = {}
         self._desc: dict[str, _RawRun] = {}
@@ -122,7 +131,7 @@ class LiveReconstruction(DocumentRouter):
             return name, doc
 
     def start(self, doc):
-        run = _RawRun(doc["uid"])
+        run = _RawRun(doc["uid"], motor=rocking_motor(doc, self.config.rocking))
         run.normalizer = normalizer(lambda name, d: self._normalized(run, name, d))
         self._runs[run.uid] = run
         self.stats["runs"] += 1
@@ -149,6 +158,8 @@ class LiveReconstruction(DocumentRouter):
 
     def event(self, doc):
         run = self._desc.get(doc["descriptor"])
+        if run is not None and run.motor in doc["data"]:
+            self._positions(run, [doc["seq_num"]], [doc["data"][run.motor]])
         if run is None or run.image_key not in doc["data"]:
             return
         value = doc["data"][run.image_key]
@@ -160,6 +171,8 @@ class LiveReconstruction(DocumentRouter):
 
     def event_page(self, doc):
         run = self._desc.get(doc["descriptor"])
+        if run is not None and run.motor in doc["data"]:
+            self._positions(run, doc["seq_num"], doc["data"][run.motor])
         if run is None or run.image_key not in doc["data"]:
             return
         seqs, frames = doc["seq_num"], doc["data"][run.image_key]
@@ -172,6 +185,13 @@ class LiveReconstruction(DocumentRouter):
         except ValueError:  # frames of different shapes: one item each
             for seq, frame in zip(seqs, frames):
                 self._put_frames(run, Frames(run.uid, [seq], np.asarray(frame)[np.newaxis]))
+
+    def _positions(self, run: _RawRun, seq_nums: list, values: list) -> None:
+        """Record the rocking motor's readings; one that is not a number is counted, not raised."""
+        try:
+            run.positions.update((int(s), float(v)) for s, v in zip(seq_nums, values))
+        except (TypeError, ValueError):
+            self.stats["unreadable_positions"] += 1
 
     def resource(self, doc):
         run = self._runs.get(doc.get("run_start", "")) or self._latest_run()
@@ -230,7 +250,7 @@ class LiveReconstruction(DocumentRouter):
         for uid in run.descriptors:
             self._desc.pop(uid, None)
         self._resource_runs = {k: r for k, r in self._resource_runs.items() if r is not run}
-        self._put(RunStop(run.uid, doc, tuple(run.dropped), run.note))
+        self._put(RunStop(run.uid, doc, tuple(run.dropped), run.note, run.positions))
 
     def _normalize(self, run: _RawRun, name: str, doc: dict) -> None:
         """Feed the run's normalizer; a failure is counted and kept for the frames it costs."""
@@ -300,3 +320,7 @@ class LiveReconstruction(DocumentRouter):
     def derived_uid(self, raw_uid: str) -> str | None:
         """The uid of the derived run of ``raw_uid`` (None if not started here)."""
         return self.worker.derived_uids.get(raw_uid)
+
+    def volume_uid(self, raw_uid: str) -> str | None:
+        """The uid of the 3D run of the rocking scan ``raw_uid`` (None if none was started here)."""
+        return self.worker.volumes.uids.get(raw_uid)

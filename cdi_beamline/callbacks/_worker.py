@@ -1,5 +1,6 @@
 """The reconstruction worker: a thread, a queue and the max-wait deadline around one
-:class:`RunAssembler` and one :class:`DerivedRun` per raw run."""
+:class:`RunAssembler` and one :class:`DerivedRun` per raw run (and, for a rocking scan, a
+:class:`VolumeStack` handed to :class:`VolumeJobs` at its stop)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from ..config import LiveConfig
-from ..results import LIVE, RAW_IMAGE_KEY, RAW_STREAM, RECONSTRUCTOR, ResultRows
+from ..results import LIVE, RAW_IMAGE_KEY, RAW_STREAM, RECONSTRUCTOR, REPROCESSED, ResultRows
 from ._assembler import Engine, RunAssembler
 from ._derived import DerivedRun, Emit
 from ._external import UnreadableFrames, read_stream_datum
 from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, Unreadable, WorkItem
+from ._volume import PhaseVolume, VolumeJobs, VolumeStack
 
 __all__ = ["ReconstructionWorker"]
 
@@ -36,6 +38,7 @@ class _Run:
     derived: DerivedRun | None = None
     waiting_since: float | None = None
     errors: list[str] = field(default_factory=list)
+    volume: VolumeStack | None = None
 
 
 class ReconstructionWorker:
@@ -60,6 +63,9 @@ class ReconstructionWorker:
         Extra start metadata of every derived run (reprocess: ``reprocessed``, ``supersedes``).
     clock : callable () -> float
         Seconds, monotonic; the deadline's clock.
+    phase_volume : PhaseVolume, optional
+        How a rocking scan's volume is phased (default ``multistart`` on the engine's device);
+        the 3D jobs run on :attr:`volumes`' thread, :class:`Sync` and :class:`Quit` wait for them.
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class ReconstructionWorker:
         mask: np.ndarray | None = None,
         metadata: dict | None = None,
         clock: Callable[[], float] = time.monotonic,
+        phase_volume: PhaseVolume | None = None,
     ):
         self.reconstructor = reconstructor
         self.emit = emit
@@ -88,6 +95,15 @@ class ReconstructionWorker:
         self._provenance: dict | None = None
         self._listeners: list[RowsListener] = []
         self._thread = threading.Thread(target=self._loop, name="cdi-reconstruction", daemon=True)
+        self.volumes = VolumeJobs(
+            emit,
+            self.results_dir,
+            config.rocking,
+            seed=config.seed,
+            phase=phase_volume,
+            device=getattr(reconstructor, "device", "cpu"),
+            stats=self.stats,
+        )
 
     def add_listener(self, listener: RowsListener) -> None:
         """Call ``listener(raw_uid, rows)`` (in the worker's thread) after rows are written."""
@@ -110,6 +126,7 @@ class ReconstructionWorker:
             try:
                 if isinstance(item, Quit):
                     self.flush_all()
+                    self.volumes.wait()
                     return
                 self.handle(item)
                 self.flush_due()
@@ -146,6 +163,7 @@ class ReconstructionWorker:
     # -- items -------------------------------------------------------------------------------
     def _dispatch(self, item: WorkItem) -> None:
         if isinstance(item, RunStart):
+            volume = self.volumes.stack(item.raw_start)
             self._runs[item.raw_uid] = _Run(
                 dict(item.raw_start),
                 RunAssembler(
@@ -154,7 +172,9 @@ class ReconstructionWorker:
                     seed=self.config.seed,
                     stats=self.stats,
                     preprocess=self.config.preprocess,
+                    keep=None if volume is None else volume.add,
                 ),
+                volume=volume,
             )
             self.stats["runs"] += 1
         elif isinstance(item, ImageSpec):
@@ -173,9 +193,11 @@ class ReconstructionWorker:
             self._stop(item)
         elif isinstance(item, Sync):
             self.flush_all()
+            self.volumes.wait()
             item.done.set()
         elif isinstance(item, Quit):
             self.flush_all()
+            self.volumes.wait()
         else:
             raise TypeError(f"unknown work item {item!r}")
 
@@ -227,6 +249,11 @@ class ReconstructionWorker:
             counts={"received": run.assembler.received},
             metadata=run.assembler.metadata(),
         )
+        if run.volume is not None:
+            metadata = {RAW_IMAGE_KEY: run.image_key, **run.assembler.metadata()}
+            if REPROCESSED in self.metadata:
+                metadata[REPROCESSED] = self.metadata[REPROCESSED]
+            self.volumes.submit(run.volume, item.positions, metadata)
 
     # -- helpers -------------------------------------------------------------------------------
     def _mark(self, run: _Run) -> None:

@@ -17,8 +17,10 @@ def add_parser(subparsers) -> None:
         help="run a simulated scan with live reconstruction into a local Tiled server",
         description="Start the embedded Tiled server in DIR, run a Bluesky scan of a simulated detector "
         "(synthetic patterns, or the measured APS 34-ID-C rocking scan replayed against a rocking motor) "
-        "with LiveReconstruction subscribed, and print where the results are and a summary. Writes "
-        "DIR/demo_recent.png (amplitude and unwrapped phase of frames across the scan). The data stay in DIR: "
+        "with LiveReconstruction subscribed, and print where the results are and a summary. The rocking scan "
+        "is also phased in 3D after its last frame (the 64 frames around the brightest, several random starts) "
+        "into a 3D run linked to the raw run. Writes DIR/demo_recent.png (amplitude and unwrapped phase of "
+        "frames across the scan, and slices through the 3D crystal). The data stay in DIR: "
         "`cdi-beamline results --data-dir DIR` lists them again.",
     )
     p.add_argument("--data-dir", default="cdi-demo", metavar="DIR", help="data directory (default ./cdi-demo)")
@@ -53,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import CDIRuntimeError, CDIValueError
     from ..phasing import unwrap
     from ..plotting import plot_scan_overview
-    from ..results import PREPROCESS, format_counts
+    from ..results import PREPROCESS, RAW_SEQ_NUM, ROCKING, VOLUME_SUMMARY, format_counts
     from ..results import counts as count_frames
-    from ..tiled import load_results
+    from ..tiled import load_results, load_volume
 
     quiet_logs()
     if args.frames is not None and args.frames < 1:
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             theta = RockingMotor("theta")
             det = ReplayDetector(source, name="det", motor=theta)
             plan = scan([det], theta, float(source.angles[0]), float(source.angles[-1]), n)
+            print(f"a rocking scan: after its last frame the stack is phased in 3D ({live.rocking.starts} starts)")
         else:
             det = ReplayDetector(source, name="det")
             plan = count([det], n)
@@ -123,9 +126,11 @@ def run(args: argparse.Namespace) -> int:
         if derived_uid is None:
             raise CDIRuntimeError(f"no derived run was started for raw run {raw_uid} (see the log)")
         res = load_results(session.client, derived_uid)
+        volume_uid = session.callback.volume_uid(raw_uid)
+        volume = None if volume_uid is None else load_volume(session.client, volume_uid)
         png = data_dir / "demo_recent.png"
         if not args.no_plot:
-            plot_scan_overview(res, png, unwrap=unwrap)
+            plot_scan_overview(res, png, unwrap=unwrap, volume=volume)
         uri = session.uri
     ok = res["status"] == "ok"
     chi2 = res["chi2"][ok]
@@ -139,6 +144,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"status       {format_counts(counts)}")
     if chi2.size:
         print(f"chi2 (ok)    mean {np.mean(chi2):.4g}, worst {np.max(chi2):.4g}")
+    if volume is not None:
+        summary, rocking = volume["stop"].get(VOLUME_SUMMARY, {}), volume["start"][ROCKING]
+        if "amplitude" in volume:
+            starts = volume["chi2_starts"]
+            print(
+                f"3D run       {volume_uid}  {'x'.join(map(str, volume['amplitude'].shape))} "
+                f"(frames {volume[RAW_SEQ_NUM][0]}-{volume[RAW_SEQ_NUM][-1]} around {rocking['brightest_seq_num']}, "
+                f"{rocking['motor']} step {rocking['step_deg']:.4g} deg)"
+            )
+            print(
+                f"chi2 (3D)    {volume['chi2']:.4g}  ({len(starts)} starts: {starts.min():.4g}-{starts.max():.4g}; "
+                f"{summary.get('seconds', float('nan')):.1f} s)"
+            )
+        else:
+            print(f"3D run       {volume_uid}  {summary.get('status')}: {summary.get('reason')}")
+    elif source.angles is not None:
+        why = session.callback.worker.volumes.skipped.get(raw_uid, "see the log")
+        print(f"3D run       none: {why}")
     if preprocess is not None:
         record = res["stop"].get(PREPROCESS) or {}
         roi = record.get("roi")
@@ -147,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"preprocess   dark + whitefield, ROI {where} of the {source.shape[0]}x{source.shape[1]} frames")
     print(
-        f"rate         {n / (t_done - t_scan):.1f} frames/s end to end (scan start -> results in Tiled); "
+        f"rate         {n / (t_done - t_scan):.1f} frames/s end to end (scan start -> results in Tiled"
+        f"{', the 3D run included' if volume is not None else ''}); "
         f"total {time.perf_counter() - t0:.1f} s"
     )
     print(f"data         {data_dir} (Tiled catalog in tiled/, results HDF5 in results/)")

@@ -173,11 +173,27 @@ def _print_undelivered(data_dir: str | None) -> None:
             print(f"{len(waiting)} run(s) not yet delivered to Tiled wait in {spool} (sent when Tiled answers)")
 
 
+def _volume_item(run) -> dict:
+    """A 3D run's line in the listing: uid, status, reason, chi², depth, brightest frame."""
+    from ..results import ROCKING, VOLUME_SUMMARY
+
+    start, stop = run.metadata["start"], run.metadata.get("stop") or {}
+    summary = stop.get(VOLUME_SUMMARY) or {"status": "running", "reason": "", "chi2": float("nan")}
+    return {
+        "uid": start["uid"],
+        "status": summary["status"],
+        "reason": summary["reason"],
+        "chi2": _finite(float(summary["chi2"])),
+        "depth": start[ROCKING]["depth"],
+        "brightest_seq_num": start[ROCKING]["brightest_seq_num"],
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..results import counts, format_counts
-    from ..tiled import derived_runs, load_results
+    from ..tiled import derived_runs, load_results, volume_runs
 
     quiet_logs()
     client = open_client(args)
@@ -208,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
                 "chi2": [_finite(float(c)) for c in res["chi2"]],
                 "status": [str(s) for s in res["status"]],
                 "reason": [str(s) for s in res["reason"]],
+                "volumes": [_volume_item(v) for v in volume_runs(client, start[PARENT_UID])],
             }
         )
     if args.json:
@@ -230,6 +247,13 @@ def run(args: argparse.Namespace) -> int:
             f" chi2 (ok) mean {mean}, worst {worst}; exit {item['exit_status']}"
         )
         print(f"  status {format_counts(c)}")
+        for v in item["volumes"]:
+            chi = "-" if v["chi2"] is None else f"{v['chi2']:.4g}"
+            why = f" ({v['reason']})" if v["reason"] else ""
+            print(
+                f"  3D run {v['uid']}: {v['status']}{why}, chi2 {chi}, "
+                f"{v['depth']} frames around seq_num {v['brightest_seq_num']}"
+            )
         print("  seq_num        chi2  status         reason")
         for s, x, st, why in zip(item[RAW_SEQ_NUM], item["chi2"], item["status"], item["reason"]):
             chi = "nan" if x is None else f"{x:.5f}"

@@ -1,16 +1,79 @@
-"""LiveConfig (callback, worker, queue policy) and StoreConfig (Tiled)."""
+"""LiveConfig (callback, worker, queue policy, 3D at the end of a rocking scan) and StoreConfig (Tiled)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ._base import FrozenModel
+from .geometry import BraggGeometry
 from .preprocess import PreprocessConfig
+from .refine import RefineConfig
 
-__all__ = ["LiveConfig", "StoreConfig"]
+__all__ = ["LiveConfig", "RockingConfig", "StoreConfig"]
+
+
+class RockingConfig(FrozenModel):
+    """The 3D reconstruction at the end of a rocking scan: which runs are rocking scans, which
+    frames make the volume, how it is phased.
+
+    A run is a rocking scan when its start document names at least one detector and exactly
+    one motor (``motors``: what bluesky's ``scan``, ``rel_scan``, ``list_scan`` write), and
+    that motor is a rocking angle: its name, or the last ``_``/``-``/``.`` separated part of
+    it (``sample_th``), is one of :attr:`motors` (case ignored). The motor's readings in the
+    raw stream are the rocking angles.
+    """
+
+    enabled: bool = True
+    """Phase the stack of every rocking scan in 3D after its stop document."""
+
+    motors: tuple[str, ...] = ("th", "theta", "eta", "omega", "phi")
+    """Names of the motors that rock the crystal."""
+
+    min_frames: int = Field(16, ge=2)
+    """Fewest frames with data a rocking scan needs for a 3D reconstruction; with fewer,
+    no 3D run is written (a log line says why)."""
+
+    depth: int = Field(64, ge=2)
+    """Frames along the rocking axis in the volume: those around the brightest frame (all
+    of them when the scan has fewer). With the default 64 and a 64x64 ROI, a 64^3 volume."""
+
+    starts: int = Field(4, ge=1)
+    """Random starts phased together as one batch (``cdi_beamline.phasing.multistart``)."""
+
+    keep: int = Field(1, ge=1)
+    """Starts of lowest chi² kept, aligned and averaged (at most :attr:`starts`). 1 keeps the
+    best start alone: on the APS 34-ID-C 64^3 volume (600 iterations, 4 starts, each start
+    chi² 0.0055-0.0065) the average of the best 2 came out at chi² 0.028 (spread 0.29 in
+    amplitude, 0.22 rad in phase), the best alone at 0.0055 (2-core x86-64 CPU, 2026-12-03)."""
+
+    refine: RefineConfig = RefineConfig()
+    """Schedule (default 600 iterations), shrink-wrap and supports of the 3D phasing."""
+
+    geometry_keys: dict[str, str] = {
+        "energy_kev": "energy_kev",
+        "distance_m": "detector_distance_m",
+        "pixel_size_m": "detector_pixel_size_m",
+        "delta_deg": "delta_deg",
+        "gamma_deg": "gamma_deg",
+        "rocking_axis": "rocking_axis",
+    }
+    """:class:`BraggGeometry` field -> the raw start-document key it is read from. The fields
+    the start gives are recorded in the 3D run; when they make a whole ``BraggGeometry``
+    (the rocking step comes from the motor's readings), the volume is also put on
+    orthogonal lab axes. Give the pixel size after any binning."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RockingConfig:
+        if self.keep > self.starts:
+            raise ValueError(f"keep ({self.keep}) must be at most starts ({self.starts})")
+        fields = set(BraggGeometry.model_fields) - {"rocking_step_deg"}
+        unknown = sorted(set(self.geometry_keys) - fields)
+        if unknown:
+            raise ValueError(f"geometry_keys: {unknown} are not BraggGeometry fields ({sorted(fields)})")
+        return self
 
 
 class LiveConfig(FrozenModel):
@@ -45,6 +108,9 @@ class LiveConfig(FrozenModel):
     """Raw detector counts to the phased modulus (dark, flat, mask, threshold, ROI, binning),
     one :class:`cdi_beamline.preprocess.Preprocessor` per run (an automatic ROI is chosen
     once per run); None: frames are phased as they come (centred patterns, engine's units)."""
+
+    rocking: RockingConfig = RockingConfig()
+    """The 3D reconstruction of each rocking scan's stack of frames, after its stop document."""
 
 
 class StoreConfig(FrozenModel):

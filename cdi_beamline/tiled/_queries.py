@@ -14,9 +14,19 @@ from typing import Any
 import numpy as np
 
 from ..errors import CDIValueError
-from ..results import DERIVED_KIND, KIND, PARENT_UID, PROCESSED, STREAM, ResultRows, find_image_key
+from ..results import (
+    DERIVED_KIND,
+    KIND,
+    PARENT_UID,
+    PROCESSED,
+    STREAM,
+    VOLUME_KIND,
+    ResultRows,
+    VolumeResult,
+    find_image_key,
+)
 
-__all__ = ["derived_of", "derived_runs", "load_raw_frames", "load_results", "processed"]
+__all__ = ["derived_of", "derived_runs", "load_raw_frames", "load_results", "load_volume", "processed", "volume_runs"]
 
 _CATALOG_SPEC = "CatalogOfBlueskyRuns"
 
@@ -62,18 +72,25 @@ def _catalogs(client) -> list:
     return [client] if container is None else [container, client]
 
 
-def derived_runs(client, raw_uid: str | None = None) -> list:
+def derived_runs(client, raw_uid: str | None = None, *, kind: str = DERIVED_KIND) -> list:
     """Derived (reconstruction) runs of the run catalog ``client``, oldest first; only those
-    of ``raw_uid`` if given."""
+    of ``raw_uid`` if given. ``kind``: the per-frame 2D runs (default), or
+    :data:`cdi_beamline.results.VOLUME_KIND` for the 3D runs of rocking scans."""
     from tiled.queries import Key
 
     runs: list[Any] = []
     for catalog in _catalogs(client):
-        results = catalog.search(Key(f"start.{KIND}") == DERIVED_KIND)
+        results = catalog.search(Key(f"start.{KIND}") == kind)
         if raw_uid is not None:
             results = results.search(Key(f"start.{PARENT_UID}") == raw_uid)
         runs.extend(results[uid] for uid in results)
     return sorted(runs, key=lambda r: r.metadata["start"]["time"])
+
+
+def volume_runs(client, raw_uid: str | None = None) -> list:
+    """The 3D runs (rocking scans) of the run catalog ``client``, oldest first; only those of
+    ``raw_uid`` if given."""
+    return derived_runs(client, raw_uid, kind=VOLUME_KIND)
 
 
 def derived_of(raw_run) -> list:
@@ -118,6 +135,33 @@ def load_results(client, derived_uid: str) -> dict[str, Any]:
         raise CDIValueError(f"run {derived_uid!r} is not a derived reconstruction run")
     rows = ResultRows.from_columns(run[STREAM].read()) if STREAM in run else ResultRows.empty()
     return {**rows.to_dict(), "start": dict(md["start"]), "stop": dict(md.get("stop") or {})}
+
+
+def load_volume(client, volume_uid: str) -> dict[str, Any]:
+    """The 3D run of a rocking scan as numpy arrays.
+
+    Returns
+    -------
+    dict
+        ``amplitude``, ``phase`` (D, H, W) float32, ``support`` (D, H, W) bool,
+        ``chi2_starts`` (N,) float32, ``rocking_angle`` (D,) float64, ``raw_seq_num`` (D,)
+        int64, with a geometry ``lab_amplitude``, ``lab_phase`` (Z, Y, X) float32 and
+        ``lab_support`` bool, ``chi2``, ``spread_amplitude``, ``spread_phase`` floats (keys of
+        :data:`~cdi_beamline.results.VOLUME_ARRAY_DTYPES` and
+        :data:`~cdi_beamline.results.VOLUME_SCALAR_DTYPES`; absent when the phasing failed),
+        and ``start``, ``stop``: the run's documents (``stop[VOLUME_SUMMARY]``: status, reason).
+
+    Raises
+    ------
+    CDIValueError
+        When the run is not a 3D run.
+    """
+    run = _v3(_derived_run(client, volume_uid))
+    md = run.metadata
+    if md["start"].get(KIND) != VOLUME_KIND:
+        raise CDIValueError(f"run {volume_uid!r} is not a 3D run of a rocking scan")
+    result = VolumeResult.from_columns(run[STREAM].read()).to_dict() if STREAM in run else {}
+    return {**result, "start": dict(md["start"]), "stop": dict(md.get("stop") or {})}
 
 
 def load_raw_frames(
