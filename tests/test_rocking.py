@@ -19,7 +19,9 @@ from cdi_beamline.callbacks import (
     reprocess,
     rocking_motor,
 )
+from cdi_beamline.cli import main
 from cdi_beamline.config import ConfigError, LiveConfig, RefineConfig, RockingConfig
+from cdi_beamline.cxi import read_cxi
 from cdi_beamline.devices import FrameSource, ReplayDetector, RockingMotor
 from cdi_beamline.phasing import align
 from cdi_beamline.results import GEOMETRY, PARENT_UID, ROCKING, VOLUME_KIND, VOLUME_SUMMARY
@@ -149,7 +151,7 @@ def test_stack_takes_the_depth_around_the_brightest_frame_and_masks_gaps():
 # --- through the RunEngine and Tiled ------------------------------------------------------------
 
 
-def test_rocking_scan_gives_a_3d_run_linked_to_the_raw_run(source, tiled_server, client, run_engine):
+def test_rocking_scan_gives_a_3d_run_linked_to_the_raw_run(source, tiled_server, client, run_engine, tmp_path):
     raw_writer = make_writer(client, tiled_server.spool_dir)
     rocking = RockingConfig(
         starts=2, keep=1, min_frames=16, refine=RefineConfig(schedule="(HIO**80 * ER**20)**2", shrinkwrap_start=50)
@@ -195,6 +197,16 @@ def test_rocking_scan_gives_a_3d_run_linked_to_the_raw_run(source, tiled_server,
     assert np.ptp(vol["phase"][strong]) < 2.5
     (derived,) = derived_runs(client, raw_uid)  # the per-frame 2D previews stay
     assert derived.metadata["stop"]["cdi_counts"]["received"] == N
+
+    # export: the 3D run as one CXI volume (the default where there is one), the previews on request
+    store = ["--uri", tiled_server.uri, "--api-key", tiled_server.api_key]
+    assert main(["export", raw_uid, "--out", str(tmp_path / "v.cxi"), *store]) == 0
+    cxi = read_cxi(tmp_path / "v.cxi")
+    np.testing.assert_allclose(np.abs(cxi.object), vol["amplitude"], rtol=1e-6)
+    np.testing.assert_array_equal(cxi.support, vol["support"])
+    assert cxi.geometry["energy_kev"] == pytest.approx(9.0) and cxi.geometry["delta_deg"] == pytest.approx(32.0)
+    assert main(["export", raw_uid, "--what", "previews", "--out", str(tmp_path / "p.cxi"), *store]) == 0
+    assert read_cxi(tmp_path / "p.cxi").object.shape[0] == N
 
     # offline: reprocess rebuilds the 3D run too, its angles read back from the raw stream
     writer = make_writer(processed(client), tiled_server.spool_dir)
