@@ -76,7 +76,7 @@ def multistart(
     mask: torch.Tensor | None = None,
     config: RefineConfig | None = None,
     starts: int = 8,
-    keep: int = 4,
+    keep: int = 1,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> MultiStartResult:
@@ -89,7 +89,10 @@ def multistart(
     mask : (*spatial) bool, True = measured, or None (all measured)
     config : as for :func:`.refine.refine` (default :class:`RefineConfig`)
     starts : random starts, run as one batch
-    keep : solutions of lowest chi² averaged
+    keep : solutions of lowest chi² averaged. Default 1, the best start alone: averaging
+        starts that converged to different local solutions raises chi² (APS 34-ID-C 64³
+        crop, 600 iterations: best start 0.0056, the average of the best 4: 0.02; 2-core
+        x86-64 CPU, 2026-12-03), though it shows their spread
     seed : seed of the random starts (start ``i`` differs from start ``j``)
     progress : ``progress(iterations_done, total)``, as for :func:`.refine.refine`
 
