@@ -64,6 +64,7 @@ def _live(rec, tiled_server, client, tiled_batch=64, **live):
     return cb, writer
 
 
+@pytest.mark.catalogs
 def test_scan_gives_linked_derived_run_matching_offline(rec, source, tiled_server, client, run_engine):
     raw_writer = make_writer(client, tiled_server.spool_dir)
     cb, writer = _live(rec, tiled_server, client, max_wait_s=60)
@@ -182,6 +183,7 @@ class FailingOnce(Reconstructor):
         return super().reconstruct(frames, **kw)
 
 
+@pytest.mark.catalogs
 def test_worker_raising_is_recorded_and_reprocess_rebuilds(source, tiled_server, client, run_engine, capsys):
     from cdi_beamline.cli import main
 

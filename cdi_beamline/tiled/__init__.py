@@ -1,7 +1,8 @@
 """Tiled storage: the embedded server of a data directory, writers that survive outages,
 result queries.
 
-- :mod:`._server`: :class:`EmbeddedTiled` (+ its API key), :func:`connect`, :func:`serving`;
+- :mod:`._server`: :class:`EmbeddedTiled` (SQLite or PostgreSQL catalog, its API key),
+  :func:`connect`, :func:`serving`;
 - :mod:`._spool`: :class:`SpoolingWriter` (a local journal, delivered by a thread of its own),
   :func:`make_writer`, :func:`quarantined`;
 - :mod:`._shapes`: :class:`ShapeGuard` (a frame of another shape does not make a raw run unstorable);
@@ -12,7 +13,17 @@ result queries.
 
 from ._codec import decode_document, decode_line, encode_document, encode_line
 from ._queries import derived_of, derived_runs, load_raw_frames, load_results, processed
-from ._server import CATALOG_KEY, DataDir, EmbeddedTiled, close_at_exit, connect, reachable, serving
+from ._server import (
+    CATALOG_KEY,
+    MIN_API_KEY_CHARS,
+    DataDir,
+    EmbeddedTiled,
+    close_at_exit,
+    connect,
+    reachable,
+    redact,
+    serving,
+)
 from ._shapes import ODD_SEQ_NUM, ShapeGuard, odd_stream
 from ._spool import (
     FORCED_RETRY,
@@ -28,6 +39,7 @@ from ._spool import (
 __all__ = [
     "CATALOG_KEY",
     "FORCED_RETRY",
+    "MIN_API_KEY_CHARS",
     "MAX_REWRITES",
     "ODD_SEQ_NUM",
     "QUARANTINE",
@@ -50,6 +62,7 @@ __all__ = [
     "processed",
     "quarantined",
     "reachable",
+    "redact",
     "serving",
     "temporary",
     "undelivered",
