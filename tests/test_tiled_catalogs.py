@@ -73,8 +73,10 @@ def test_a_moved_or_copied_data_directory_serves_its_runs(kind, tmp_path, run_en
 def test_serving_beyond_loopback_needs_a_long_enough_api_key(tmp_path, monkeypatch):
     with pytest.raises(CDIValueError, match="reachable from other hosts: give the API key"):
         EmbeddedTiled(tmp_path / "d", host="0.0.0.0")
-    with pytest.raises(CDIValueError, match=f"at least {MIN_API_KEY_CHARS} characters, got 5"):
+    with pytest.raises(CDIValueError, match=f"at least {MIN_API_KEY_CHARS} letters and digits .*, got 5 characters"):
         EmbeddedTiled(tmp_path / "d", host="0.0.0.0", api_key="short")
+    with pytest.raises(CDIValueError, match="letters and digits"):  # Tiled would refuse it only once started
+        EmbeddedTiled(tmp_path / "d", host="0.0.0.0", api_key="a-key-with-dashes-in-it")
     monkeypatch.delenv("TILED_API_KEY", raising=False)
     with pytest.raises(CDIValueError, match="reachable from other hosts"):
         cli.main(["-v", "serve", "--data-dir", str(tmp_path / "d"), "--host", "0.0.0.0"])
@@ -92,7 +94,7 @@ def test_an_unreachable_catalog_is_one_clear_error_without_its_password(tmp_path
 def test_serve_config_with_postgresql_on_every_interface(pg_catalog, postgres, tmp_path):
     """`cdi-beamline serve --config tiled.yml`: a PostgreSQL catalog, bound to 0.0.0.0 with the
     configured key; clients without it are refused; Ctrl-C stops it."""
-    key = "k" * MIN_API_KEY_CHARS + "-facility"
+    key = "k" * MIN_API_KEY_CHARS + "facility"
     config = tmp_path / "tiled.yml"
     config.write_text(f"data_dir: {tmp_path / 'facility'}\ncatalog: {pg_catalog}\nhost: 0.0.0.0\napi_key: {key}\n")
     env = {k: v for k, v in os.environ.items() if k != "TILED_API_KEY"}

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     with EmbeddedTiled(
         store.data_dir, store.port, exclusive=True, catalog=store.catalog, host=store.host, api_key=store.api_key
     ) as server:
+        server.client()  # creates the run catalog now: clients by --uri find it from the start
         print(f"serving {server.data_dir}", flush=True)
         print(f"  catalog  {redact(server.catalog)}", flush=True)
         print(f"  listen   {server.host}:{server.port}", flush=True)

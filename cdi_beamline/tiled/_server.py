@@ -137,13 +137,13 @@ class EmbeddedTiled:
         Interface to listen on; another than loopback (``0.0.0.0``, the host's address)
         needs ``api_key``.
     api_key : str, optional
-        The key clients must send (at least :data:`MIN_API_KEY_CHARS` characters); None:
-        the directory's own (generated on first use).
+        The key clients must send (at least :data:`MIN_API_KEY_CHARS` letters and digits);
+        None: the directory's own (generated on first use).
 
     Raises
     ------
     CDIValueError
-        ``host`` beyond loopback without ``api_key``, or a key too short.
+        ``host`` beyond loopback without ``api_key``, or a key too short or not alphanumeric.
     CDIRuntimeError
         The catalog cannot be opened (database unreachable, refused), the directory is
         already served (``exclusive``), or this process already uses another API key.
@@ -164,13 +164,16 @@ class EmbeddedTiled:
         host: str = StoreConfig.model_fields["host"].default,
         api_key: str | None = None,
     ):
-        if api_key is not None and len(api_key) < MIN_API_KEY_CHARS:
-            raise CDIValueError(f"the API key must have at least {MIN_API_KEY_CHARS} characters, got {len(api_key)}")
+        if api_key is not None and not (len(api_key) >= MIN_API_KEY_CHARS and api_key.isascii() and api_key.isalnum()):
+            raise CDIValueError(
+                f"the API key must be at least {MIN_API_KEY_CHARS} letters and digits (Tiled refuses other "
+                f"characters; e.g. `openssl rand -hex 32`), got {len(api_key)} characters"
+            )
         if api_key is None and not _is_loopback(host):
             raise CDIValueError(
                 f"serving on {host} makes the catalog reachable from other hosts: give the API key "
                 f"clients must send (--api-key, $TILED_API_KEY or api_key in the configuration; "
-                f"at least {MIN_API_KEY_CHARS} characters)"
+                f"at least {MIN_API_KEY_CHARS} letters and digits)"
             )
         dirs = DataDir.of(data_dir)
         self._dirs = dirs
@@ -384,8 +387,18 @@ def redact(catalog: str) -> str:
 
 def _reroot(catalog: str, old: Path, new: Path) -> None:
     """Rewrite the catalog's asset URIs under folder ``old`` to lie under ``new`` (a data
-    directory moved or copied; Tiled stores absolute URIs)."""
+    directory moved or copied; Tiled stores absolute URIs). The new folder goes in as a plain
+    path, as Tiled writes and reads its URIs (it does not unquote them); the old one is
+    matched plain or percent-encoded (``Path.as_uri``)."""
     from tiled.utils import ensure_specified_sql_driver
+
+    befores = list(dict.fromkeys((f"{old}/", f"{quote(str(old))}/")))
+
+    def moved(uri: str) -> str:
+        for before in befores:
+            if before in uri:
+                return uri.replace(before, f"{new}/", 1)
+        return uri
 
     async def rewrite() -> None:
         from sqlalchemy import text
@@ -394,15 +407,12 @@ def _reroot(catalog: str, old: Path, new: Path) -> None:
         engine = create_async_engine(ensure_specified_sql_driver(catalog))
         try:
             async with engine.begin() as conn:
-                for before, after in ((str(old), str(new)), (quote(str(old)), quote(str(new)))):
-                    rows = await conn.execute(
-                        text("SELECT id, data_uri FROM assets WHERE data_uri LIKE :pattern"),
-                        {"pattern": f"%{before}/%"},
-                    )
-                    for asset_id, uri in rows.all():
+                rows = (await conn.execute(text("SELECT id, data_uri FROM assets"))).all()
+                for asset_id, uri in rows:
+                    if moved(uri) != uri:
                         await conn.execute(
                             text("UPDATE assets SET data_uri = :uri WHERE id = :id"),
-                            {"uri": uri.replace(f"{before}/", f"{after}/", 1), "id": asset_id},
+                            {"uri": moved(uri), "id": asset_id},
                         )
         finally:
             await engine.dispose()
