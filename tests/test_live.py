@@ -172,13 +172,13 @@ def test_bad_frames_flagged_and_scan_goes_on(source, tiled_server, client, run_e
 
 
 class FailingOnce(Reconstructor):
-    """The real engine, made to raise on its first call (a worker fault)."""
+    """The real engine, made to raise on its first call (a worker fault); each instance once."""
 
     calls = 0
 
     def reconstruct(self, frames, **kw):
-        type(self).calls += 1
-        if type(self).calls == 1:
+        self.calls += 1
+        if self.calls == 1:
             raise RuntimeError("simulated GPU fault")
         return super().reconstruct(frames, **kw)
 
