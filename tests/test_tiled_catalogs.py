@@ -26,14 +26,16 @@ from cdi_beamline.tiled import MIN_API_KEY_CHARS, EmbeddedTiled, connect, derive
 N = 4  # frames per scan
 
 
-def _scan(store: StoreConfig, run_engine) -> tuple[str, str]:
-    """One scan of N synthetic frames through a live session: (raw uid, derived uid)."""
+def _scan(store: StoreConfig, run_engine) -> tuple[str, str, dict[str, np.ndarray]]:
+    """One scan of N synthetic frames through a live session: raw uid, derived uid, and what
+    the session's server hands out of them."""
     with LiveSession(engine(2), store) as session:
         session.subscribe(run_engine)
         (raw_uid,) = run_engine(count([ReplayDetector(SyntheticSource(n=N, seed=5), name="det")], N)).run_start_uids
         assert session.finish().pending == 0
         (derived,) = derived_runs(session.client, raw_uid)
-    return raw_uid, derived.metadata["start"]["uid"]
+        derived_uid = derived.metadata["start"]["uid"]
+        return raw_uid, derived_uid, _stored(session.client, raw_uid, derived_uid)
 
 
 def _stored(client, raw_uid: str, derived_uid: str) -> dict[str, np.ndarray]:
@@ -50,10 +52,7 @@ def test_a_moved_or_copied_data_directory_serves_its_runs(kind, tmp_path, run_en
     directory moved to another path, served with the catalog it recorded."""
     catalog = request.getfixturevalue("pg_catalog") if kind == "postgresql" else None
     first = tmp_path / "beamline" / "cdi-data"
-    raw_uid, derived_uid = _scan(StoreConfig(data_dir=first, catalog=catalog), run_engine)
-    with EmbeddedTiled(first) as server:  # no catalog given: the recorded one
-        assert server.catalog == (catalog or f"sqlite:///{first / 'tiled' / 'catalog.db'}")
-        before = _stored(server.client(), raw_uid, derived_uid)
+    raw_uid, derived_uid, before = _scan(StoreConfig(data_dir=first, catalog=catalog), run_engine)
     assert before["frames"].shape == (N, 64, 64) and np.isfinite(before["amplitude"]).all()
 
     moved = tmp_path / "archive" / "with space" / "cdi-data"
@@ -63,7 +62,8 @@ def test_a_moved_or_copied_data_directory_serves_its_runs(kind, tmp_path, run_en
     else:
         shutil.move(first, moved)
     shutil.rmtree(tmp_path / "beamline")  # nothing may still point there
-    with EmbeddedTiled(moved) as server:
+    with EmbeddedTiled(moved) as server:  # no catalog given: the one the directory recorded
+        assert server.catalog == (catalog or f"sqlite:///{moved / 'tiled' / 'catalog.db'}")
         after = _stored(server.client(), raw_uid, derived_uid)
         assert (moved / "tiled" / "location").read_text() == str(moved)
     for key in before:
