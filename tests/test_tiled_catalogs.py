@@ -77,7 +77,7 @@ def test_serving_beyond_loopback_needs_a_long_enough_api_key(tmp_path, monkeypat
         EmbeddedTiled(tmp_path / "d", host="0.0.0.0", api_key="short")
     with pytest.raises(CDIValueError, match="letters and digits"):  # Tiled would refuse it only once started
         EmbeddedTiled(tmp_path / "d", host="0.0.0.0", api_key="a-key-with-dashes-in-it")
-    monkeypatch.delenv("TILED_API_KEY", raising=False)
+    monkeypatch.delenv("TILED_SINGLE_USER_API_KEY", raising=False)
     with pytest.raises(CDIValueError, match="reachable from other hosts"):
         cli.main(["-v", "serve", "--data-dir", str(tmp_path / "d"), "--host", "0.0.0.0"])
     assert not (tmp_path / "d").exists()  # refused before anything was created
@@ -97,7 +97,7 @@ def test_serve_config_with_postgresql_on_every_interface(pg_catalog, postgres, t
     key = "k" * MIN_API_KEY_CHARS + "facility"
     config = tmp_path / "tiled.yml"
     config.write_text(f"data_dir: {tmp_path / 'facility'}\ncatalog: {pg_catalog}\nhost: 0.0.0.0\napi_key: {key}\n")
-    env = {k: v for k, v in os.environ.items() if k != "TILED_API_KEY"}
+    env = {k: v for k, v in os.environ.items() if k != "TILED_SINGLE_USER_API_KEY"}
     server = subprocess.Popen(
         [sys.executable, "-m", "cdi_beamline.cli", "serve", "--config", str(config)],
         stdout=subprocess.PIPE,

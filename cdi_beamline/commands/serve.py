@@ -34,7 +34,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--api-key",
         metavar="K",
-        help="the key clients must send (default: $TILED_API_KEY, else DIR's own, generated once)",
+        help="the key clients must send (default: $TILED_SINGLE_USER_API_KEY, as for Tiled's own server; "
+        "else DIR's own, generated once)",
     )
     p.set_defaults(func=run)
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         catalog=args.catalog,
         host=args.host,
         port=args.port,
-        api_key=args.api_key or os.environ.get("TILED_API_KEY") or None,
+        api_key=args.api_key or os.environ.get("TILED_SINGLE_USER_API_KEY") or None,
     )
     # Ctrl-C and SIGTERM stop the server cleanly, also where this process was started with
     # SIGINT ignored (a background job of a non-interactive shell inherits that).

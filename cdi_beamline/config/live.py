@@ -58,8 +58,8 @@ class StoreConfig(FrozenModel):
     """A running Tiled server (``http://host:port``); ``None`` starts the embedded one."""
 
     api_key: str | None = None
-    """API key for ``uri``; for the embedded server, the key it requires (``None``: its own,
-    generated once and kept in ``data_dir/tiled/api_key``)."""
+    """API key for ``uri``; for ``cdi-beamline serve``, the key its server requires (``None``:
+    the data directory's own, generated once and kept in ``data_dir/tiled/api_key``)."""
 
     catalog: str | None = None
     """Catalog of the embedded server: ``postgresql://user@host:5432/db`` (an existing
@@ -67,8 +67,8 @@ class StoreConfig(FrozenModel):
     last served with, else SQLite in ``data_dir/tiled/catalog.db``."""
 
     host: str = "127.0.0.1"
-    """Interface the embedded server listens on; another than loopback (``0.0.0.0``, the
-    host's address) needs ``api_key``."""
+    """Interface ``cdi-beamline serve`` listens on; another than loopback (``0.0.0.0``, the
+    host's address) needs ``api_key``. A live session's own server stays on loopback."""
 
     port: int = Field(0, ge=0, le=65535)
     """Port of the embedded server; 0 picks a free one."""

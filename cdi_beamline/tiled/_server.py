@@ -172,7 +172,7 @@ class EmbeddedTiled:
         if api_key is None and not _is_loopback(host):
             raise CDIValueError(
                 f"serving on {host} makes the catalog reachable from other hosts: give the API key "
-                f"clients must send (--api-key, $TILED_API_KEY or api_key in the configuration; "
+                f"clients must send (--api-key, $TILED_SINGLE_USER_API_KEY or api_key in the configuration; "
                 f"at least {MIN_API_KEY_CHARS} letters and digits)"
             )
         dirs = DataDir.of(data_dir)
