@@ -66,6 +66,7 @@ def _live(rec, tiled_server, client, tiled_batch=64, **live):
     return cb, writer
 
 
+@pytest.mark.catalogs
 def test_scan_gives_linked_derived_run_matching_offline(rec, source, tiled_server, client, run_engine):
     raw_writer = make_writer(client, tiled_server.spool_dir)
     cb, writer = _live(rec, tiled_server, client, max_wait_s=60)
@@ -173,17 +174,18 @@ def test_bad_frames_flagged_and_scan_goes_on(source, tiled_server, client, run_e
 
 
 class FailingOnce(Reconstructor):
-    """The real engine, made to raise on its first call (a worker fault)."""
+    """The real engine, made to raise on its first call (a worker fault); each instance once."""
 
     calls = 0
 
     def reconstruct(self, frames, **kw):
-        type(self).calls += 1
-        if type(self).calls == 1:
+        self.calls += 1
+        if self.calls == 1:
             raise RuntimeError("simulated GPU fault")
         return super().reconstruct(frames, **kw)
 
 
+@pytest.mark.catalogs
 def test_worker_raising_is_recorded_and_reprocess_rebuilds(source, tiled_server, client, run_engine, capsys):
     from cdi_beamline.cli import main
 

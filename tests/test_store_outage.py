@@ -26,6 +26,7 @@ from bluesky import RunEngine
 from bluesky import plan_stubs as bps
 from bluesky.plans import count
 from helpers import ListSource
+from pgserver import catalog_of
 
 from cdi_beamline.callbacks import LiveSession
 from cdi_beamline.config import LiveConfig, ReconstructorConfig, StoreConfig
@@ -54,10 +55,11 @@ def _free_port() -> int:
 
 
 class TiledProcess:
-    """``cdi-beamline serve --data-dir DIR --port P`` in a subprocess; :meth:`kill` by pid."""
+    """``cdi-beamline serve --data-dir DIR --port P [--catalog URI]`` in a subprocess; :meth:`kill` by pid."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, catalog: str | None = None):
         self.data_dir = data_dir
+        self.catalog = catalog
         self.port = _free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -68,7 +70,8 @@ class TiledProcess:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cdi_beamline.cli", "serve", "--data-dir", str(self.data_dir)]
-            + ["--port", str(self.port)],
+            + ["--port", str(self.port)]
+            + (["--catalog", self.catalog] if self.catalog else []),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -96,8 +99,8 @@ class TiledProcess:
 
 
 @pytest.fixture(scope="module")
-def tiled_process(tmp_path_factory):
-    server = TiledProcess(tmp_path_factory.mktemp("served"))
+def tiled_process(request, tmp_path_factory):
+    server = TiledProcess(tmp_path_factory.mktemp("served"), catalog_of(request))
     yield server
     if server.proc is not None and server.proc.poll() is None:
         server.proc.send_signal(signal.SIGINT)
@@ -155,6 +158,7 @@ def _assert_stored(client, raw_uids, n=N):
         assert derived.metadata["stop"]["cdi_counts"]["received"] == n
 
 
+@pytest.mark.catalogs
 def test_session_scans_complete_through_outages_and_every_event_arrives(tiled_process, short_retries, capsys):
     """Outage before a run, across three runs, longer than every timeout, and during a run."""
     RE = RunEngine({})

@@ -14,6 +14,7 @@ from cdi_beamline.results import PROCESSED
 from cdi_beamline.tiled import derived_runs, load_raw_frames, load_results, make_writer, processed
 
 
+@pytest.mark.catalogs
 def test_raw_frames_back_and_refusals(tiled_server, run_engine):
     client = tiled_server.client()
     source = SyntheticSource(n=3, seed=5)
@@ -34,6 +35,7 @@ def test_raw_frames_back_and_refusals(tiled_server, run_engine):
     writer.close()
 
 
+@pytest.mark.catalogs
 def test_processed_container_holds_derived_runs_and_older_ones_are_still_found(tiled_server):
     client = tiled_server.client()
     container = processed(client)

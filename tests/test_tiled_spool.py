@@ -12,6 +12,7 @@ import threading
 
 import httpx
 import numpy as np
+import pytest
 from bluesky import RunEngine
 from bluesky.plans import count
 from event_model import compose_run, pack_event_page
@@ -265,6 +266,7 @@ def test_shape_guard_keeps_the_run_rectangular_and_the_odd_frame_apart():
     assert names == ["start", "descriptor", "event", "event", "descriptor", "event", "event", "stop"]
 
 
+@pytest.mark.catalogs
 def test_resend_replaces_a_partial_run_in_a_real_tiled(tiled_server, tmp_path):
     """A run half-written to Tiled before the outage is deleted and written again whole."""
     client = tiled_server.client()
@@ -302,6 +304,7 @@ def test_resend_replaces_a_partial_run_in_a_real_tiled(tiled_server, tmp_path):
     RE.loop.call_soon_threadsafe(RE.loop.stop)
 
 
+@pytest.mark.catalogs
 def test_a_run_tiledwriter_may_have_doubled_is_rewritten_whole(tiled_server, tmp_path):
     """TiledWriter retries an append that timed out and notes it in the run (rows may be
     there twice): the run is deleted and written again, once."""
@@ -336,6 +339,7 @@ def test_a_run_tiledwriter_may_have_doubled_is_rewritten_whole(tiled_server, tmp
     RE.loop.call_soon_threadsafe(RE.loop.stop)
 
 
+@pytest.mark.catalogs
 def test_a_run_whose_rows_came_twice_is_rewritten_whole(tiled_server, tmp_path):
     """An append that reached Tiled but whose answer was lost is retried by the HTTP client
     without a note: the delivered run's table is then longer than its arrays. The writer reads

@@ -105,7 +105,7 @@ class LiveSession:
         if self.store.uri is None and serving(self.store.data_dir) is not None:
             self.client = connect(data_dir=self.store.data_dir)  # `cdi-beamline serve` runs there
         elif self.store.uri is None:
-            self.server = EmbeddedTiled(self.store.data_dir, port=self.store.port)
+            self.server = EmbeddedTiled(self.store.data_dir, port=self.store.port, catalog=self.store.catalog)
             self.client = self.server.client()
         else:
             self.client = connect(uri=self.store.uri, api_key=self.store.api_key)

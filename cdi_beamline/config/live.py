@@ -114,8 +114,8 @@ class LiveConfig(FrozenModel):
 
 
 class StoreConfig(FrozenModel):
-    """Where runs are stored: the embedded Tiled server under ``data_dir``, or any Tiled
-    server by ``uri`` (+ ``api_key``)."""
+    """Where runs are stored: the embedded Tiled server under ``data_dir`` (``cdi-beamline
+    serve --config`` reads this model too), or any Tiled server by ``uri`` (+ ``api_key``)."""
 
     data_dir: Path = Path("cdi-data")
     """Embedded server's catalog and files, result HDF5 files and the spool."""
@@ -124,7 +124,17 @@ class StoreConfig(FrozenModel):
     """A running Tiled server (``http://host:port``); ``None`` starts the embedded one."""
 
     api_key: str | None = None
-    """API key for ``uri`` (the embedded server keeps its own key in ``data_dir``)."""
+    """API key for ``uri``; for ``cdi-beamline serve``, the key its server requires (``None``:
+    the data directory's own, generated once and kept in ``data_dir/tiled/api_key``)."""
+
+    catalog: str | None = None
+    """Catalog of the embedded server: ``postgresql://user@host:5432/db`` (an existing
+    database; the password best in ``~/.pgpass``); ``None``: the one the data directory was
+    last served with, else SQLite in ``data_dir/tiled/catalog.db``."""
+
+    host: str = "127.0.0.1"
+    """Interface ``cdi-beamline serve`` listens on; another than loopback (``0.0.0.0``, the
+    host's address) needs ``api_key``. A live session's own server stays on loopback."""
 
     port: int = Field(0, ge=0, le=65535)
     """Port of the embedded server; 0 picks a free one."""

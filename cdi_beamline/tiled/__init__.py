@@ -1,7 +1,8 @@
 """Tiled storage: the embedded server of a data directory, writers that survive outages,
 result queries.
 
-- :mod:`._server`: :class:`EmbeddedTiled` (+ its API key), :func:`connect`, :func:`serving`;
+- :mod:`._server`: :class:`EmbeddedTiled` (SQLite or PostgreSQL catalog, its API key),
+  :func:`connect`, :func:`serving`;
 - :mod:`._spool`: :class:`SpoolingWriter` (a local journal, delivered by a thread of its own),
   :func:`make_writer`, :func:`quarantined`;
 - :mod:`._shapes`: :class:`ShapeGuard` (a frame of another shape does not make a raw run unstorable);
@@ -21,7 +22,17 @@ from ._queries import (
     processed,
     volume_runs,
 )
-from ._server import CATALOG_KEY, DataDir, EmbeddedTiled, close_at_exit, connect, reachable, serving
+from ._server import (
+    CATALOG_KEY,
+    MIN_API_KEY_CHARS,
+    DataDir,
+    EmbeddedTiled,
+    close_at_exit,
+    connect,
+    reachable,
+    redact,
+    serving,
+)
 from ._shapes import ODD_SEQ_NUM, ShapeGuard, odd_stream
 from ._spool import (
     FORCED_RETRY,
@@ -37,6 +48,7 @@ from ._spool import (
 __all__ = [
     "CATALOG_KEY",
     "FORCED_RETRY",
+    "MIN_API_KEY_CHARS",
     "MAX_REWRITES",
     "ODD_SEQ_NUM",
     "QUARANTINE",
@@ -60,6 +72,7 @@ __all__ = [
     "processed",
     "quarantined",
     "reachable",
+    "redact",
     "serving",
     "temporary",
     "undelivered",

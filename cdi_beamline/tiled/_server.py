@@ -2,32 +2,63 @@
 
 Layout of a data directory (``StoreConfig.data_dir``)::
 
-    DIR/tiled/      catalog (SQLite), internal data, logs, ``api_key``, ``server.json``
+    DIR/tiled/      catalog (SQLite ``catalog.db``, or ``catalog`` naming a PostgreSQL one),
+                    internal data (``data/``, ``storage.duckdb``), logs, ``api_key``,
+                    ``server.json``, ``location``
     DIR/results/    result HDF5 files of derived runs (readable by the server)
     DIR/spool/      journals of runs not yet delivered to Tiled, and quarantine/ (see ._spool)
+
+Tiled keeps absolute file URIs in its catalog; ``location`` records the folder they were
+written under, and a server started on a moved or copied data directory re-roots them first,
+so that the directory serves its runs wherever it lies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from ..config import StoreConfig
 from ..errors import CDIRuntimeError, CDIValueError
 from ..results import PROCESSED
 
-__all__ = ["CATALOG_KEY", "DataDir", "EmbeddedTiled", "close_at_exit", "connect", "reachable", "serving"]
+__all__ = [
+    "CATALOG_KEY",
+    "MIN_API_KEY_CHARS",
+    "DataDir",
+    "EmbeddedTiled",
+    "close_at_exit",
+    "connect",
+    "reachable",
+    "redact",
+    "serving",
+]
 
 CATALOG_KEY = "runs"
 """Key of the run catalog in the embedded server (``/api/v1/metadata/runs``)."""
+
+_WILDCARDS = ("", "0.0.0.0", "::")
+"""Hosts that bind every interface; a process of this host reaches them on loopback."""
+
+MIN_API_KEY_CHARS = 16
+"""Shortest API key accepted from the user (a server reachable beyond loopback needs one)."""
+
+_STARTUP_S = 120.0
+"""How long a server may take to listen and answer ``/healthz``."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +86,22 @@ class DataDir:
         """Every journal folder: raw runs', derived runs'."""
         return self.spool, self.derived_spool
 
+    @property
+    def sqlite_catalog(self) -> str:
+        """URI of the default catalog: SQLite in ``tiled/catalog.db``."""
+        return f"sqlite:///{self.tiled / 'catalog.db'}"
+
+    @property
+    def recorded_catalog(self) -> str | None:
+        """The catalog URI given when the directory was last served, if it was not the default."""
+        f = self.tiled / "catalog"
+        return f.read_text().strip() or None if f.exists() else None
+
+    @property
+    def has_catalog(self) -> bool:
+        """True when the directory has been served (its SQLite catalog or a recorded one)."""
+        return (self.tiled / "catalog.db").exists() or self.recorded_catalog is not None
+
 
 def close_at_exit(close: Callable[[], object]) -> None:
     """Call ``close()`` once the main thread has finished, before the interpreter joins
@@ -69,7 +116,8 @@ def close_at_exit(close: Callable[[], object]) -> None:
 
 
 class EmbeddedTiled:
-    """A local Tiled server (SQLite catalog + files) serving ``data_dir``.
+    """A Tiled server in this process serving ``data_dir``: its catalog (SQLite in the
+    directory by default, or PostgreSQL), its internal storage and its results folder.
 
     The API key is kept in ``data_dir/tiled/api_key`` (one key per process, see
     :func:`_process_api_key`) so that a data directory keeps one key across restarts;
@@ -81,6 +129,24 @@ class EmbeddedTiled:
         Created if missing; the results folder is listed in the server's readable storage.
     port : int
         0 picks a free port.
+    catalog : str, optional
+        Catalog URI, e.g. ``postgresql://user@host:5432/db`` (the database must exist);
+        recorded in the directory, so later servers of it use it too. None: the recorded
+        one, else SQLite in ``tiled/catalog.db``.
+    host : str
+        Interface to listen on; another than loopback (``0.0.0.0``, the host's address)
+        needs ``api_key``.
+    api_key : str, optional
+        The key clients must send (at least :data:`MIN_API_KEY_CHARS` letters and digits);
+        None: the directory's own (generated on first use).
+
+    Raises
+    ------
+    CDIValueError
+        ``host`` beyond loopback without ``api_key``, or a key too short or not alphanumeric.
+    CDIRuntimeError
+        The catalog cannot be opened (database unreachable, refused), the directory is
+        already served (``exclusive``), or this process already uses another API key.
 
     Examples
     --------
@@ -88,8 +154,29 @@ class EmbeddedTiled:
     ...     client = server.client()
     """
 
-    def __init__(self, data_dir: str | Path, port: int = 0, *, exclusive: bool = False):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        port: int = 0,
+        *,
+        exclusive: bool = False,
+        catalog: str | None = None,
+        host: str = StoreConfig.model_fields["host"].default,
+        api_key: str | None = None,
+    ):
+        if api_key is not None and not (len(api_key) >= MIN_API_KEY_CHARS and api_key.isascii() and api_key.isalnum()):
+            raise CDIValueError(
+                f"the API key must be at least {MIN_API_KEY_CHARS} letters and digits (Tiled refuses other "
+                f"characters; e.g. `openssl rand -hex 32`), got {len(api_key)} characters"
+            )
+        if api_key is None and not _is_loopback(host):
+            raise CDIValueError(
+                f"serving on {host} makes the catalog reachable from other hosts: give the API key "
+                f"clients must send (--api-key, $TILED_SINGLE_USER_API_KEY or api_key in the configuration; "
+                f"at least {MIN_API_KEY_CHARS} letters and digits)"
+            )
         dirs = DataDir.of(data_dir)
+        self._dirs = dirs
         self.data_dir, self.tiled_dir, self.results_dir, self.spool_dir = (
             dirs.root,
             dirs.tiled,
@@ -99,10 +186,13 @@ class EmbeddedTiled:
         for d in (self.tiled_dir, self.results_dir, self.spool_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.port = port
+        self.host = host
         self.uri = ""
-        self._server: Any = None
+        self._server: _TiledThread | None = None
         with _locked(self.tiled_dir):
-            self.api_key = _process_api_key(self.tiled_dir / "api_key")
+            recorded = dirs.recorded_catalog
+            self.catalog = catalog or recorded or dirs.sqlite_catalog
+            self.api_key = _process_api_key(self.tiled_dir / "api_key", api_key)
             owner = _live_server(self.tiled_dir) if exclusive else None
             if owner is not None:
                 raise CDIRuntimeError(
@@ -110,6 +200,8 @@ class EmbeddedTiled:
                     "commands given this --data-dir use that server (stop it first to serve it here)"
                 )
             self._start()
+            if catalog is not None and catalog != recorded:  # once it opened: later servers use it
+                _write_private(self.tiled_dir / "catalog", catalog)
 
     def start(self) -> None:
         """Start (or restart, on the same port) the server. It writes ``server.json`` unless
@@ -119,24 +211,31 @@ class EmbeddedTiled:
 
     def _start(self) -> None:
         """:meth:`start`'s work; the caller holds the directory's lock."""
-        from tiled.server import SimpleTiledServer
-
         if self._server is not None:
             return
         for log in ("access.log", "error.log"):  # Tiled appends to them: owner-only from the start
             os.close(os.open(self.tiled_dir / log, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600))
             (self.tiled_dir / log).chmod(0o600)
-        self._server = SimpleTiledServer(
-            directory=self.tiled_dir,
-            api_key=self.api_key,
-            port=self.port,
-            readable_storage=[self.results_dir],
-        )
+        other = _IN_PROCESS.get(self.catalog)
+        if other is not None and not self.catalog.startswith("sqlite"):
+            raise CDIRuntimeError(
+                f"the catalog {redact(self.catalog)} is already served by this process at {other} "
+                "(Tiled shares one connection pool per database and process): use that server"
+            )
+        location = self.tiled_dir / "location"
+        previous = location.read_text().strip() if location.exists() else str(self.data_dir)
+        if previous != str(self.data_dir):
+            _reroot(self.catalog, Path(previous), self.data_dir)
+        self._server = _TiledThread(self._dirs, self.catalog, self.api_key, self.host, self.port)
+        location.write_text(str(self.data_dir))
         _redact_api_keys(logging.getLogger("uvicorn.access"))
         self.port = self._server.port
-        self.uri = f"http://127.0.0.1:{self.port}"
+        self.uri = _local_uri(self.host, self.port)
+        _IN_PROCESS[self.catalog] = self.uri
         if _live_server(self.tiled_dir) is None:
-            (self.tiled_dir / "server.json").write_text(json.dumps({"uri": self.uri, "pid": os.getpid()}))
+            (self.tiled_dir / "server.json").write_text(
+                json.dumps({"uri": self.uri, "pid": os.getpid(), "root": str(self.data_dir)})
+            )
 
     def stop(self) -> None:
         """Stop the server (the data stay); :meth:`start` serves them again on the same port.
@@ -144,10 +243,15 @@ class EmbeddedTiled:
         if self._server is None:
             return
         server, self._server = self._server, None
+        _IN_PROCESS.pop(self.catalog, None)
         try:
             if self.tiled_dir.is_dir():  # gone when the data directory was deleted under us
                 with _locked(self.tiled_dir):
-                    if _server_json(self.tiled_dir) == {"uri": self.uri, "pid": os.getpid()}:
+                    if _server_json(self.tiled_dir) == {
+                        "uri": self.uri,
+                        "pid": os.getpid(),
+                        "root": str(self.data_dir),
+                    }:
                         (self.tiled_dir / "server.json").unlink()
         finally:
             server.close()  # always: its thread would keep the process from exiting
@@ -173,29 +277,192 @@ class EmbeddedTiled:
         self.close()
 
     def __repr__(self) -> str:
-        return f"EmbeddedTiled({str(self.data_dir)!r}, uri={self.uri!r})"
+        return f"EmbeddedTiled({str(self.data_dir)!r}, catalog={redact(self.catalog)!r}, uri={self.uri!r})"
+
+
+class _TiledThread:
+    """A Tiled app (catalog, the data directory's storage, one API key) served by uvicorn on
+    a thread of this process; ``port`` is the one it listens on."""
+
+    def __init__(self, dirs: DataDir, catalog: str, api_key: str, host: str, port: int):
+        import copy
+
+        import httpx
+        import uvicorn
+        from tiled.catalog import from_uri as catalog_from_uri
+        from tiled.config import Authentication, StreamingCacheConfig
+        from tiled.server.app import build_app
+        from tiled.server.logging_config import LOGGING_CONFIG
+        from tiled.server.simple import ThreadedServer
+        from tiled.storage import get_storage
+        from tiled.utils import ensure_uri
+
+        (dirs.tiled / "data").mkdir(exist_ok=True)
+        storage_uri = ensure_uri(f"duckdb:///{dirs.tiled / 'storage.duckdb'}")
+        log_config = copy.deepcopy(LOGGING_CONFIG)  # to the directory's log files, not the console
+        for handler, filename in (("access", "access.log"), ("default", "error.log")):
+            h = log_config["handlers"][handler]
+            h["class"] = "logging.FileHandler"
+            del h["stream"]
+            h["filename"] = str(dirs.tiled / filename)
+        try:
+            tree = catalog_from_uri(
+                catalog,
+                writable_storage=[dirs.tiled / "data", storage_uri],
+                readable_storage=[dirs.results],
+                init_if_not_exists=True,
+                cache_config=StreamingCacheConfig(uri="memory").model_dump(),
+            )
+        except Exception as exc:  # noqa: BLE001 - tiled reports a failed init as its subprocess's stderr
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            raise CDIRuntimeError(
+                f"cannot open the Tiled catalog {redact(catalog)}: {lines[-1] if lines else type(exc).__name__}"
+            ) from None
+        app = build_app(tree, authentication=Authentication(single_user_api_key=api_key))
+        self._server = ThreadedServer(uvicorn.Config(app, host=host, port=port, loop="asyncio", log_config=log_config))
+        self._thread = threading.Thread(target=self._server.run, name="cdi-tiled-server")
+        self._thread.start()
+        try:
+            deadline = time.monotonic() + _STARTUP_S
+            while not self._server.started:
+                if not self._thread.is_alive() or time.monotonic() > deadline:
+                    raise CDIRuntimeError(
+                        f"the Tiled server did not start on {host}:{port} (see {dirs.tiled / 'error.log'})"
+                    )
+                time.sleep(0.05)
+            self.port = int(self._server.servers[0].sockets[0].getsockname()[1])
+            health = f"{_local_uri(host, self.port)}/healthz"
+            with httpx.Client(trust_env=False) as http:  # FastAPI serves once its startup is done
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if http.get(health, timeout=1.0).status_code == 200:
+                            break
+                    if not self._thread.is_alive() or time.monotonic() > deadline:
+                        raise CDIRuntimeError(f"the Tiled server did not become ready (see {dirs.tiled / 'error.log'})")
+                    time.sleep(0.05)
+        except BaseException:
+            self._halt()
+            raise
+        self._storage = get_storage(storage_uri)
+
+    def _halt(self) -> None:
+        self._server.should_exit = True
+        self._thread.join()
+
+    def close(self) -> None:
+        """Stop serving and close the internal storage's connections."""
+        try:
+            self._halt()
+        finally:
+            self._storage.dispose()
+
+
+def _is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: may resolve anywhere
+        return False
+
+
+def _local_uri(host: str, port: int) -> str:
+    """The URI a process on this host uses to reach a server bound to ``host:port``."""
+    if host in _WILDCARDS:
+        host = "::1" if host == "::" else "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def redact(catalog: str) -> str:
+    """A catalog URI without its password (for messages and logs)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(catalog).render_as_string(hide_password=True)
+    except ArgumentError:
+        return catalog
+
+
+def _reroot(catalog: str, old: Path, new: Path) -> None:
+    """Rewrite the catalog's asset URIs under folder ``old`` to lie under ``new`` (a data
+    directory moved or copied; Tiled stores absolute URIs). The new folder goes in as a plain
+    path, as Tiled writes and reads its URIs (it does not unquote them); the old one is
+    matched plain or percent-encoded (``Path.as_uri``)."""
+    from tiled.utils import ensure_specified_sql_driver
+
+    befores = list(dict.fromkeys((f"{old}/", f"{quote(str(old))}/")))
+
+    def moved(uri: str) -> str:
+        for before in befores:
+            if before in uri:
+                return uri.replace(before, f"{new}/", 1)
+        return uri
+
+    async def rewrite() -> None:
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(ensure_specified_sql_driver(catalog))
+        try:
+            async with engine.begin() as conn:
+                rows = (await conn.execute(text("SELECT id, data_uri FROM assets"))).all()
+                for asset_id, uri in rows:
+                    if moved(uri) != uri:
+                        await conn.execute(
+                            text("UPDATE assets SET data_uri = :uri WHERE id = :id"),
+                            {"uri": moved(uri), "id": asset_id},
+                        )
+        finally:
+            await engine.dispose()
+
+    try:
+        with ThreadPoolExecutor(1) as pool:  # its own event loop, also where one runs here (Jupyter)
+            pool.submit(asyncio.run, rewrite()).result()
+    except Exception as exc:  # noqa: BLE001 - any database error: the server would serve broken links
+        raise CDIRuntimeError(
+            f"cannot re-root the catalog {redact(catalog)} from {old} to {new}: {exc or type(exc).__name__}"
+        ) from None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (a key, a URI with a password)."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
 
 
 _EMBEDDED: dict[Path, EmbeddedTiled] = {}
+_IN_PROCESS: dict[str, str] = {}
+"""Catalog URI -> uri of the server of this process that serves it."""
 _PROCESS_API_KEY: list[str] = []
 
 
-def _process_api_key(key_file: Path) -> str:
+def _process_api_key(key_file: Path, given: str | None = None) -> str:
     """The one API key of every embedded server in this process, written to ``key_file``.
 
     Tiled's server settings are a single object per process, and each app started sets
     its single-user key on it: with two servers in one process (a test session, a demo
     beside a profile), the first would then refuse its own clients (401). So the first
-    server's key (from its data directory, or new) is shared by all of them.
+    server's key (``given``, else from its data directory, or new) is shared by all of them.
+
+    Raises
+    ------
+    CDIRuntimeError
+        ``given`` differs from the key this process already serves with.
     """
     if not _PROCESS_API_KEY:
         existing = key_file.read_text().strip() if key_file.exists() else ""
-        _PROCESS_API_KEY.append(existing or secrets.token_hex(16))
+        _PROCESS_API_KEY.append(given or existing or secrets.token_hex(16))
+    elif given is not None and given != _PROCESS_API_KEY[0]:
+        raise CDIRuntimeError(
+            "this process already serves a data directory with another API key (Tiled keeps one "
+            "per process): serve this one from a process of its own (`cdi-beamline serve`)"
+        )
     if not key_file.exists() or key_file.read_text().strip() != _PROCESS_API_KEY[0]:
-        fd = os.open(key_file, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(_PROCESS_API_KEY[0])
-        key_file.chmod(0o600)
+        _write_private(key_file, _PROCESS_API_KEY[0])
     return _PROCESS_API_KEY[0]
 
 
@@ -224,7 +491,7 @@ def connect(uri: str | None = None, api_key: str | None = None, data_dir: str | 
     if running is not None:
         return _run_catalog(*running)
     if dirs.root not in _EMBEDDED:
-        if not (dirs.tiled / "catalog.db").exists():
+        if not dirs.has_catalog:
             raise CDIValueError(f"no Tiled catalog in data_dir {str(dirs.root)!r} (run `cdi-beamline demo` first?)")
         _EMBEDDED[dirs.root] = server = EmbeddedTiled(dirs.root)
         close_at_exit(server.close)
@@ -253,14 +520,15 @@ def _locked(tiled_dir: Path) -> Iterator[None]:
 
 
 def _server_json(tiled_dir: Path) -> dict[str, Any] | None:
-    """The content of ``server.json``: ``{"uri": str, "pid": int}``, or None (none, or unreadable)."""
+    """The content of ``server.json``: ``{"uri": str, "pid": int, "root": str}``, or None (none,
+    unreadable, or written for the directory this one was copied from)."""
     try:
         data = json.loads((tiled_dir / "server.json").read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("uri"), str) or not isinstance(data.get("pid"), int):
         return None
-    return data
+    return data if data.get("root") == str(tiled_dir.parent) else None
 
 
 def _live_server(tiled_dir: Path) -> dict[str, Any] | None:
