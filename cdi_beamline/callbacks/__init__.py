@@ -4,9 +4,11 @@
 typed work items on the queue of a ``ReconstructionWorker`` thread, which drives one
 ``RunAssembler`` (frames in, rows out) and one ``DerivedRun`` per raw run. ``LiveSession``
 wires these to Tiled; ``reprocess`` drives the same worker from frames stored in Tiled.
+With ``LiveConfig.cluster`` the worker's batches run on a Dask cluster (``DaskEngine``).
 """
 
-from ._assembler import Engine, RunAssembler
+from ._assembler import Engine, PendingRows, RunAssembler
+from ._dask import DaskCluster, DaskEngine, parse_cluster
 from ._derived import DerivedRun
 from ._external import UnreadableFrames, read_stream_datum
 from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, Unreadable, WorkItem
@@ -16,6 +18,8 @@ from ._session import Finished, LiveSession
 from ._worker import ReconstructionWorker
 
 __all__ = [
+    "DaskCluster",
+    "DaskEngine",
     "DerivedRun",
     "Engine",
     "ExternalFrames",
@@ -24,6 +28,7 @@ __all__ = [
     "ImageSpec",
     "LiveReconstruction",
     "LiveSession",
+    "PendingRows",
     "Quit",
     "ReconstructionWorker",
     "RunAssembler",
@@ -33,6 +38,7 @@ __all__ = [
     "Unreadable",
     "UnreadableFrames",
     "WorkItem",
+    "parse_cluster",
     "read_stream_datum",
     "reprocess",
 ]

@@ -10,7 +10,15 @@ from pydantic import Field
 from ._base import FrozenModel
 from .preprocess import PreprocessConfig
 
-__all__ = ["LiveConfig", "StoreConfig"]
+__all__ = ["CLUSTER_HELP", "CLUSTER_PATTERN", "LiveConfig", "StoreConfig"]
+
+CLUSTER_PATTERN = r"local(:[1-9][0-9]*)?|(tcp|tls|ucx)://\S+"
+"""``LiveConfig.cluster``: ``local``, ``local:N`` or a Dask scheduler's address."""
+
+CLUSTER_HELP = (
+    "'local' (a Dask LocalCluster, one single-threaded worker process per core), 'local:N' (N worker "
+    "processes), or a Dask scheduler's address, e.g. tcp://host:8786"
+)
 
 
 class LiveConfig(FrozenModel):
@@ -45,6 +53,12 @@ class LiveConfig(FrozenModel):
     """Raw detector counts to the phased modulus (dark, flat, mask, threshold, ROI, binning),
     one :class:`cdi_beamline.preprocess.Preprocessor` per run (an automatic ROI is chosen
     once per run); None: frames are phased as they come (centred patterns, engine's units)."""
+
+    cluster: str | None = Field(None, pattern=f"^({CLUSTER_PATTERN})$")
+    """Where batches are reconstructed: None, in the worker's thread; ``"local"`` /
+    ``"local:N"``, a Dask ``LocalCluster`` of one single-threaded worker process per core / N;
+    ``"tcp://host:8786"``, the Dask scheduler of running workers (``dask worker``, one per GPU
+    with dask-cuda). One live consumer submits every batch; results come back in order."""
 
 
 class StoreConfig(FrozenModel):

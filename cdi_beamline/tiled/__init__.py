@@ -7,11 +7,11 @@ result queries.
 - :mod:`._shapes`: :class:`ShapeGuard` (a frame of another shape does not make a raw run unstorable);
 - :mod:`._codec`: JSON for documents with numpy arrays (the spool's lines, the 0MQ wire);
 - :mod:`._queries`: :func:`processed` (the derived runs' container), :func:`derived_runs`,
-  :func:`derived_of`, :func:`load_results`, :func:`load_raw_frames`.
+  :func:`derived_of`, :func:`raw_runs`, :func:`load_results`, :func:`load_raw_frames`.
 """
 
 from ._codec import decode_document, decode_line, encode_document, encode_line
-from ._queries import derived_of, derived_runs, load_raw_frames, load_results, processed
+from ._queries import derived_of, derived_runs, load_raw_frames, load_results, processed, raw_runs
 from ._server import CATALOG_KEY, DataDir, EmbeddedTiled, close_at_exit, connect, reachable, serving
 from ._shapes import ODD_SEQ_NUM, ShapeGuard, odd_stream
 from ._spool import (
@@ -49,6 +49,7 @@ __all__ = [
     "odd_stream",
     "processed",
     "quarantined",
+    "raw_runs",
     "reachable",
     "serving",
     "temporary",

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import CDIValueError
 from ..results import DERIVED_KIND, KIND, PARENT_UID, PROCESSED, STREAM, ResultRows, find_image_key
 
-__all__ = ["derived_of", "derived_runs", "load_raw_frames", "load_results", "processed"]
+__all__ = ["derived_of", "derived_runs", "load_raw_frames", "load_results", "processed", "raw_runs"]
 
 _CATALOG_SPEC = "CatalogOfBlueskyRuns"
 
@@ -74,6 +74,21 @@ def derived_runs(client, raw_uid: str | None = None) -> list:
             results = results.search(Key(f"start.{PARENT_UID}") == raw_uid)
         runs.extend(results[uid] for uid in results)
     return sorted(runs, key=lambda r: r.metadata["start"]["time"])
+
+
+def raw_runs(client, since: str | None = None) -> list[dict]:
+    """Start documents of the raw runs (not derived ones) at the root of the run catalog
+    ``client``, oldest first; only those started at or after ``since`` (ISO 8601 date or time,
+    UTC) if given."""
+    from bluesky_tiled_plugins.queries import TimeRange
+
+    catalog = client.search(TimeRange(since=since, timezone="UTC")) if since else client
+    starts = [
+        dict(node.metadata["start"])
+        for key, node in catalog.items()
+        if key != PROCESSED and "start" in node.metadata and KIND not in node.metadata["start"]
+    ]
+    return sorted(starts, key=lambda start: start["time"])
 
 
 def derived_of(raw_run) -> list:

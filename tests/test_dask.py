@@ -1,0 +1,171 @@
+"""Live reconstruction and reprocess on a real Dask cluster (a LocalCluster of 2 worker
+processes shared by the module, reached by its scheduler address as a remote one would be),
+a real RunEngine and a real Tiled server; system tests but the first)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+from bluesky.plans import count
+
+from cdi_beamline.callbacks import DaskCluster, LiveReconstruction, parse_cluster
+from cdi_beamline.config import ConfigError, LiveConfig, ReconstructorConfig
+from cdi_beamline.devices import ReplayDetector, SyntheticSource
+from cdi_beamline.errors import CDIValueError
+from cdi_beamline.pipeline import Reconstructor
+from cdi_beamline.tiled import EmbeddedTiled, derived_runs, load_results, make_writer, processed
+
+ITER = 20
+N_FRAMES = 8
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with DaskCluster("local:2") as c:
+        c.client.wait_for_workers(2, timeout=120)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def source():
+    return SyntheticSource(n=12, seed=5)
+
+
+def _engine(iterations: int = ITER) -> Reconstructor:
+    config = ReconstructorConfig(init="random", iterations=iterations, batch_size=2, saturation=1e7)
+    return Reconstructor(config, device="cpu")
+
+
+def _scan(rec, tiled_server, run_engine, source, cluster_address=None, *, listener=None, frames=N_FRAMES):
+    """Scan ``frames`` frames with live reconstruction (on the cluster if given); (callback, raw uid)."""
+    client = tiled_server.client()
+    writer = make_writer(processed(client), tiled_server.spool_dir)
+    live = LiveConfig(data_dir=tiled_server.data_dir, max_wait_s=60, cluster=cluster_address)
+    cb = LiveReconstruction(rec, writer, live)
+    if listener is not None:
+        cb.add_listener(listener)
+    token = run_engine.subscribe(cb)
+    (raw_uid,) = run_engine(count([ReplayDetector(source, name="det")], frames)).run_start_uids
+    run_engine.unsubscribe(token)
+    return cb, raw_uid
+
+
+def _results(tiled_server, cb, raw_uid):
+    client = tiled_server.client()
+    return load_results(client, cb.derived_uid(raw_uid))
+
+
+def test_cluster_specs_are_checked_before_any_process_starts():
+    assert parse_cluster("local:3") == 3 and parse_cluster("local") == len(os.sched_getaffinity(0))
+    assert parse_cluster("tcp://10.0.0.5:8786") == "tcp://10.0.0.5:8786"
+    for bad in ("local:0", "locale", "http://host:8786", "tcp://"):
+        with pytest.raises(CDIValueError, match="expected 'local'"):
+            parse_cluster(bad)
+        with pytest.raises(ConfigError):
+            LiveConfig.build(cluster=bad)
+
+
+@pytest.mark.system
+def test_scan_on_two_dask_workers_gives_the_thread_workers_derived_run(cluster, source, tiled_server, run_engine):
+    rec = _engine()
+    cb, raw_thread = _scan(rec, tiled_server, run_engine, source)
+    assert cb.flush(timeout=120)
+    cb.close()
+    on_thread = _results(tiled_server, cb, raw_thread)
+
+    address = cluster.client.scheduler.address
+    cb, raw_dask = _scan(rec, tiled_server, run_engine, source, address)
+    assert cb.flush(timeout=120)
+    assert cb.worker.stats["batches"] == N_FRAMES // 2 and not cb.worker.errors
+    cb.close()
+    on_dask = _results(tiled_server, cb, raw_dask)
+
+    start = on_dask["start"]
+    assert start["live"]["cluster"] == address
+    assert start["reconstructor"]["cluster"] == {"scheduler": address, "workers": 2}
+    assert start["reconstructor"]["config"] == on_thread["start"]["reconstructor"]["config"]
+    assert on_dask["stop"]["cdi_counts"] == on_thread["stop"]["cdi_counts"]
+    np.testing.assert_array_equal(on_dask["raw_seq_num"], np.arange(1, N_FRAMES + 1))  # one row per frame, in order
+    assert on_dask["status"].tolist() == on_thread["status"].tolist()
+    # same batches, same seed, same CPU: the same numbers (torch's thread count may move the last bits)
+    np.testing.assert_allclose(on_dask["chi2"], on_thread["chi2"], rtol=1e-5)
+    np.testing.assert_allclose(on_dask["amplitude"], on_thread["amplitude"], atol=1e-5)
+    np.testing.assert_array_equal(on_dask["support"], on_thread["support"])
+
+
+@pytest.mark.system
+def test_reprocess_all_on_the_cluster_is_idempotent(cluster, tmp_path, run_engine, source, capsys):
+    from cdi_beamline.cli import main
+
+    data = tmp_path / "data"
+    server = EmbeddedTiled(data)
+    try:
+        client = server.client()
+        raw_writer = make_writer(client, server.spool_dir)
+        token = run_engine.subscribe(raw_writer)
+        raws = [run_engine(count([ReplayDetector(source, name="det")], n)).run_start_uids[0] for n in (2, 3, 4)]
+        run_engine.unsubscribe(token)
+        assert raw_writer.flush(60)
+        raw_writer.close()
+        args = ["--uri", server.uri, "--api-key", server.api_key, "--data-dir", str(data)]
+        engine = ["--init", "random", "--iterations", str(ITER), "--batch-size", "2", "--device", "cpu"]
+        cluster_args = ["--cluster", cluster.client.scheduler.address]
+
+        assert main(["reprocess", "--all", *args, *engine, *cluster_args]) == 0
+        assert "3 raw run(s) to rebuild, 0 already done" in capsys.readouterr().out
+        first = {uid: derived_runs(client, uid) for uid in raws}
+        assert [len(runs) for runs in first.values()] == [1, 1, 1]
+        for uid, n in zip(raws, (2, 3, 4)):
+            res = load_results(client, first[uid][0].metadata["start"]["uid"])
+            assert res["status"].tolist() == ["ok"] * n and res["start"]["reprocessed"] is True
+
+        # again: every run is done, nothing is rebuilt
+        assert main(["reprocess", "--all", *args, *engine, *cluster_args]) == 0
+        assert "0 raw run(s) to rebuild, 3 already done" in capsys.readouterr().out
+        assert [len(derived_runs(client, uid)) for uid in raws] == [1, 1, 1]
+
+        # --force rebuilds them all (here in this process), each superseding the first
+        assert main(["reprocess", "--all", "--force", *args]) == 0
+        assert "3 raw run(s) to rebuild, 0 already done" in capsys.readouterr().out
+        for uid in raws:
+            old, new = derived_runs(client, uid)
+            assert new.metadata["start"]["supersedes"] == [old.metadata["start"]["uid"]]
+            a, b = (load_results(client, r.metadata["start"]["uid"]) for r in (old, new))
+            np.testing.assert_allclose(b["chi2"], a["chi2"], rtol=1e-5)  # the recorded settings, the same result
+        # --since a later date selects none
+        assert main(["reprocess", "--since", "2999-01-01", *args]) == 0
+        assert "0 raw run(s) to rebuild, 0 already done" in capsys.readouterr().out
+    finally:
+        server.close()
+
+
+@pytest.mark.system
+def test_killing_a_dask_worker_mid_scan_loses_no_frame(cluster, source, tiled_server, run_engine):
+    killed: list[int] = []
+
+    def kill_busiest_worker(raw_uid, rows):
+        """At the first rows: SIGKILL the worker process holding the most batches."""
+        if killed:
+            return
+        processing = cluster.client.processing()
+        address = max(processing, key=lambda a: len(processing[a]))
+        assert processing[address], "no batch left in flight to lose"
+        pid = cluster.client.run(os.getpid, workers=[address])[address]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    rec = _engine(iterations=400)  # batches long enough to be in flight when the worker dies
+    n = 12
+    cb, raw_uid = _scan(
+        rec, tiled_server, run_engine, source, cluster.client.scheduler.address, listener=kill_busiest_worker, frames=n
+    )
+    assert cb.flush(timeout=300)
+    cb.close()
+    assert killed and killed[0] not in cluster.client.run(os.getpid).values()
+    res = _results(tiled_server, cb, raw_uid)
+    np.testing.assert_array_equal(res["raw_seq_num"], np.arange(1, n + 1))
+    assert set(res["status"].tolist()) <= {"ok", "not_converged"}  # every frame reconstructed
+    assert res["stop"]["cdi_counts"]["reconstructed"] == n and cb.worker.stats["reconstruct_errors"] == 0
