@@ -6,12 +6,24 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from bluesky.plans import count
 
-from cdi_beamline.callbacks import DaskCluster, LiveReconstruction, parse_cluster
+from cdi_beamline.callbacks import (
+    DaskCluster,
+    Frames,
+    ImageSpec,
+    LiveReconstruction,
+    Quit,
+    ReconstructionWorker,
+    RunStart,
+    RunStop,
+    parse_cluster,
+)
 from cdi_beamline.config import ConfigError, LiveConfig, ReconstructorConfig
 from cdi_beamline.devices import ReplayDetector, SyntheticSource
 from cdi_beamline.errors import CDIValueError
@@ -66,6 +78,63 @@ def test_cluster_specs_are_checked_before_any_process_starts():
             parse_cluster(bad)
         with pytest.raises(ConfigError):
             LiveConfig.build(cluster=bad)
+
+
+class ReverseEngine:
+    """An asynchronous engine (``submit``, like DaskEngine) on a thread pool whose batches
+    finish in reverse order: batch k waits until batch k+1 is done (the last of ``n`` at once)."""
+
+    def __init__(self, rec: Reconstructor, n: int):
+        self.rec, self.config, self.n = rec, rec.config, n
+        self.max_in_flight = n
+        self.pool = ThreadPoolExecutor(n)
+        self.done = [threading.Event() for _ in range(n)]
+        self.finished: list[int] = []
+        self.submitted = 0
+
+    def provenance(self):
+        return self.rec.provenance()
+
+    def submit(self, frames, *, mask=None, seed=None) -> Future:
+        k = self.submitted
+        self.submitted += 1
+
+        def run():
+            if k + 1 < self.n:
+                assert self.done[k + 1].wait(60)
+            out = self.rec.reconstruct(frames, mask=mask, seed=seed)
+            self.finished.append(k)
+            self.done[k].set()
+            return out
+
+        return self.pool.submit(run)
+
+
+def test_batches_finishing_out_of_order_are_written_in_seq_order(source, tmp_path):
+    rec = _engine()
+    engine = ReverseEngine(rec, 4)
+    docs: list = []
+    worker = ReconstructionWorker(engine, lambda name, doc: docs.append((name, doc)), LiveConfig(data_dir=tmp_path))
+    written: list[list[int]] = []
+    worker.add_listener(lambda raw_uid, rows: written.append(rows.raw_seq_num.tolist()))
+    worker.start()
+    frames = np.stack([source.frame(i) for i in range(N_FRAMES)])
+    for item in (
+        RunStart({"uid": "raw-1", "time": 0.0}),
+        ImageSpec("raw-1", "det_image", (64, 64)),
+        Frames("raw-1", np.arange(1, N_FRAMES + 1), frames),
+        RunStop("raw-1", {"exit_status": "success"}),
+        Quit(),
+    ):
+        worker.queue.put(item)
+    worker.join(120)
+    assert engine.finished == [3, 2, 1, 0]  # the batches finished last to first ...
+    assert written == [[1, 2], [3, 4], [5, 6], [7, 8]]  # ... and were written first to last
+    names = [name for name, _ in docs]
+    assert names[0] == "start" and names[-1] == "stop"  # the stop waited for every batch
+    assert worker.stops["raw-1"]["cdi_counts"]["reconstructed"] == N_FRAMES
+    offline = rec.reconstruct(frames[2:4], seed=0)  # the same batch, the same seed
+    np.testing.assert_allclose([d["data"]["chi2"] for n, d in docs if n == "event_page"][1], offline.chi2, rtol=1e-5)
 
 
 @pytest.mark.system

@@ -79,7 +79,7 @@ class DaskCluster:
     @property
     def n_workers(self) -> int:
         """Workers connected now (at least 1, so that a pool sized by it is never empty)."""
-        return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+        return max(1, len(self.client.nthreads()))
 
     def engine(self, config: ReconstructorConfig, *, retries: int = 3) -> DaskEngine:
         """A :class:`DaskEngine` of ``config`` on this cluster."""
