@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import threading
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,8 @@ class DaskCluster:
         target = parse_cluster(spec)
         self.spec = spec
         self.cluster = None
+        self._engines: dict[tuple[str, int], DaskEngine] = {}
+        self._lock = threading.Lock()
         try:
             if isinstance(target, int):
                 self.cluster = LocalCluster(
@@ -82,8 +85,13 @@ class DaskCluster:
         return max(1, len(self.client.nthreads()))
 
     def engine(self, config: ReconstructorConfig, *, retries: int = 3) -> DaskEngine:
-        """A :class:`DaskEngine` of ``config`` on this cluster."""
-        return DaskEngine(config, self, retries=retries)
+        """The :class:`DaskEngine` of ``config`` on this cluster (one per configuration, so
+        that its provenance is asked of a worker once)."""
+        key = (json.dumps(config.model_dump(mode="json"), sort_keys=True), retries)
+        with self._lock:
+            if key not in self._engines:
+                self._engines[key] = DaskEngine(config, self, retries=retries)
+            return self._engines[key]
 
     def close(self) -> None:
         """Close the client, and the LocalCluster if this started it."""
