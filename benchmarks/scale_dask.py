@@ -5,7 +5,8 @@
    ``LocalCluster`` of 1, then of 2, single-threaded worker processes, both started and warmed
    in setup), from scan start until every result is emitted; frames/s.
 2. ``dask_reprocess``: ``cdi-beamline reprocess --all --force`` of ``--dask-runs`` raw runs
-   (``--dask-run-frames`` frames each) stored in an embedded Tiled server, whole processes:
+   (``--dask-run-frames`` frames each) stored in Tiled (``cdi-beamline serve`` of the data
+   directory, a process of its own, SQLite, as a facility's server is), whole processes:
    in one process (no cluster) and with ``--cluster local:2`` (the process starts its own
    LocalCluster: the start, and each worker's imports, are in the time).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,8 +48,8 @@ def params(args: argparse.Namespace) -> dict:
     return {
         "dask live": f"{args.dask_frames} synthetic 64×64 frames, random start, {args.dask_iterations} iterations, "
         f"batch {args.dask_batch}, 1 thread per Dask worker process, results kept in memory (no Tiled)",
-        "dask reprocess": f"{args.dask_runs} raw runs × {args.dask_run_frames} frames in an embedded Tiled "
-        f"(SQLite), random start, {args.dask_iterations} iterations, batch {args.dask_batch}",
+        "dask reprocess": f"{args.dask_runs} raw runs × {args.dask_run_frames} frames in Tiled "
+        f"(SQLite) served by its own process, random start, {args.dask_iterations} iterations, batch {args.dask_batch}",
     }
 
 
@@ -78,7 +80,15 @@ def setup(args: argparse.Namespace) -> dict:
     writer.flush(120)
     writer.close()
     server.close()
-    state = {"clusters": clusters, "tmp": tmp, "source": source, "data": data}
+    from cdi_beamline.tiled import serving
+
+    serve = subprocess.Popen([sys.executable, "-m", "cdi_beamline.cli", "serve", "--data-dir", str(data)])
+    deadline = time.monotonic() + 120
+    while serving(data) is None:
+        if time.monotonic() > deadline or serve.poll() is not None:
+            raise RuntimeError("cdi-beamline serve did not start")
+        time.sleep(0.5)
+    state = {"clusters": clusters, "tmp": tmp, "source": source, "data": data, "serve": serve}
     for n in clusters:
         _live(args, state, n, frames=2 * args.dask_batch)  # warm: every worker imports and builds its engine
     return state
@@ -129,6 +139,12 @@ def measure(args: argparse.Namespace, state: dict) -> dict:
 
 
 def teardown(state: dict) -> None:
+    serve = state["serve"]
+    serve.send_signal(signal.SIGINT)  # its Ctrl-C
+    try:
+        serve.wait(30)
+    except subprocess.TimeoutExpired:
+        serve.kill()
     for c in state["clusters"].values():
         c.close()
     state["tmp"].cleanup()
