@@ -13,7 +13,6 @@ scheduler; one that raises is retried ``retries`` times.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import threading
@@ -26,8 +25,6 @@ from ..errors import CDIRuntimeError, CDIValueError
 from ..pipeline import Reconstructor
 
 __all__ = ["DaskCluster", "DaskEngine", "parse_cluster"]
-
-logger = logging.getLogger(__name__)
 
 
 def parse_cluster(spec: str) -> int | str:
