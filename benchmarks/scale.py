@@ -16,8 +16,11 @@ measured in the same repeat so that their ratios share the load:
    and warmed before the timing, one torch thread each).
 3. ``fft3d``: one 64³ complex64 fftn + ifftn pair (the FFT work of one iteration of a 3D
    refinement, the single big pattern a rocking scan gives) at 1 thread and the cores' count.
+4. past one process, on Dask: live frames/s with 1 and 2 workers, ``reprocess --all`` on
+   ``local:2`` vs one process (the rows of :mod:`scale_dask`).
 
     ./run bench scale [--repeats N] -- [--n 64] [--skip-cohere] [--skip-batch] [--skip-fft3d]
+        [--skip-dask] [--dask-frames 256] [--dask-runs 20] [--dask-live-only]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import scale_dask
 import torch
 from _harness import Ratio, Row, main
 from phasing import COHERE_SEQUENCE, cohere_params, run_cohere
@@ -61,6 +65,7 @@ ROWS = [
     Row("batch_procs", "refine, batch split over {cores} processes × 1 torch thread (pool warm)", "ms/pattern", 1),
     Row("fft3d_t1", "64³ fftn + ifftn, torch 1 thread", "ms", 1),
     Row("fft3d_tn", "64³ fftn + ifftn, torch {cores} threads", "ms", 1),
+    *scale_dask.ROWS,
 ]
 RATIOS = [
     Ratio("`--threads 1` / default (whole process; ≥ 1: default not slower)", "rec_t1", "rec_default", 2),
@@ -71,6 +76,7 @@ RATIOS = [
     Ratio("one batch 1 thread / split over {cores} threads", "batch_t1", "batch_split", 2),
     Ratio("one batch 1 thread / split over {cores} processes", "batch_t1", "batch_procs", 2),
     Ratio("64³ FFT pair: 1 thread / {cores} threads", "fft3d_t1", "fft3d_tn", 2),
+    *scale_dask.RATIOS,
 ]
 
 # cohere-core in its own process: numpy and cohere only, the patterns from an .npy stack of
@@ -99,6 +105,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--skip-cohere", action="store_true", help="no cohere-core rows")
     ap.add_argument("--skip-batch", action="store_true", help="no in-process batch rows")
     ap.add_argument("--skip-fft3d", action="store_true", help="no 3D FFT rows")
+    ap.add_argument("--skip-dask", action="store_true", help="no Dask rows (live, reprocess)")
+    scale_dask.add_arguments(ap)
     ap.set_defaults(cores=CORES)
 
 
@@ -111,6 +119,7 @@ def params(args: argparse.Namespace) -> dict:
         f"{cfg.shrinkwrap_every}",
         "in-process batch": f"{cfg.schedule}, random start",
         "cores": args.cores,
+        **({} if args.skip_dask else scale_dask.params(args)),
     }
 
 
@@ -142,6 +151,7 @@ def setup(args: argparse.Namespace) -> dict:
         context = multiprocessing.get_context("spawn")
         state["pool"] = ProcessPoolExecutor(CORES, mp_context=context, initializer=_warm_worker)
         list(state["pool"].map(_refine_chi2, [moduli[:1]] * CORES, range(CORES)))  # start and warm every process
+    state["dask"] = None if args.skip_dask else scale_dask.setup(args)
     return state
 
 
@@ -217,12 +227,16 @@ def measure(args: argparse.Namespace, state: dict) -> dict:
         out.update(measure_batch(args, state))
     if not args.skip_fft3d:
         out.update(measure_fft3d(args, state))
+    if state["dask"] is not None:
+        out.update(scale_dask.measure(args, state["dask"]))
     return out
 
 
 def teardown(state: dict) -> None:
     if state["pool"] is not None:
         state["pool"].shutdown()
+    if state["dask"] is not None:
+        scale_dask.teardown(state["dask"])
     state["tmp"].cleanup()
 
 

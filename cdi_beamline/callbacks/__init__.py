@@ -4,9 +4,11 @@
 typed work items on the queue of a ``ReconstructionWorker`` thread, which drives one
 ``RunAssembler`` (frames in, rows out) and one ``DerivedRun`` per raw run. ``LiveSession``
 wires these to Tiled; ``reprocess`` drives the same worker from frames stored in Tiled.
+With ``LiveConfig.cluster`` the worker's batches run on a Dask cluster (``DaskEngine``).
 """
 
-from ._assembler import Engine, RunAssembler
+from ._assembler import Engine, PendingRows, RunAssembler
+from ._dask import DaskCluster, DaskEngine, parse_cluster
 from ._derived import DerivedRun
 from ._external import UnreadableFrames, read_stream_datum
 from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, Unreadable, WorkItem
@@ -17,6 +19,8 @@ from ._volume import PhasedVolume, PhaseVolume, Volume, VolumeJobs, VolumeStack,
 from ._worker import ReconstructionWorker
 
 __all__ = [
+    "DaskCluster",
+    "DaskEngine",
     "DerivedRun",
     "Engine",
     "ExternalFrames",
@@ -25,6 +29,7 @@ __all__ = [
     "ImageSpec",
     "LiveReconstruction",
     "LiveSession",
+    "PendingRows",
     "PhaseVolume",
     "PhasedVolume",
     "Quit",
@@ -39,6 +44,7 @@ __all__ = [
     "VolumeJobs",
     "VolumeStack",
     "WorkItem",
+    "parse_cluster",
     "phase_volume",
     "read_stream_datum",
     "reprocess",

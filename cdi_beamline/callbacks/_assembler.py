@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,7 +18,7 @@ from ..preprocess import Preprocessor
 from ..results import PREPROCESS, ResultRows, Status
 from ._items import Frames
 
-__all__ = ["Engine", "KeepFrames", "RunAssembler"]
+__all__ = ["Engine", "KeepFrames", "PendingRows", "RunAssembler"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,40 @@ class Engine(Protocol):
     def reconstruct(self, frames: np.ndarray, *, mask: np.ndarray | None = ..., seed: int | None = ...) -> Any: ...
 
     def provenance(self) -> dict: ...
+
+
+class PendingRows:
+    """Rows of a released batch still being reconstructed elsewhere: an engine with
+    ``submit(frames, mask=, seed=) -> future`` (``cdi_beamline.callbacks.DaskEngine``) makes
+    the assembler return these instead of :class:`ResultRows`.
+
+    ``futures``: what they wait for (``done()``, ``result()``); :meth:`result` waits and gives
+    the rows, built like a synchronous engine's (an engine failure gives ``error`` rows).
+    """
+
+    def __init__(self, futures: list, finish: Callable[[], ResultRows]):
+        self.futures = futures
+        self._finish = finish
+        self._rows: ResultRows | None = None
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def result(self) -> ResultRows:
+        if self._rows is None:
+            self._rows = self._finish()
+        return self._rows
+
+    @staticmethod
+    def combine(parts: list[ResultRows | PendingRows]) -> ResultRows | PendingRows:
+        """The parts' rows in ``raw_seq_num`` order: ResultRows now if none is pending."""
+        if not any(isinstance(p, PendingRows) for p in parts):
+            return ResultRows.concat(parts).sorted()  # type: ignore[arg-type]
+        futures = [f for p in parts if isinstance(p, PendingRows) for f in p.futures]
+        return PendingRows(
+            futures,
+            lambda: ResultRows.concat([p.result() if isinstance(p, PendingRows) else p for p in parts]).sorted(),
+        )
 
 
 class RunAssembler:
@@ -106,7 +141,7 @@ class RunAssembler:
         """Frames (and failed rows) held until the next batch or :meth:`flush`."""
         return sum(len(f) for f in self._frames) + sum(len(r) for r in self._failed)
 
-    def add(self, item: Frames) -> list[ResultRows]:
+    def add(self, item: Frames) -> list[ResultRows | PendingRows]:
         """Take frames; returns the rows of every batch now full (often none)."""
         frames = item.frames
         self.received += len(frames)
@@ -128,7 +163,7 @@ class RunAssembler:
         self.received += len(seq_nums)
         self._failed.append(ResultRows.failed(seq_nums, self._row_shape, status, reason))
 
-    def flush(self) -> ResultRows | None:
+    def flush(self) -> ResultRows | PendingRows | None:
         """Reconstruct what waits now (a partial batch); None if nothing waits."""
         if not self.waiting:
             return None
@@ -167,8 +202,8 @@ class RunAssembler:
             return pre.grid  # the phased grid
         return self.shape or (1, 1)
 
-    def _release(self, n: int) -> ResultRows:
-        parts = []
+    def _release(self, n: int) -> ResultRows | PendingRows:
+        parts: list[ResultRows | PendingRows] = []
         last_seq = None
         if n:
             frames = self._frames[0] if len(self._frames) == 1 else np.concatenate(self._frames)
@@ -182,9 +217,9 @@ class RunAssembler:
             now = np.ones(len(failed), bool) if last_seq is None else failed.raw_seq_num <= last_seq
             parts.append(failed.take(np.flatnonzero(now)))
             self._failed = [failed.take(np.flatnonzero(~now))] if (~now).any() else []
-        return ResultRows.concat(parts).sorted()
+        return PendingRows.combine(parts)
 
-    def _reconstruct(self, seqs: np.ndarray, frames: np.ndarray) -> ResultRows:
+    def _reconstruct(self, seqs: np.ndarray, frames: np.ndarray) -> ResultRows | PendingRows:
         intensity = getattr(self.reconstructor.config, "quantity", "intensity") == "intensity"
         if self.preprocess is None:
             if self.keep is not None:
@@ -201,14 +236,16 @@ class RunAssembler:
         reason = self._saturated(frames, pre, out.reason)
         good = np.flatnonzero([not r for r in reason])
         flagged = np.flatnonzero([bool(r) for r in reason])
-        parts = [ResultRows.failed(seqs[flagged], shape, "bad", [reason[i] for i in flagged])]
+        parts: list[ResultRows | PendingRows] = [
+            ResultRows.failed(seqs[flagged], shape, "bad", [reason[i] for i in flagged])
+        ]
         if len(good):
             modulus = out.modulus[good]
             self._keep(seqs[good], modulus, out.mask)
             if intensity:
                 modulus = np.square(modulus)
             parts.append(self._engine(seqs[good], modulus, out.mask))
-        return ResultRows.concat(parts).sorted()
+        return PendingRows.combine(parts)
 
     def _keep(self, seqs: np.ndarray, modulus: np.ndarray, mask: np.ndarray | None) -> None:
         if self.keep is None:
@@ -243,13 +280,25 @@ class RunAssembler:
             for r, n in zip(reason, n_hot.tolist())
         ]
 
-    def _engine(self, seqs: np.ndarray, frames: np.ndarray, mask: np.ndarray | None) -> ResultRows:
+    def _engine(self, seqs: np.ndarray, frames: np.ndarray, mask: np.ndarray | None) -> ResultRows | PendingRows:
         shape = self._row_shape
+        submit = getattr(self.reconstructor, "submit", None)
+        if submit is None:
+            return self._rows(seqs, shape, lambda: self.reconstructor.reconstruct(frames, mask=mask, seed=self.seed))
         try:
-            out = self.reconstructor.reconstruct(frames, mask=mask, seed=self.seed)
+            future = submit(frames, mask=mask, seed=self.seed)
+        except Exception as exc:  # noqa: BLE001 - e.g. the cluster is gone: error rows, the scan goes on
+            return self._rows(seqs, shape, partial(_raise, exc))
+        return PendingRows([future], lambda: self._rows(seqs, shape, future.result))
+
+    def _rows(self, seqs: np.ndarray, shape: tuple[int, int], result: Callable[[], Any]) -> ResultRows:
+        """The (B, *shape) rows of ``result()``, the engine's output for the frames of ``seqs``;
+        ``error`` rows if it raises."""
+        try:
+            out = result()
             self.stats["batches"] += 1
         except Exception as exc:  # noqa: BLE001 - the scan goes on, the failure is recorded
-            logger.exception("reconstruction of %d frames failed", len(frames))
+            logger.exception("reconstruction of %d frames failed", len(seqs))
             msg = f"reconstruction failed: {type(exc).__name__}: {exc}"
             self.errors.append(msg)
             self.stats["reconstruct_errors"] += 1
@@ -257,3 +306,7 @@ class RunAssembler:
         if out.amplitude.shape[1:] != shape:  # no frame was good: the engine gives (B, 0, 0) images
             return ResultRows.failed(seqs, shape, "bad", list(out.reason))
         return ResultRows.from_batch(seqs, out)
+
+
+def _raise(exc: Exception):
+    raise exc

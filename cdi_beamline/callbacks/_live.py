@@ -17,6 +17,7 @@ from event_model import DocumentRouter
 from ..config import LiveConfig
 from ..results import find_image_key, image_shape
 from ._assembler import Engine
+from ._dask import DaskCluster
 from ._external import normalizer
 from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, Unreadable, WorkItem
 from ._volume import PhaseVolume, rocking_motor
@@ -67,6 +68,8 @@ class LiveReconstruction(DocumentRouter):
     ----------
     reconstructor : Engine
         E.g. ``cdi_beamline.pipeline.Reconstructor``; its ``config.batch_size`` is the batch.
+        With ``config.cluster``, its ``config`` runs on that Dask cluster (a
+        :class:`DaskEngine`; a LocalCluster started here is closed by :meth:`close`).
     writer : callable(name, doc), optional
         Receives the derived documents (e.g. :func:`cdi_beamline.tiled.make_writer`); by
         default they are only kept in ``documents``.
@@ -99,7 +102,9 @@ class LiveReconstruction(DocumentRouter):
         self.reconstructor = reconstructor
         self.documents: list[tuple[str, dict]] = []
         self._writer = writer
-        self.worker = ReconstructionWorker(reconstructor, self._emit, self.config, mask=mask, phase_volume=phase_volume)
+        self.cluster = DaskCluster(self.config.cluster) if self.config.cluster is not None else None
+        engine = reconstructor if self.cluster is None else self.cluster.engine(reconstructor.config)
+        self.worker = ReconstructionWorker(engine, self._emit, self.config, mask=mask, phase_volume=phase_volume)
         self.worker.start()
         self._runs: dict[str, _RawRun] = {}
         self._desc: dict[str, _RawRun] = {}
@@ -313,9 +318,11 @@ class LiveReconstruction(DocumentRouter):
         return done
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish the queued work and stop the worker thread."""
+        """Finish the queued work, stop the worker thread (and the Dask client of ``config.cluster``)."""
         self.worker.queue.put(Quit())
         self.worker.join(timeout)
+        if self.cluster is not None:
+            self.cluster.close()
 
     def derived_uid(self, raw_uid: str) -> str | None:
         """The uid of the derived run of ``raw_uid`` (None if not started here)."""

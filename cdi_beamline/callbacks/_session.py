@@ -115,7 +115,14 @@ class LiveSession:
         self.derived_writer = self._writer(processed(self.client), dirs.derived_spool, self.store.derived_batch_size)
         live_values = (live or LiveConfig()).model_dump()
         self.live = LiveConfig.build(**{**live_values, "data_dir": dirs.root})
-        self.callback = LiveReconstruction(reconstructor, self.derived_writer, self.live, mask=mask)
+        try:  # e.g. live.cluster unreachable: nothing started here may outlive the error
+            self.callback = LiveReconstruction(reconstructor, self.derived_writer, self.live, mask=mask)
+        except BaseException:
+            for w in self.writers:
+                w.close()
+            if self.server is not None:
+                self.server.close()
+            raise
         self._tokens: list[tuple[Any, int]] = []
         self._closed = False
         if close_at_exit:

@@ -8,7 +8,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import LiveConfig
 from ..results import LIVE, RAW_IMAGE_KEY, RAW_STREAM, RECONSTRUCTOR, REPROCESSED, ResultRows
-from ._assembler import Engine, RunAssembler
+from ._assembler import Engine, PendingRows, RunAssembler
 from ._derived import DerivedRun, Emit
 from ._external import UnreadableFrames, read_stream_datum
 from ._items import ExternalFrames, Frames, ImageSpec, Quit, RunStart, RunStop, Sync, Unreadable, WorkItem
@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 RowsListener = Callable[[str, ResultRows], object]
 
+POLL_S = 0.05
+"""While batches are reconstructed elsewhere (an engine with ``submit``), how often the
+thread looks for finished ones between items."""
+
 
 @dataclass
 class _Run:
@@ -39,6 +43,7 @@ class _Run:
     waiting_since: float | None = None
     errors: list[str] = field(default_factory=list)
     volume: VolumeStack | None = None
+    out: deque[ResultRows | PendingRows] = field(default_factory=deque)  # released, not yet written, in order
 
 
 class ReconstructionWorker:
@@ -49,6 +54,11 @@ class ReconstructionWorker:
     runs both in a daemon thread fed by :attr:`queue`; without it (reprocess, tests) the
     caller drives them. The thread never dies of an item: a failure is logged, counted in
     ``stats["worker_errors"]`` and kept in ``errors``.
+
+    An engine with ``submit`` (:class:`cdi_beamline.callbacks.DaskEngine`) reconstructs
+    batches elsewhere: released batches are written in order as they finish, at most the
+    engine's ``max_in_flight`` at a time (then the thread waits, the queue fills, and
+    ``LiveConfig.queue_policy`` applies); a stop, :class:`Sync` or :class:`Quit` waits for all.
 
     Parameters
     ----------
@@ -118,10 +128,14 @@ class ReconstructionWorker:
 
     def _loop(self) -> None:
         while True:
+            timeout = self.next_deadline()
+            if any(run.out for run in self._runs.values()):
+                timeout = POLL_S if timeout is None else min(timeout, POLL_S)
             try:
-                item = self.queue.get(timeout=self.next_deadline())
+                item = self.queue.get(timeout=timeout)
             except queue.Empty:
                 self.flush_due()
+                self._drain_all()
                 continue
             try:
                 if isinstance(item, Quit):
@@ -130,6 +144,7 @@ class ReconstructionWorker:
                     return
                 self.handle(item)
                 self.flush_due()
+                self._drain_all()
             finally:
                 self.queue.task_done()
 
@@ -156,9 +171,11 @@ class ReconstructionWorker:
                 self._flush(run)
 
     def flush_all(self) -> None:
-        """Reconstruct every partial batch now."""
+        """Reconstruct every partial batch now, and write every batch's rows (waits for them)."""
         for run in list(self._runs.values()):
             self._flush(run)
+        for run in list(self._runs.values()):
+            self._drain(run, wait=True)
 
     # -- items -------------------------------------------------------------------------------
     def _dispatch(self, item: WorkItem) -> None:
@@ -241,6 +258,7 @@ class ReconstructionWorker:
                 np.asarray(item.dropped), "dropped", "queue full (policy 'drop'): frame not reconstructed"
             )
         self._flush(run)
+        self._drain(run, wait=True)
         derived = self._derived(run)
         notes = [item.note, *run.assembler.errors[:3], *run.errors[:3]]
         self.stops[item.raw_uid] = derived.close(
@@ -268,6 +286,32 @@ class ReconstructionWorker:
         if rows is not None:
             self._write(run, rows)
 
+    def _drain(self, run: _Run, *, wait: bool = False, limit: int | None = None) -> None:
+        """Write the run's released rows in order: those ready (all, waiting, with ``wait``;
+        at most ``limit`` batches)."""
+        written = 0
+        while run.out and (limit is None or written < limit):
+            head = run.out[0]
+            if isinstance(head, PendingRows) and not (wait or head.done()):
+                return
+            rows = head.result() if isinstance(head, PendingRows) else head
+            run.out.popleft()
+            self._store(run, rows)
+            written += 1
+
+    def _drain_all(self) -> None:
+        for run in list(self._runs.values()):
+            self._drain(run)
+
+    def _throttle(self) -> None:
+        """Wait for the oldest batches while the engine's ``max_in_flight`` are being reconstructed."""
+        limit = getattr(self.reconstructor, "max_in_flight", None)
+        if limit is None:
+            return
+        runs = list(self._runs.values())
+        while sum(isinstance(r, PendingRows) for run in runs for r in run.out) >= limit:
+            self._drain(next(run for run in runs if run.out), wait=True, limit=1)
+
     def _derived(self, run: _Run) -> DerivedRun:
         """The run's derived run, started (start document emitted) on first use."""
         if run.derived is None:
@@ -292,7 +336,13 @@ class ReconstructionWorker:
             **self.metadata,
         }
 
-    def _write(self, run: _Run, rows: ResultRows) -> None:
+    def _write(self, run: _Run, rows: ResultRows | PendingRows) -> None:
+        """Queue released rows behind the run's earlier ones; write what is ready."""
+        run.out.append(rows)
+        self._drain(run)
+        self._throttle()
+
+    def _store(self, run: _Run, rows: ResultRows) -> None:
         try:
             self._derived(run).append(rows)
             self.stats["rows"] += len(rows)

@@ -8,7 +8,13 @@ import time
 from pathlib import Path
 
 from ..config import LIVE_ITERATIONS, LiveConfig
-from .results import add_queue_policy_option, add_reconstructor_options, build_reconstructor, quiet_logs
+from .results import (
+    add_cluster_option,
+    add_queue_policy_option,
+    add_reconstructor_options,
+    build_reconstructor,
+    quiet_logs,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -39,6 +45,7 @@ def add_parser(subparsers) -> None:
     )
     add_reconstructor_options(p, init_default="cnn", iterations_default=LIVE_ITERATIONS)
     add_queue_policy_option(p, "the scan: replay")
+    add_cluster_option(p)
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.set_defaults(func=run)
 
@@ -83,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         )
     rec = build_reconstructor(args, None if preprocess is None else {"quantity": "modulus"})
     print(f"starting Tiled in {data_dir} ...", flush=True)
-    live = LiveConfig.build(queue_policy=args.queue_policy, max_wait_s=1.0, preprocess=preprocess)
+    live = LiveConfig.build(queue_policy=args.queue_policy, max_wait_s=1.0, preprocess=preprocess, cluster=args.cluster)
     with LiveSession(rec, StoreConfig.build(data_dir=data_dir), live, mask=source.mask) as session:
         RE = RunEngine({})
         session.subscribe(RE)

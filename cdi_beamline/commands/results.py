@@ -80,6 +80,17 @@ def add_reconstructor_options(
     )
 
 
+def add_cluster_option(p: argparse.ArgumentParser) -> None:
+    """``--cluster SPEC``: ``LiveConfig.cluster`` (default: the worker's own thread)."""
+    from ..config import CLUSTER_HELP
+
+    p.add_argument(
+        "--cluster",
+        metavar="SPEC",
+        help=f"reconstruct the batches on a Dask cluster: {CLUSTER_HELP} (default: in this process)",
+    )
+
+
 def add_queue_policy_option(p: argparse.ArgumentParser, block_means: str) -> None:
     """``--queue-policy`` with the choices and default of ``LiveConfig.queue_policy``;
     ``block_means`` says what blocking holds up in this command."""

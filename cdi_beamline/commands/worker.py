@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import LIVE_ITERATIONS, LiveConfig, StoreConfig
 from .results import (
+    add_cluster_option,
     add_queue_policy_option,
     add_reconstructor_options,
     add_store_options,
@@ -24,7 +25,8 @@ def add_parser(subparsers) -> None:
         "forwards to out_port) and reconstruct every "
         "frame of every run, writing one derived run per raw run to Tiled (--uri, or the embedded server "
         "of --data-dir). Result HDF5 files go to DIR/results, which the Tiled server must read. The GPU "
-        "can sit on another host than the RunEngine. Documents travel as JSON: a pickled message is dropped, "
+        "can sit on another host than the RunEngine; with --cluster, this one worker fans the batches out to "
+        "the Dask workers behind it (run one worker per scan stream: two would both reconstruct every run). Documents travel as JSON: a pickled message is dropped, "
         "never unpickled.",
     )
     p.add_argument("--zmq", required=True, metavar="ADDRESS", help="the 0MQ proxy's output, host:port")
@@ -40,6 +42,7 @@ def add_parser(subparsers) -> None:
     add_reconstructor_options(p, init_default=None, iterations_default=LIVE_ITERATIONS)
     p.add_argument("--image-key", metavar="KEY", help="detector image field (default: the first 2D field)")
     add_queue_policy_option(p, "0MQ buffers")
+    add_cluster_option(p)
     p.add_argument("--write-raw", action="store_true", help="also store the raw runs (if no other writer does)")
     p.add_argument("--max-runs", type=int, metavar="N", help="exit after N runs (default: run until Ctrl-C)")
     p.add_argument(
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     store = StoreConfig.build(
         data_dir=Path(args.data_dir), uri=args.uri, api_key=args.api_key, retry_max_s=args.retry_max_s
     )
-    live = LiveConfig.build(queue_policy=args.queue_policy, image_key=args.image_key)
+    live = LiveConfig.build(queue_policy=args.queue_policy, image_key=args.image_key, cluster=args.cluster)
     dispatcher = make_dispatcher(args)
     starts: set[str] = set()
     stops: list[str] = []

@@ -12,7 +12,16 @@ from .geometry import BraggGeometry
 from .preprocess import PreprocessConfig
 from .refine import RefineConfig
 
-__all__ = ["LiveConfig", "RockingConfig", "StoreConfig"]
+__all__ = ["CLUSTER_HELP", "CLUSTER_PATTERN", "LiveConfig", "RockingConfig", "StoreConfig"]
+
+
+CLUSTER_PATTERN = r"local(:[1-9][0-9]*)?|(tcp|tls|ucx)://\S+"
+"""``LiveConfig.cluster``: ``local``, ``local:N`` or a Dask scheduler's address."""
+
+CLUSTER_HELP = (
+    "'local' (a Dask LocalCluster, one single-threaded worker process per core), 'local:N' (N worker "
+    "processes), or a Dask scheduler's address, e.g. tcp://host:8786"
+)
 
 
 class RockingConfig(FrozenModel):
@@ -111,6 +120,12 @@ class LiveConfig(FrozenModel):
 
     rocking: RockingConfig = RockingConfig()
     """The 3D reconstruction of each rocking scan's stack of frames, after its stop document."""
+
+    cluster: str | None = Field(None, pattern=f"^({CLUSTER_PATTERN})$")
+    """Where batches are reconstructed: None, in the worker's thread; ``"local"`` /
+    ``"local:N"``, a Dask ``LocalCluster`` of one single-threaded worker process per core / N;
+    ``"tcp://host:8786"``, the Dask scheduler of running workers (``dask worker``, one per GPU
+    with dask-cuda). One live consumer submits every batch; results come back in order."""
 
 
 class StoreConfig(FrozenModel):

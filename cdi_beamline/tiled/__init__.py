@@ -8,7 +8,7 @@ result queries.
 - :mod:`._shapes`: :class:`ShapeGuard` (a frame of another shape does not make a raw run unstorable);
 - :mod:`._codec`: JSON for documents with numpy arrays (the spool's lines, the 0MQ wire);
 - :mod:`._queries`: :func:`processed` (the derived runs' container), :func:`derived_runs`,
-  :func:`derived_of`, :func:`load_results`, :func:`load_raw_frames`, the 3D runs of rocking
+  :func:`derived_of`, :func:`raw_runs`, :func:`load_results`, :func:`load_raw_frames`, the 3D runs of rocking
   scans: :func:`volume_runs`, :func:`load_volume`.
 """
 
@@ -20,6 +20,7 @@ from ._queries import (
     load_results,
     load_volume,
     processed,
+    raw_runs,
     volume_runs,
 )
 from ._server import (
@@ -71,6 +72,7 @@ __all__ = [
     "odd_stream",
     "processed",
     "quarantined",
+    "raw_runs",
     "reachable",
     "redact",
     "serving",

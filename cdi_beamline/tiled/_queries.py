@@ -26,7 +26,16 @@ from ..results import (
     find_image_key,
 )
 
-__all__ = ["derived_of", "derived_runs", "load_raw_frames", "load_results", "load_volume", "processed", "volume_runs"]
+__all__ = [
+    "derived_of",
+    "derived_runs",
+    "load_raw_frames",
+    "load_results",
+    "load_volume",
+    "processed",
+    "raw_runs",
+    "volume_runs",
+]
 
 _CATALOG_SPEC = "CatalogOfBlueskyRuns"
 
@@ -91,6 +100,21 @@ def volume_runs(client, raw_uid: str | None = None) -> list:
     """The 3D runs (rocking scans) of the run catalog ``client``, oldest first; only those of
     ``raw_uid`` if given."""
     return derived_runs(client, raw_uid, kind=VOLUME_KIND)
+
+
+def raw_runs(client, since: str | None = None) -> list[dict]:
+    """Start documents of the raw runs (not derived ones) at the root of the run catalog
+    ``client``, oldest first; only those started at or after ``since`` (ISO 8601 date or time,
+    UTC) if given."""
+    from bluesky_tiled_plugins.queries import TimeRange
+
+    catalog = client.search(TimeRange(since=since, timezone="UTC")) if since else client
+    starts = [
+        dict(node.metadata["start"])
+        for key, node in catalog.items()
+        if key != PROCESSED and "start" in node.metadata and KIND not in node.metadata["start"]
+    ]
+    return sorted(starts, key=lambda start: start["time"])
 
 
 def derived_of(raw_run) -> list:

@@ -10,6 +10,8 @@
 #   CDI_ITERATIONS   refinement iterations per frame (default cdi_beamline.config.LIVE_ITERATIONS)
 #   CDI_INIT         cnn | random (default: cnn when weights are installed, else random)
 #   CDI_LIVE_PLOT    0 to switch the live amplitude/phase plot off (default on)
+#   CDI_CLUSTER      reconstruct on a Dask cluster: local | local:N | tcp://host:8786
+#                    (cdi_beamline.config.LiveConfig.cluster; default: in this process)
 import os
 from pathlib import Path
 
@@ -26,3 +28,4 @@ CDI_DEVICE = os.environ.get("CDI_DEVICE", "auto")
 CDI_ITERATIONS = int(os.environ.get("CDI_ITERATIONS", LIVE_ITERATIONS))
 CDI_INIT = os.environ.get("CDI_INIT") or None
 CDI_LIVE_PLOT = os.environ.get("CDI_LIVE_PLOT", "1") != "0"
+CDI_CLUSTER = os.environ.get("CDI_CLUSTER") or None

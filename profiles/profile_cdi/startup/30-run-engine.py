@@ -27,12 +27,15 @@ def _reconstructor() -> Reconstructor:
 
 
 RE = RunEngine({})
-session = LiveSession(_reconstructor(), cdi_store, LiveConfig(), mask=cdi_source.mask, close_at_exit=True)
+session = LiveSession(
+    _reconstructor(), cdi_store, LiveConfig.build(cluster=CDI_CLUSTER), mask=cdi_source.mask, close_at_exit=True
+)
 session.subscribe(RE)
 client, live = session.client, session.callback
 db = client.v1  # databroker's v1 API on the same catalog, as beamline users know it: db[-1].table()
 print(f"cdi: runs are stored in Tiled at {session.uri} (`client`; `db` the databroker v1 view)")
+where = f"Dask cluster {CDI_CLUSTER}" if CDI_CLUSTER else live.reconstructor.device
 print(
-    f"cdi: live reconstruction on {live.reconstructor.device} "
+    f"cdi: live reconstruction on {where} "
     f"({live.reconstructor.config.init} start, {CDI_ITERATIONS} iterations): `live`, `session`"
 )
