@@ -35,6 +35,23 @@ __all__ = ["DerivedRun", "Emit"]
 Emit = Callable[[str, Any], Any]
 
 
+def hdf5_stream_resources(bundle, emit: Emit, path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, Callable]:
+    """Emit one StreamResource per dataset ``key`` of the HDF5 file ``path`` (rows of
+    ``shapes[key]``, one chunk a row) for the run ``bundle``; returns each key's
+    ``compose_stream_datum``."""
+    datum = {}
+    for key, shape in shapes.items():
+        resource = bundle.compose_stream_resource(
+            mimetype="application/x-hdf5",
+            uri=path.as_uri(),
+            data_key=key,
+            parameters={"dataset": key, "chunk_shape": [1, *shape], "swmr": False},
+        )
+        emit("stream_resource", resource.stream_resource_doc)
+        datum[key] = resource.compose_stream_datum
+    return datum
+
+
 class DerivedRun:
     """Compose and emit the derived run of one raw run.
 
@@ -89,15 +106,9 @@ class DerivedRun:
             for key, dt in ARRAY_DTYPES.items():
                 s = shapes[key]
                 f.create_dataset(key, shape=(0, *s), maxshape=(None, *s), dtype=dt, chunks=(1, *s))
-        for key in ARRAY_DTYPES:
-            bundle = self._bundle.compose_stream_resource(
-                mimetype="application/x-hdf5",
-                uri=self.path.as_uri(),
-                data_key=key,
-                parameters={"dataset": key, "chunk_shape": [1, *shapes[key]], "swmr": False},
-            )
-            self.emit("stream_resource", bundle.stream_resource_doc)
-            self._datum[key] = bundle.compose_stream_datum
+        self._datum.update(
+            hdf5_stream_resources(self._bundle, self.emit, self.path, {k: shapes[k] for k in ARRAY_DTYPES})
+        )
         self.shape = (int(shape[0]), int(shape[1]))
 
     def append(self, rows: ResultRows) -> None:

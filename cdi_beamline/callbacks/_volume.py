@@ -45,7 +45,7 @@ from ..results import (
     volume_data_keys,
     volume_summary,
 )
-from ._derived import Emit
+from ._derived import Emit, hdf5_stream_resources
 
 __all__ = ["PhaseVolume", "PhasedVolume", "Volume", "VolumeJobs", "VolumeStack", "phase_volume", "rocking_motor"]
 
@@ -408,16 +408,7 @@ class _VolumeRun:
                 f.create_dataset(key, data=a.astype(VOLUME_ARRAY_DTYPES[key])[np.newaxis])
         desc = self._bundle.compose_descriptor(name=STREAM, data_keys=volume_data_keys(shapes))
         self.emit("descriptor", desc.descriptor_doc)
-        datums = []
-        for key in arrays:
-            bundle = self._bundle.compose_stream_resource(
-                mimetype="application/x-hdf5",
-                uri=self.path.as_uri(),
-                data_key=key,
-                parameters={"dataset": key, "chunk_shape": [1, *shapes[key]], "swmr": False},
-            )
-            self.emit("stream_resource", bundle.stream_resource_doc)
-            datums.append(bundle.compose_stream_datum)
+        datums = hdf5_stream_resources(self._bundle, self.emit, self.path, {k: shapes[k] for k in arrays}).values()
         now = time.time()
         data = result.event_data()
         page = desc.compose_event_page(data=data, timestamps={k: [now] for k in data}, time=[now])
