@@ -68,21 +68,29 @@ class TiledProcess:
         connect(data_dir=data_dir)  # creates the run catalog
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cdi_beamline.cli", "serve", "--data-dir", str(self.data_dir)]
-            + ["--port", str(self.port)]
-            + (["--catalog", self.catalog] if self.catalog else []),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        lines = []
-        for line in self.proc.stdout:
-            lines.append(line)
-            if line.startswith("Ctrl-C"):
-                return
-        raise AssertionError("serve did not start:\n" + "".join(lines))
+        """Start the server; its output goes to ``serve.log`` (a pipe nobody drained would fill
+        with uvicorn's access log and stall the server)."""
+        log = self.data_dir / "serve.log"
+        with log.open("a") as out:
+            start = out.tell()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cdi_beamline.cli", "serve", "--data-dir", str(self.data_dir)]
+                + ["--port", str(self.port)]
+                + (["--catalog", self.catalog] if self.catalog else []),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with log.open() as f:
+                f.seek(start)
+                if any(line.startswith("Ctrl-C") for line in f):
+                    return
+            time.sleep(0.1)
+        with log.open() as f:
+            f.seek(start)
+            raise AssertionError("serve did not start:\n" + f.read())
 
     def kill(self) -> None:
         assert self.proc is not None
