@@ -63,3 +63,28 @@ def test_a_process_exits_when_its_data_directory_was_deleted(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "started and deleted" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_reopening_a_current_catalog_skips_tiled_s_init_subprocess(tmp_path, monkeypatch):
+    """A catalog.db stamped with the revision this Tiled needs opens without `tiled catalog
+    init` (a second Python process); one stamped otherwise still goes through Tiled's check."""
+    import sqlite3
+    import subprocess
+
+    from cdi_beamline.tiled._server import _sqlite_catalog_current
+
+    with EmbeddedTiled(tmp_path / "d") as server:  # new: Tiled's init creates and stamps it
+        catalog = server.catalog
+        assert server.client() is not None
+    assert _sqlite_catalog_current(catalog)
+    launched = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: launched.append(a) or pytest.fail("init subprocess"))
+    with EmbeddedTiled(tmp_path / "d") as server:
+        assert "CatalogOfBlueskyRuns" in {s.name for s in server.client().specs}
+    assert launched == []
+    db = tmp_path / "d" / "tiled" / "catalog.db"
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE alembic_version SET version_num = 'an-older-revision'")
+    assert not _sqlite_catalog_current(catalog)
+    assert not _sqlite_catalog_current(f"sqlite:///{tmp_path / 'none.db'}")
+    assert not _sqlite_catalog_current("postgresql://cdi@127.0.0.1:5432/catalog")

@@ -310,7 +310,7 @@ class _TiledThread:
                 catalog,
                 writable_storage=[dirs.tiled / "data", storage_uri],
                 readable_storage=[dirs.results],
-                init_if_not_exists=True,
+                init_if_not_exists=not _sqlite_catalog_current(catalog),
                 cache_config=StreamingCacheConfig(uri="memory").model_dump(),
             )
         except Exception as exc:  # noqa: BLE001 - tiled reports a failed init as its subprocess's stderr
@@ -372,6 +372,30 @@ def _local_uri(host: str, port: int) -> str:
     if host in _WILDCARDS:
         host = "::1" if host == "::" else "127.0.0.1"
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _sqlite_catalog_current(catalog: str) -> bool:
+    """True if ``catalog`` is a SQLite file already stamped with the revision this Tiled needs.
+
+    Tiled's ``init_if_not_exists`` checks that in a subprocess (a second Python importing
+    Tiled: ~2 s per start); an existing file is read here instead, with the standard library.
+    Anything else (a new file, another revision, PostgreSQL) is left to Tiled's check.
+    """
+    import sqlite3
+
+    from tiled.catalog.core import REQUIRED_REVISION
+
+    if not catalog.startswith("sqlite:///"):
+        return False
+    path = Path(catalog.removeprefix("sqlite:///"))
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.Error:
+        return False
+    return rows == [(REQUIRED_REVISION,)]
 
 
 def redact(catalog: str) -> str:
