@@ -17,9 +17,10 @@ import sys
 
 from . import __version__
 from .errors import CDIError
-from .resources import passive_openmp
+from .resources import passive_openmp, skip_numba_extensions
 
 passive_openmp()  # before any command imports torch: OpenMP reads OMP_WAIT_POLICY once, at start
+skip_numba_extensions()  # the CLI's process is ours: numba loads no third-party extension
 
 # (subcommand, module under cdi_beamline.commands)
 COMMANDS = [

@@ -19,6 +19,10 @@ worker per core, keeps every core on whole frames: torch's operations and the nu
 - :func:`passive_openmp` sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user has set it: idle
   OpenMP threads sleep instead of spinning. OpenMP reads it once, when torch is first
   imported, so the CLI's module calls it on import.
+- :func:`skip_numba_extensions`, also called by the CLI's module, keeps numba from loading
+  third-party extensions (awkward's, sparse's: ~0.7 s at the first jitted call) that the
+  package's kernels never use; :func:`numba_extensions_skipped` is what
+  :mod:`cdi_beamline.phasing._numba_kernels` reads when it imports numba.
 """
 
 from __future__ import annotations
@@ -31,7 +35,19 @@ from typing import TypeVar
 
 from .errors import CDIValueError
 
-__all__ = ["MIN_SLICE", "Plan", "apply", "cpu_count", "current", "passive_openmp", "plan", "slices", "split_batch"]
+__all__ = [
+    "MIN_SLICE",
+    "Plan",
+    "apply",
+    "cpu_count",
+    "current",
+    "numba_extensions_skipped",
+    "passive_openmp",
+    "plan",
+    "skip_numba_extensions",
+    "slices",
+    "split_batch",
+]
 
 R = TypeVar("R")
 
@@ -127,6 +143,25 @@ def passive_openmp() -> None:
     Only effective before the OpenMP runtime starts (before ``import torch``).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+_skip_numba_extensions = False
+
+
+def skip_numba_extensions() -> None:
+    """Let numba skip its ``numba_extensions`` entry points in this process.
+
+    numba loads every installed extension at its first compilation or cache load (here:
+    awkward's and sparse's, ~0.7 s); the package's kernels take plain arrays and need none.
+    For processes the package owns (the CLI): a user's session may jit over awkward arrays.
+    """
+    global _skip_numba_extensions
+    _skip_numba_extensions = True
+
+
+def numba_extensions_skipped() -> bool:
+    """Whether :func:`skip_numba_extensions` was called in this process."""
+    return _skip_numba_extensions
 
 
 def slices(n: int, workers: int, min_size: int = 1) -> list[slice]:

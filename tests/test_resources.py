@@ -61,6 +61,25 @@ def test_passive_openmp_keeps_the_users_setting(monkeypatch):
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
+@pytest.mark.parametrize("cli", [True, False])
+def test_the_cli_process_loads_no_numba_extension(cli):
+    """Importing the CLI (a process the package owns) keeps numba's third-party extensions
+    (awkward's, when installed) unloaded through a refinement; a library user's process loads them."""
+    from importlib.metadata import entry_points
+
+    extensions = {ep.value.split(".")[0] for ep in entry_points(group="numba_extensions", name="init")}
+    if not cli and "awkward" not in extensions:
+        pytest.skip("awkward's numba extension is not installed: nothing to load")
+    code = (
+        ("import cdi_beamline.cli; " if cli else "")
+        + "import sys, torch; from cdi_beamline.phasing import refine; "
+        + "refine(torch.ones(1, 16, 16), seed=0); print('awkward' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split()[-1] == str(not cli), out.stderr
+
+
 def test_split_batch_runs_slices_in_threads_and_merges_in_order():
     assert [(s.start, s.stop) for s in resources.slices(10, 3)] == [(0, 4), (4, 7), (7, 10)]
     assert [(s.start, s.stop) for s in resources.slices(2, 4)] == [(0, 1), (1, 2)]
