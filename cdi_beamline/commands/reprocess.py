@@ -86,6 +86,12 @@ def recorded_settings(client, raw_uid: str) -> tuple[dict, dict]:
     return dict((start.get(RECONSTRUCTOR) or {}).get("config") or {}), dict(start.get(LIVE) or {})
 
 
+def _close_started(starting) -> None:
+    """Close the cluster a future started, once it has (nothing if starting it failed)."""
+    if starting.exception() is None:
+        starting.result().close()
+
+
 def run(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -97,15 +103,24 @@ def run(args: argparse.Namespace) -> int:
     from ..tiled import DataDir, make_writer, processed
 
     quiet_logs()
-    client = open_client(args)
     if args.data_dir is None:
         raise CDIValueError("reprocess needs --data-dir DIR for the result HDF5 files (readable by the Tiled server)")
-    uids, skipped = select_runs(client, args)
+    # the cluster starts (worker processes, their imports) while Tiled is opened and the runs chosen
+    starting = ThreadPoolExecutor(1).submit(DaskCluster, args.cluster) if args.cluster else None
+    try:
+        client = open_client(args)
+        uids, skipped = select_runs(client, args)
+    except BaseException:
+        if starting is not None:
+            starting.add_done_callback(_close_started)
+        raise
     print(f"reprocess: {len(uids)} raw run(s) to rebuild, {skipped} already done", flush=True)
+    cluster = starting.result() if starting is not None else None
     if not uids:
+        if cluster is not None:
+            cluster.close()
         return 0
     dirs = DataDir.of(args.data_dir)
-    cluster = DaskCluster(args.cluster) if args.cluster else None
 
     def one(raw_uid: str) -> dict:
         recorded, live = recorded_settings(client, raw_uid)
