@@ -13,7 +13,6 @@ scheduler; one that raises is retried ``retries`` times.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 from ..config import CLUSTER_HELP, CLUSTER_PATTERN, ReconstructorConfig
 from ..errors import CDIRuntimeError, CDIValueError
 from ..pipeline import Reconstructor
+from ..resources import cpu_count
 
 __all__ = ["DaskCluster", "DaskEngine", "parse_cluster"]
 
@@ -39,7 +39,7 @@ def parse_cluster(spec: str) -> int | str:
     if not re.fullmatch(CLUSTER_PATTERN, spec):
         raise CDIValueError(f"cluster {spec!r}: expected {CLUSTER_HELP}")
     if spec == "local":
-        return len(os.sched_getaffinity(0))
+        return cpu_count()
     if spec.startswith("local:"):
         return int(spec.split(":", 1)[1])
     return spec
