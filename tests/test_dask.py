@@ -165,6 +165,13 @@ def test_scan_on_two_dask_workers_gives_the_thread_workers_derived_run(cluster, 
     np.testing.assert_array_equal(on_dask["support"], on_thread["support"])
 
 
+def test_local_workers_run_without_dask_s_malloc_trim_threshold(cluster):
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ (refinement 4x slower); the LocalCluster
+    DaskCluster starts leaves it unset and keeps one thread per worker."""
+    env = cluster.client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
+    assert len(env) == 2 and set(env.values()) == {(None, "1")}, env
+
+
 @pytest.mark.system
 def test_reprocess_all_on_the_cluster_is_idempotent(cluster, tmp_path, run_engine, source, capsys):
     from cdi_beamline.cli import main
