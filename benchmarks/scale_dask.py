@@ -3,7 +3,10 @@
 1. ``dask_live``: a RunEngine ``count`` of ``--dask-frames`` 64x64 synthetic frames with
    :class:`LiveReconstruction` on a Dask cluster (``LiveConfig.cluster``: the scheduler of a
    ``LocalCluster`` of 1, then of 2, single-threaded worker processes, both started and warmed
-   in setup), from scan start until every result is emitted; frames/s.
+   in setup), from scan start until every result is emitted; frames/s. Twice: at light
+   settings (``--dask-iterations``, random start, ``--dask-batch``: the consumer process's
+   cost per frame shows) and at the package's defaults (CNN start, 600 iterations, batch 64;
+   ``--dask-default-frames`` frames).
 2. ``dask_reprocess``: ``cdi-beamline reprocess --all --force`` of ``--dask-runs`` raw runs
    (``--dask-run-frames`` frames each) stored in Tiled (``cdi-beamline serve`` of the data
    directory, a process of its own, SQLite, as a facility's server is), whole processes:
@@ -27,11 +30,16 @@ from _harness import Ratio, Row
 ROWS = [
     Row("dask_live_1", "live on Dask, 1 worker: scan start → every result emitted", "frames/s", 1),
     Row("dask_live_2", "live on Dask, 2 workers: scan start → every result emitted", "frames/s", 1),
+    Row("dask_default_1", "live on Dask at default settings, 1 worker", "frames/s", 1),
+    Row("dask_default_2", "live on Dask at default settings, 2 workers", "frames/s", 1),
     Row("reprocess_1p", "`reprocess --all` of {dask_runs} runs, one process", "s", 1),
     Row("reprocess_local2", "`reprocess --all --cluster local:2` (its cluster's start included)", "s", 1),
 ]
 RATIOS = [
     Ratio("live frames/s, 2 Dask workers / 1 (target ≥ 1.6)", "dask_live_2", "dask_live_1", 2),
+    Ratio(
+        "live frames/s at default settings, 2 Dask workers / 1 (target ≥ 1.6)", "dask_default_2", "dask_default_1", 2
+    ),
     Ratio("`reprocess --all`: one process / `--cluster local:2`", "reprocess_1p", "reprocess_local2", 2),
 ]
 
@@ -40,6 +48,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--dask-frames", type=int, default=256, help="frames of the live Dask scan (default 256)")
     ap.add_argument("--dask-iterations", type=int, default=200, help="iterations per frame (default 200)")
     ap.add_argument("--dask-batch", type=int, default=16, help="batch (default 16)")
+    ap.add_argument(
+        "--dask-default-frames", type=int, default=512, help="frames of the scan at default settings (default 512)"
+    )
     ap.add_argument("--dask-runs", type=int, default=20, help="raw runs reprocessed (default 20)")
     ap.add_argument("--dask-live-only", action="store_true", help="only the live rows (no archive, no reprocess)")
     ap.add_argument("--dask-run-frames", type=int, default=16, help="frames per reprocessed run (default 16)")
@@ -48,7 +59,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def params(args: argparse.Namespace) -> dict:
     return {
         "dask live": f"{args.dask_frames} synthetic 64×64 frames, random start, {args.dask_iterations} iterations, "
-        f"batch {args.dask_batch}, 1 thread per Dask worker process, results kept in memory (no Tiled)",
+        f"batch {args.dask_batch}, 1 thread per Dask worker process, results kept in memory (no Tiled); "
+        f"at default settings: {args.dask_default_frames} frames, CNN start, 600 iterations, batch 64",
         "dask reprocess": f"{args.dask_runs} raw runs × {args.dask_run_frames} frames in Tiled "
         f"(SQLite) served by its own process, random start, {args.dask_iterations} iterations, batch {args.dask_batch}",
     }
@@ -70,10 +82,11 @@ def setup(args: argparse.Namespace) -> dict:
     for n, c in clusters.items():
         c.client.wait_for_workers(n, timeout=300)
     tmp = tempfile.TemporaryDirectory()
-    source = SyntheticSource(n=max(args.dask_frames, args.dask_run_frames), seed=7)
+    source = SyntheticSource(n=max(args.dask_frames, args.dask_default_frames, args.dask_run_frames), seed=7)
     state = {"clusters": clusters, "tmp": tmp, "source": source, "serve": None}
     for n in clusters:
-        _live(args, state, n, frames=2 * args.dask_batch)  # warm: every worker imports and builds its engine
+        for config in (_light(args), _default()):  # warm: every worker imports and builds both engines
+            _live(args, state, n, 2 * n * config.batch_size, config)
     if args.dask_live_only:
         return state
     data = Path(tmp.name) / "archive"
@@ -97,17 +110,30 @@ def setup(args: argparse.Namespace) -> dict:
     return {**state, "data": data, "serve": serve}
 
 
-def _live(args: argparse.Namespace, state: dict, n_workers: int, frames: int) -> float:
-    """Frames/s of one scan of ``frames`` frames on the ``n_workers`` cluster."""
+def _light(args: argparse.Namespace):
+    """The light live configuration: random start, ``--dask-iterations``, ``--dask-batch``."""
+    from cdi_beamline.config import ReconstructorConfig
+
+    return ReconstructorConfig(init="random", iterations=args.dask_iterations, batch_size=args.dask_batch)
+
+
+def _default():
+    """The package's default configuration (CNN start, 600 iterations, batch 64)."""
+    from cdi_beamline.config import ReconstructorConfig
+
+    return ReconstructorConfig()
+
+
+def _live(args: argparse.Namespace, state: dict, n_workers: int, frames: int, config) -> float:
+    """Frames/s of one scan of ``frames`` frames on the ``n_workers`` cluster, engine ``config``."""
     from bluesky import RunEngine
     from bluesky.plans import count
 
     from cdi_beamline.callbacks import LiveReconstruction
-    from cdi_beamline.config import LiveConfig, ReconstructorConfig
+    from cdi_beamline.config import LiveConfig
     from cdi_beamline.devices import ReplayDetector
     from cdi_beamline.pipeline import Reconstructor
 
-    config = ReconstructorConfig(init="random", iterations=args.dask_iterations, batch_size=args.dask_batch)
     address = state["clusters"][n_workers].client.scheduler.address
     live = LiveConfig(data_dir=state["tmp"].name, max_wait_s=60, cluster=address)
     cb = LiveReconstruction(Reconstructor(config, device="cpu"), None, live)
@@ -136,7 +162,8 @@ def measure(args: argparse.Namespace, state: dict) -> dict:
     out = {}
     state["repeat"] = state.get("repeat", -1) + 1
     for n in (1, 2) if state["repeat"] % 2 == 0 else (2, 1):  # ABBA over the repeats
-        out[f"dask_live_{n}"] = _live(args, state, n, args.dask_frames)
+        out[f"dask_live_{n}"] = _live(args, state, n, args.dask_frames, _light(args))
+        out[f"dask_default_{n}"] = _live(args, state, n, args.dask_default_frames, _default())
     if args.dask_live_only:
         return out
     out["reprocess_1p"] = _reprocess(args, state, [])
