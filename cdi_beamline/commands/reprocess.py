@@ -103,12 +103,14 @@ def run(args: argparse.Namespace) -> int:
     from ..tiled import DataDir, make_writer, processed
 
     quiet_logs()
-    if args.data_dir is None:
-        raise CDIValueError("reprocess needs --data-dir DIR for the result HDF5 files (readable by the Tiled server)")
     # the cluster starts (worker processes, their imports) while Tiled is opened and the runs chosen
     starting = ThreadPoolExecutor(1).submit(DaskCluster, args.cluster) if args.cluster else None
     try:
         client = open_client(args)
+        if args.data_dir is None:
+            raise CDIValueError(
+                "reprocess needs --data-dir DIR for the result HDF5 files (readable by the Tiled server)"
+            )
         uids, skipped = select_runs(client, args)
     except BaseException:
         if starting is not None:
