@@ -280,6 +280,29 @@ class EmbeddedTiled:
         return f"EmbeddedTiled({str(self.data_dir)!r}, catalog={redact(self.catalog)!r}, uri={self.uri!r})"
 
 
+class _OneStorageRequestAtATime:
+    """ASGI middleware: the requests that may use Tiled's tabular storage run one at a time.
+
+    Tiled shares one DuckDB connection (a ``StaticPool``) among all requests. Two at once, e.g. the
+    raw writer creating a stream's table while the derived writer appends to its own, broke that
+    connection's transaction: 500s, then requests that never returned (three threads appending
+    rows reproduce it in seconds; ``tests/test_tiled_server.py``). What is serialised: every
+    request but a GET, and the GETs of ``/table/``; array and metadata reads run concurrently.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        self._lock: asyncio.Lock | None = None  # made on the server's loop, at its first request
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or (scope["method"] in ("GET", "HEAD") and "/table/" not in scope["path"]):
+            return await self.app(scope, receive, send)
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            return await self.app(scope, receive, send)
+
+
 class _TiledThread:
     """A Tiled app (catalog, the data directory's storage, one API key) served by uvicorn on
     a thread of this process; ``port`` is the one it listens on."""
@@ -318,7 +341,7 @@ class _TiledThread:
             raise CDIRuntimeError(
                 f"cannot open the Tiled catalog {redact(catalog)}: {lines[-1] if lines else type(exc).__name__}"
             ) from None
-        app = build_app(tree, authentication=Authentication(single_user_api_key=api_key))
+        app = _OneStorageRequestAtATime(build_app(tree, authentication=Authentication(single_user_api_key=api_key)))
         self._server = ThreadedServer(uvicorn.Config(app, host=host, port=port, loop="asyncio", log_config=log_config))
         self._thread = threading.Thread(target=self._server.run, name="cdi-tiled-server")
         self._thread.start()
