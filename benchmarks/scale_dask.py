@@ -5,7 +5,7 @@
    ``LocalCluster`` of 1, then of 2, single-threaded worker processes, both started and warmed
    in setup), from scan start until every result is emitted; frames/s. Twice: at light
    settings (``--dask-iterations``, random start, ``--dask-batch``: the consumer process's
-   cost per frame shows) and at the package's defaults (CNN start, 600 iterations, batch 64;
+   cost per frame shows) and at the package's defaults (``ReconstructorConfig()``;
    ``--dask-default-frames`` frames).
 2. ``dask_reprocess``: ``cdi-beamline reprocess --all --force`` of ``--dask-runs`` raw runs
    (``--dask-run-frames`` frames each) stored in Tiled (``cdi-beamline serve`` of the data
@@ -60,7 +60,7 @@ def params(args: argparse.Namespace) -> dict:
     return {
         "dask live": f"{args.dask_frames} synthetic 64×64 frames, random start, {args.dask_iterations} iterations, "
         f"batch {args.dask_batch}, 1 thread per Dask worker process, results kept in memory (no Tiled); "
-        f"at default settings: {args.dask_default_frames} frames, CNN start, 600 iterations, batch 64",
+        f"at default settings: {args.dask_default_frames} frames, {_describe(_default())}",
         "dask reprocess": f"{args.dask_runs} raw runs × {args.dask_run_frames} frames in Tiled "
         f"(SQLite) served by its own process, random start, {args.dask_iterations} iterations, batch {args.dask_batch}",
     }
@@ -118,10 +118,15 @@ def _light(args: argparse.Namespace):
 
 
 def _default():
-    """The package's default configuration (CNN start, 600 iterations, batch 64)."""
+    """The package's default configuration."""
     from cdi_beamline.config import ReconstructorConfig
 
     return ReconstructorConfig()
+
+
+def _describe(config) -> str:
+    """``config``'s start, iterations and batch, for the record."""
+    return f"{config.init} start, {config.iterations} iterations, batch {config.batch_size}"
 
 
 def _live(args: argparse.Namespace, state: dict, n_workers: int, frames: int, config) -> float:

@@ -104,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_logs()
     # the cluster starts (worker processes, their imports) while Tiled is opened and the runs chosen
-    starting = ThreadPoolExecutor(1).submit(DaskCluster, args.cluster) if args.cluster else None
+    starting = None
+    if args.cluster:
+        starter = ThreadPoolExecutor(1)
+        starting = starter.submit(DaskCluster, args.cluster)
+        starter.shutdown(wait=False)  # its one thread ends with the start
     try:
         client = open_client(args)
         if args.data_dir is None:

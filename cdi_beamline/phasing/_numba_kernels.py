@@ -22,11 +22,10 @@ import torch
 
 from .. import resources
 
-if resources.numba_extensions_skipped():
-    # numba's own switch for "extensions loaded" (checked before loading them): not public,
-    # so set only where it exists
-    if hasattr(numba.core.entrypoints, "_already_initialized"):
-        numba.core.entrypoints._already_initialized = True
+# numba's own switch for "extensions loaded" (checked before loading them): not public, so set
+# only where it exists
+if resources.numba_extensions_skipped() and hasattr(numba.core.entrypoints, "_already_initialized"):
+    numba.core.entrypoints._already_initialized = True
 
 __all__ = ["BestKeeper", "advance_project", "chi2_sums", "modulus", "project_modulus", "project_modulus_to"]
 
