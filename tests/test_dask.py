@@ -167,9 +167,14 @@ def test_scan_on_two_dask_workers_gives_the_thread_workers_derived_run(cluster, 
 
 def test_local_workers_run_without_dask_s_malloc_trim_threshold(cluster):
     """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ (refinement 4x slower); the LocalCluster
-    DaskCluster starts leaves it unset and keeps one thread per worker."""
+    DaskCluster starts leaves it unset, keeps one thread per worker, and its nannies and
+    workers read memory every second, not every 100 ms."""
     env = cluster.client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
     assert len(env) == 2 and set(env.values()) == {(None, "1")}, env
+    intervals = cluster.client.run(lambda dask_worker: dask_worker.memory_manager.memory_monitor_interval)
+    assert set(intervals.values()) == {1.0}, intervals
+    nannies = cluster.cluster.workers.values()
+    assert {nanny.memory_manager.memory_monitor_interval for nanny in nannies} == {1.0}
 
 
 @pytest.mark.system

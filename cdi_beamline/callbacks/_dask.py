@@ -32,6 +32,12 @@ the mmap threshold: every tensor over 128 KiB is then a fresh mmap, and a 16-fra
 ran 4x slower (28 vs 6.7 ms/frame, 2-core x86-64 CPU, 2026-12-03). Unset for the workers
 :class:`DaskCluster` starts; docs/cluster.md says how for workers started by hand."""
 
+_MEMORY_MONITOR = ("distributed.worker.memory.monitor-interval", "1s")
+"""How often a ``LocalCluster``'s nannies (threads of the consumer's process) and workers read
+their worker's memory: Dask's 100 ms cost the consumer ~4 % of its CPU in psutil calls, taken
+from the cores the workers share (2-core x86-64 CPU, 2026-12-03); a second is still far
+quicker than a batch fills a worker's memory."""
+
 
 def parse_cluster(spec: str) -> int | str:
     """The number of local worker processes of ``local[:N]`` (``local``: one per core), else
@@ -55,7 +61,7 @@ class DaskCluster:
     """A ``distributed.Client`` of ``spec`` (:func:`parse_cluster`); ``local[:N]`` starts a
     ``LocalCluster`` of N worker processes with one thread each (Dask's nanny sets
     ``OMP_NUM_THREADS=1`` in them, so torch uses one thread per worker; not
-    :data:`_MALLOC_TRIM`), closed by :meth:`close`.
+    :data:`_MALLOC_TRIM`; memory read every :data:`_MEMORY_MONITOR`), closed by :meth:`close`.
 
     Attributes
     ----------
@@ -73,7 +79,8 @@ class DaskCluster:
         self._lock = threading.Lock()
         try:
             if isinstance(target, int):
-                with dask.config.set({_MALLOC_TRIM: None}):  # None: the nanny leaves it unset
+                key, interval = _MEMORY_MONITOR
+                with dask.config.set({_MALLOC_TRIM: None, key: interval}):  # None: the nanny leaves it unset
                     self.cluster = LocalCluster(
                         n_workers=target, threads_per_worker=1, processes=True, dashboard_address=None
                     )
