@@ -9,8 +9,8 @@ measured in the same repeat so that their ratios share the load:
    own default count, the batch in one piece); and cohere-core's numpy backend, a whole
    process too (imports, then each pattern one at a time, the same 600-iteration ER/HIO
    schedule from random phases, its API's only way). One untimed run of ours first fills
-   numba's cache, as any second run of a user's finds it; each repeat starts with an untimed
-   process and rotates the order of ours (see :func:`measure_reconstruct`).
+   numba's cache, as any second run of a user's finds it; each row of a repeat is the shortest
+   of ``--process-runs`` runs (see :func:`measure_reconstruct`).
 2. ``batch``: in this process, one refine of a (``--n``, 64, 64) batch, 600 iterations, random
    starts: torch at the cores' thread count, at 1 thread, the batch split across the cores in
    Python threads (1 torch thread each: what the plan runs) and in worker processes (started
@@ -20,7 +20,7 @@ measured in the same repeat so that their ratios share the load:
 4. past one process, on Dask: live frames/s with 1 and 2 workers, ``reprocess --all`` on
    ``local:2`` vs one process (the rows of :mod:`scale_dask`).
 
-    ./run bench scale [--repeats N] -- [--n 64] [--skip-cohere] [--skip-batch] [--skip-fft3d]
+    ./run bench scale [--repeats N] -- [--n 64] [--process-runs 3] [--skip-cohere] [--skip-batch] [--skip-fft3d]
         [--skip-dask] [--dask-frames 256] [--dask-runs 20] [--dask-live-only]
 """
 
@@ -103,6 +103,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n", type=int, default=64, help="patterns in the stack and in the batch (default 64)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the simulated patterns")
     ap.add_argument("--cohere-n", type=int, default=8, help="patterns of the in-process cohere-core row (default 8)")
+    ap.add_argument(
+        "--process-runs",
+        type=int,
+        default=3,
+        help="runs of each whole process per repeat, the shortest kept (default 3)",
+    )
     ap.add_argument("--skip-cohere", action="store_true", help="no cohere-core rows")
     ap.add_argument("--skip-batch", action="store_true", help="no in-process batch rows")
     ap.add_argument("--skip-fft3d", action="store_true", help="no 3D FFT rows")
@@ -116,6 +122,7 @@ def params(args: argparse.Namespace) -> dict:
     return {
         "patterns": f"{args.n} simulated 64×64 (default SimulationConfig, seed {args.seed})",
         "reconstruct": "default settings (CNN start, seeded 600-iteration schedule), --device cpu",
+        "whole processes": f"each row the shortest of {args.process_runs} runs per repeat, order rotated",
         "cohere-core": f"{COHERE_SEQUENCE}, random start, shrink-wrap from {cfg.shrinkwrap_start} every "
         f"{cfg.shrinkwrap_every}",
         "in-process batch": f"{cfg.schedule}, random start",
@@ -174,21 +181,31 @@ RECONSTRUCT_VARIANTS = {
 }
 
 
+def _cohere(state: dict) -> float:
+    """Seconds of one whole cohere-core process of the stack."""
+    cmd = [sys.executable, "-c", COHERE_PROCESS, str(state["stack"]), json.dumps(cohere_params(RefineConfig()))]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=_user_env(), check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
 def measure_reconstruct(args: argparse.Namespace, state: dict) -> dict:
-    """The whole-process rows. The first process after other work runs 1–3 s slower (measured
-    on the 2-core CPU, 2026-12-03: 6.1 s, then 5.1 s for the same command), so an untimed
-    ``--iterations 0`` process goes first, and the variants' order rotates by one each repeat."""
+    """The whole-process rows, each the shortest of ``--process-runs`` runs (as ``timeit``
+    reports: the run least disturbed by the rest of the machine; one process's start alone
+    varies by ±0.5 s here, as much as the default's gain). The first process after other work
+    runs 1–3 s slower (2-core CPU, 2026-12-03: 6.1 s, then 5.1 s for the same command), so an
+    untimed ``--iterations 0`` process goes first, and each round of runs rotates the order."""
     _reconstruct(state, RECONSTRUCT_VARIANTS["rec_fixed"])
-    turn = state["turn"] = state.get("turn", -1) + 1
-    keys = list(RECONSTRUCT_VARIANTS)
-    keys = keys[turn % len(keys) :] + keys[: turn % len(keys)]
-    out = {key: _reconstruct(state, RECONSTRUCT_VARIANTS[key]) for key in keys}
-    if not args.skip_cohere:
-        cmd = [sys.executable, "-c", COHERE_PROCESS, str(state["stack"]), json.dumps(cohere_params(RefineConfig()))]
-        t0 = time.perf_counter()
-        subprocess.run(cmd, env=_user_env(), check=True, stdout=subprocess.DEVNULL)
-        out["cohere_whole"] = time.perf_counter() - t0
-    return out
+    runs: dict[str, list[float]] = {}
+    for _ in range(args.process_runs):
+        turn = state["turn"] = state.get("turn", -1) + 1
+        keys = list(RECONSTRUCT_VARIANTS)
+        keys = keys[turn % len(keys) :] + keys[: turn % len(keys)]
+        for key in keys:
+            runs.setdefault(key, []).append(_reconstruct(state, RECONSTRUCT_VARIANTS[key]))
+        if not args.skip_cohere:
+            runs.setdefault("cohere_whole", []).append(_cohere(state))
+    return {key: min(times) for key, times in runs.items()}
 
 
 def measure_batch(args: argparse.Namespace, state: dict) -> dict:

@@ -165,16 +165,24 @@ def test_scan_on_two_dask_workers_gives_the_thread_workers_derived_run(cluster, 
     np.testing.assert_array_equal(on_dask["support"], on_thread["support"])
 
 
-def test_local_workers_run_without_dask_s_malloc_trim_threshold(cluster):
-    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ (refinement 4x slower); the LocalCluster
-    DaskCluster starts leaves it unset, keeps one thread per worker, and its nannies and
-    workers read memory every second, not every 100 ms."""
+def test_local_cluster_runs_under_its_configuration(cluster):
+    """The LocalCluster DaskCluster starts: one thread per worker, no MALLOC_TRIM_THRESHOLD_
+    (refinement 4x slower with Dask's), and Dask's housekeeping slowed: no profiler, the event
+    loop, system and memory checked every 1-2 s (nannies included: they run in this process)."""
     env = cluster.client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
     assert len(env) == 2 and set(env.values()) == {(None, "1")}, env
-    intervals = cluster.client.run(lambda dask_worker: dask_worker.memory_manager.memory_monitor_interval)
-    assert set(intervals.values()) == {1.0}, intervals
+
+    def housekeeping(dask_worker):
+        return (
+            "profile" in dask_worker.periodic_callbacks,
+            dask_worker._tick_interval,
+            dask_worker.memory_manager.memory_monitor_interval,
+        )
+
+    assert set(cluster.client.run(housekeeping).values()) == {(False, 1.0, 1.0)}
     nannies = cluster.cluster.workers.values()
-    assert {nanny.memory_manager.memory_monitor_interval for nanny in nannies} == {1.0}
+    assert {(n._tick_interval, n.memory_manager.memory_monitor_interval) for n in nannies} == {(1.0, 1.0)}
+    assert cluster.cluster.scheduler._tick_interval == 1.0
 
 
 @pytest.mark.system

@@ -26,17 +26,23 @@ from ..resources import cpu_count
 
 __all__ = ["DaskCluster", "DaskEngine", "parse_cluster"]
 
-_MALLOC_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
-"""Dask's nanny starts workers with glibc's ``MALLOC_TRIM_THRESHOLD_=65536``, which also fixes
-the mmap threshold: every tensor over 128 KiB is then a fresh mmap, and a 16-frame refinement
-ran 4x slower (28 vs 6.7 ms/frame, 2-core x86-64 CPU, 2026-12-03). Unset for the workers
-:class:`DaskCluster` starts; docs/cluster.md says how for workers started by hand."""
-
-_MEMORY_MONITOR = ("distributed.worker.memory.monitor-interval", "1s")
-"""How often a ``LocalCluster``'s nannies (threads of the consumer's process) and workers read
-their worker's memory: Dask's 100 ms cost the consumer ~4 % of its CPU in psutil calls, taken
-from the cores the workers share (2-core x86-64 CPU, 2026-12-03); a second is still far
-quicker than a batch fills a worker's memory."""
+LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
+    # Dask's nanny starts workers with glibc's MALLOC_TRIM_THRESHOLD_=65536, which also fixes the
+    # mmap threshold: every tensor over 128 KiB is then a fresh mmap, and a 16-frame refinement
+    # ran 4x slower (28 vs 6.7 ms/frame). None: the nanny leaves it unset.
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    # Dask's housekeeping, sized for a dashboard this cluster does not serve: each worker's
+    # profiler samples its threads every 10 ms, every server checks its event loop every 20 ms
+    # and the system every 0.5 s, nannies (threads of the consumer's process) read their
+    # worker's memory every 0.1 s. Idle, a LocalCluster of 2 took 11 % of a core, 4.5 of it in
+    # the consumer; with these, 1.5 %.
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+"""Dask configuration of the ``LocalCluster`` :class:`DaskCluster` starts (2-core x86-64 CPU,
+2026-12-03); docs/cluster.md gives it as YAML for workers started by hand."""
 
 
 def parse_cluster(spec: str) -> int | str:
@@ -60,8 +66,8 @@ def parse_cluster(spec: str) -> int | str:
 class DaskCluster:
     """A ``distributed.Client`` of ``spec`` (:func:`parse_cluster`); ``local[:N]`` starts a
     ``LocalCluster`` of N worker processes with one thread each (Dask's nanny sets
-    ``OMP_NUM_THREADS=1`` in them, so torch uses one thread per worker; not
-    :data:`_MALLOC_TRIM`; memory read every :data:`_MEMORY_MONITOR`), closed by :meth:`close`.
+    ``OMP_NUM_THREADS=1`` in them, so torch uses one thread per worker) under
+    :data:`LOCAL_CLUSTER_CONFIG`, closed by :meth:`close`.
 
     Attributes
     ----------
@@ -79,8 +85,7 @@ class DaskCluster:
         self._lock = threading.Lock()
         try:
             if isinstance(target, int):
-                key, interval = _MEMORY_MONITOR
-                with dask.config.set({_MALLOC_TRIM: None, key: interval}):  # None: the nanny leaves it unset
+                with dask.config.set(LOCAL_CLUSTER_CONFIG):
                     self.cluster = LocalCluster(
                         n_workers=target, threads_per_worker=1, processes=True, dashboard_address=None
                     )
