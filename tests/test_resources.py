@@ -106,26 +106,36 @@ def test_split_batch_runs_slices_in_threads_and_merges_in_order():
 
 @pytest.mark.parametrize("init", ["cnn", "random"])
 def test_a_split_batch_gives_the_same_reconstruction(fresh, init):
-    """Refined in 3 slices in parallel threads or as one batch: the same arrays, bit for bit
-    (CPU, same seed). Each frame's arithmetic is its own (per-frame sums, FFTs per frame; the
-    numba backend prunes its DFTs to the batch's support box, which changes which values are
-    computed, not how), and random phases are drawn for the whole batch before the split."""
+    """Refined (and, from the CNN, started) in 3 slices in parallel threads or as one batch: the
+    same arrays, bit for bit (CPU, same seed). Each frame's arithmetic is its own (per-frame
+    sums, FFTs per frame; the numba backend prunes its DFTs to the batch's support box, which
+    changes which values are computed, not how), and random phases are drawn for the whole
+    batch before the split."""
+    import cdi_beamline.models as models
+
     n = 3 * resources.MIN_SLICE
     frames = simulate_batch(n, seed=4, device="cpu").modulus.numpy() ** 2
     rec = Reconstructor(ReconstructorConfig.build(init=init, iterations=60), device="cpu")
     sizes: list[int] = []
-    real = pipeline.refine
+    cnn_sizes: list[int] = []
+    real, real_cnn = pipeline.refine, models.initial_estimate
 
     def spy(modulus, **kwargs):
         sizes.append(len(modulus))
         return real(modulus, **kwargs)
 
+    def cnn_spy(net, modulus, **kwargs):
+        cnn_sizes.append(len(modulus))
+        return real_cnn(net, modulus, **kwargs)
+
     fresh.setattr(pipeline, "refine", spy)
+    fresh.setattr(models, "initial_estimate", cnn_spy)
     resources.apply(resources.plan(threads=1))
     one = rec.reconstruct(frames, seed=7)
     resources.apply(resources.plan(n_cores=3))
     split = rec.reconstruct(frames, seed=7)
     assert sizes == [n, *[resources.MIN_SLICE] * 3]
+    assert cnn_sizes == ([n, *[resources.MIN_SLICE] * 3] if init == "cnn" else [])
     assert rec.provenance()["resources"] == {"threads": 1, "workers": 3, "chosen_by": "cores"}
     for name in ("object", "support", "chi2", "chi2_history", "start_amplitude"):
         np.testing.assert_array_equal(getattr(one, name), getattr(split, name), err_msg=name)
