@@ -20,8 +20,8 @@ measured in the same repeat so that their ratios share the load:
 4. past one process, on Dask: live frames/s with 1 and 2 workers, ``reprocess --all`` on
    ``local:2`` vs one process (the rows of :mod:`scale_dask`).
 
-    ./run bench scale [--repeats N] -- [--n 64] [--process-runs 3] [--skip-cohere] [--skip-batch] [--skip-fft3d]
-        [--skip-dask] [--dask-frames 256] [--dask-runs 20] [--dask-live-only]
+    ./run bench scale [--repeats N] -- [--n 64] [--process-runs 3] [--busy 0] [--skip-cohere]
+        [--skip-batch] [--skip-fft3d] [--skip-dask] [--dask-frames 256] [--dask-runs 20] [--dask-live-only]
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         default=3,
         help="runs of each whole process per repeat, the shortest kept (default 3)",
     )
+    ap.add_argument(
+        "--busy", type=int, default=0, help="processes spinning on the CPU beside the whole-process rows (default 0)"
+    )
     ap.add_argument("--skip-cohere", action="store_true", help="no cohere-core rows")
     ap.add_argument("--skip-batch", action="store_true", help="no in-process batch rows")
     ap.add_argument("--skip-fft3d", action="store_true", help="no 3D FFT rows")
@@ -122,7 +125,8 @@ def params(args: argparse.Namespace) -> dict:
     return {
         "patterns": f"{args.n} simulated 64×64 (default SimulationConfig, seed {args.seed})",
         "reconstruct": "default settings (CNN start, seeded 600-iteration schedule), --device cpu",
-        "whole processes": f"each row the shortest of {args.process_runs} runs per repeat, order rotated",
+        "whole processes": f"each row the shortest of {args.process_runs} runs per repeat, order rotated"
+        + (f", beside {args.busy} processes spinning on the CPU" if args.busy else ""),
         "cohere-core": f"{COHERE_SEQUENCE}, random start, shrink-wrap from {cfg.shrinkwrap_start} every "
         f"{cfg.shrinkwrap_every}",
         "in-process batch": f"{cfg.schedule}, random start",
@@ -194,17 +198,24 @@ def measure_reconstruct(args: argparse.Namespace, state: dict) -> dict:
     reports: the run least disturbed by the rest of the machine; one process's start alone
     varies by ±0.5 s here, as much as the default's gain). The first process after other work
     runs 1–3 s slower (2-core CPU, 2026-12-03: 6.1 s, then 5.1 s for the same command), so an
-    untimed ``--iterations 0`` process goes first, and each round of runs rotates the order."""
-    _reconstruct(state, RECONSTRUCT_VARIANTS["rec_fixed"])
-    runs: dict[str, list[float]] = {}
-    for _ in range(args.process_runs):
-        turn = state["turn"] = state.get("turn", -1) + 1
-        keys = list(RECONSTRUCT_VARIANTS)
-        keys = keys[turn % len(keys) :] + keys[: turn % len(keys)]
-        for key in keys:
-            runs.setdefault(key, []).append(_reconstruct(state, RECONSTRUCT_VARIANTS[key]))
-        if not args.skip_cohere:
-            runs.setdefault("cohere_whole", []).append(_cohere(state))
+    untimed ``--iterations 0`` process goes first, and each round of runs rotates the order.
+    With ``--busy N``, N processes spinning on the CPU run beside them (a busy machine)."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        _reconstruct(state, RECONSTRUCT_VARIANTS["rec_fixed"])
+        runs: dict[str, list[float]] = {}
+        for _ in range(args.process_runs):
+            turn = state["turn"] = state.get("turn", -1) + 1
+            keys = list(RECONSTRUCT_VARIANTS)
+            keys = keys[turn % len(keys) :] + keys[: turn % len(keys)]
+            for key in keys:
+                runs.setdefault(key, []).append(_reconstruct(state, RECONSTRUCT_VARIANTS[key]))
+            if not args.skip_cohere:
+                runs.setdefault("cohere_whole", []).append(_cohere(state))
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
     return {key: min(times) for key, times in runs.items()}
 
 
