@@ -185,6 +185,29 @@ def test_local_cluster_runs_under_its_configuration(cluster):
     assert cluster.cluster.scheduler._tick_interval == 1.0
 
 
+def test_cluster_md_gives_the_local_clusters_configuration():
+    """docs/cluster.md's YAML for hand-started workers is LOCAL_CLUSTER_CONFIG, key for key."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from cdi_beamline.callbacks._dask import LOCAL_CLUSTER_CONFIG
+
+    text = (Path(__file__).parents[1] / "docs" / "cluster.md").read_text()
+    block = re.search(r"cat > ~/.config/dask/cdi.yaml <<'EOF'\n(.*?)\nEOF", text, re.S)
+    assert block, "docs/cluster.md lost its Dask YAML block"
+
+    def flat(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    assert dict(flat(yaml.safe_load(block.group(1)))) == LOCAL_CLUSTER_CONFIG
+
+
 @pytest.mark.system
 def test_reprocess_all_on_the_cluster_is_idempotent(cluster, tmp_path, run_engine, source, capsys):
     from cdi_beamline.cli import main

@@ -287,7 +287,8 @@ class _OneStorageRequestAtATime:
     raw writer creating a stream's table while the derived writer appends to its own, broke that
     connection's transaction: 500s, then requests that never returned (three threads appending
     rows reproduce it in seconds; ``tests/test_tiled_server.py``). What is serialised: every
-    request but a GET, and the GETs of ``/table/``; array and metadata reads run concurrently.
+    request but a GET or HEAD, and those of ``/table/``; array and metadata reads run
+    concurrently.
     """
 
     def __init__(self, app):
